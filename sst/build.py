@@ -1,0 +1,176 @@
+"""The one place that turns a composed config into objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import seed_everything
+from .config import ConfigError
+from .data import make_loader
+from .hooks import Hook, SparsityHook
+from .loop import Loop, LoopSettings, steps_per_epoch
+from .runlog import RunLog, git_commit
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def make(group: str, node: DictConfig, **kwargs: Any) -> Any:
+    """instantiate(node, **kwargs), with any error re-raised as a ``ConfigError`` that
+    starts with the config group's name."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        raise ConfigError(f"{group}: {cause}") from cause
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        raise ConfigError(f"{group}: {error}") from error
+
+
+def pick_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise ConfigError(f"trainer.device={name!r} is unknown: allowed values are {DEVICES}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible")
+    return torch.device(name)
+
+
+def loop_settings(trainer: DictConfig) -> LoopSettings:
+    keys = LoopSettings.__dataclass_fields__
+    try:
+        return LoopSettings(**{k: v for k, v in trainer.items() if k in keys})
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def build_hooks(cfg: DictConfig, model, optimizer, total_steps: int, example) -> list[Hook]:
+    method = make(
+        "sparsity",
+        cfg.sparsity,
+        model=model,
+        optimizer=optimizer,
+        total_steps=total_steps,
+        seed=cfg.seed,
+        example_input=example,
+    )
+    hooks: list[Hook] = [SparsityHook(method)]
+    if cfg.distill.get("enabled", False):
+        from .distill import DistillHook
+
+        hooks.insert(0, make("distill", cfg.distill, student_example=example))
+        assert isinstance(hooks[0], DistillHook)
+    return hooks
+
+
+def run_info(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
+    """The run's key settings, repeated in ``summary.json`` so tables need no config parsing."""
+    return {
+        "name": cfg.get("name"),
+        "model": choices.get("model"),
+        "dataset": choices.get("dataset"),
+        "method": choices.get("sparsity"),
+        "density": cfg.sparsity.density,
+        "distribution": cfg.sparsity.get("distribution"),
+        "structure": cfg.sparsity.get("structure", "unstructured"),
+        "seed": cfg.seed,
+        "experiment": choices.get("experiment"),
+        "git_commit": git_commit(),
+    }
+
+
+def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = None) -> Loop:
+    """Composed config -> a ready ``Loop`` writing into ``run_dir``."""
+    choices = choices or {}
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
+    trainer = cfg.trainer
+    settings = loop_settings(trainer)
+    seed_everything(cfg.seed, deterministic=trainer.deterministic)
+    device = pick_device(trainer.device)
+    if trainer.batch_size < 1 or trainer.batch_size % settings.grad_accumulation:
+        raise ConfigError(
+            f"trainer.batch_size={trainer.batch_size} must be a positive multiple of "
+            f"trainer.grad_accumulation={settings.grad_accumulation}"
+        )
+
+    data = make("dataset", cfg.dataset)
+    model = make(
+        "model", cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape)
+    ).to(device)
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    micro_batch = trainer.batch_size // settings.grad_accumulation
+    train_loader = make_loader(
+        data.train,
+        batch_size=micro_batch,
+        shuffle=True,
+        seed=cfg.seed,
+        num_workers=trainer.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+    test_loader = make_loader(
+        data.test,
+        batch_size=trainer.eval_batch_size,
+        shuffle=False,
+        seed=cfg.seed,
+        num_workers=trainer.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    optimizer = make("optimizer", cfg.optimizer, params=model.parameters())
+    per_epoch = steps_per_epoch(len(train_loader), settings.grad_accumulation)
+    total_steps = settings.epochs * per_epoch
+    if settings.max_steps:
+        total_steps = min(total_steps, settings.max_steps)
+    lr_multiplier = make(
+        "lr_schedule", cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=total_steps
+    )
+    example = torch.zeros(1, *data.input_shape, device=device)
+    hooks = build_hooks(cfg, model, optimizer, total_steps, example)
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    info = run_info(cfg, choices)
+    run_log = make_run_log(cfg, run_dir, {**config, "choices": choices, **info})
+    return Loop(
+        model=model,
+        optimizer=optimizer,
+        lr_multiplier=lr_multiplier,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        num_classes=data.num_classes,
+        settings=settings,
+        device=device,
+        run_log=run_log,
+        run_dir=run_dir,
+        hooks=hooks,
+        run_info=info,
+    )
+
+
+def make_run_log(cfg: DictConfig, run_dir: str | Path, config: dict[str, Any]) -> RunLog:
+    logger = cfg.logger
+    try:
+        return RunLog(
+            run_dir,
+            config=config,
+            kind=logger.kind,
+            mode=logger.get("mode", "offline"),
+            project=logger.get("project", "sst"),
+            entity=logger.get("entity"),
+            name=cfg.get("name"),
+            group=cfg.get("group"),
+            tags=list(logger.get("tags") or []),
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from error

@@ -1,0 +1,124 @@
+"""Unpack dataset archives once into a cache, and locate the CIFAR-10 JPEG copy."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None  # type: ignore[assignment]
+
+MARKER_SUFFIX = ".unpacked"
+_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+def archive_stem(archive: str | Path) -> str:
+    """File name without its archive suffix: ``cifar10-jpeg.tar.gz`` -> ``cifar10-jpeg``."""
+    name = Path(archive).name
+    for suffix in _ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive file lock so concurrent processes unpack one at a time."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+            return
+        for member in tar.getmembers():  # pragma: no cover - Python < 3.10.12
+            parts = Path(member.name).parts
+            if member.name.startswith("/") or ".." in parts or member.issym() or member.islnk():
+                raise ValueError(f"refusing unsafe archive member {member.name!r} in {archive}")
+        tar.extractall(dest)  # pragma: no cover
+
+
+def unpack_once(archive: str | Path, cache_dir: str | Path) -> Path:
+    """Extract ``archive`` into ``cache_dir/<stem>/`` unless already done; return that folder.
+
+    Extraction goes to a temporary folder in ``cache_dir`` that is renamed into
+    place; a marker file ``cache_dir/<stem>.unpacked`` written afterwards says the
+    folder is complete, so an interrupted run is redone on the next call.
+    """
+    archive = Path(archive).expanduser()
+    if not archive.is_file():
+        raise FileNotFoundError(f"archive not found: {archive}")
+    cache = Path(cache_dir).expanduser()
+    cache.mkdir(parents=True, exist_ok=True)
+    stem = archive_stem(archive)
+    target = cache / stem
+    marker = cache / (stem + MARKER_SUFFIX)
+    if marker.is_file() and target.is_dir():
+        return target
+    with _locked(cache / (stem + ".lock")):
+        if marker.is_file() and target.is_dir():
+            return target
+        marker.unlink(missing_ok=True)
+        if target.exists():
+            shutil.rmtree(target)  # left over from an interrupted run
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=cache))
+        try:
+            _extract(archive, tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        marker.write_text(f"{archive}\n")
+    return target
+
+
+def _split_root(folder: Path) -> Path | None:
+    """The folder (``folder`` or one level below) that holds ``train/`` and ``test/``."""
+    candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
+    for candidate in candidates:
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    return None
+
+
+def cache_dir() -> Path:
+    """Where archives are unpacked: ``$SST_CACHE_DIR`` or ``~/.cache/sst``."""
+    return Path(os.environ.get("SST_CACHE_DIR") or "~/.cache/sst").expanduser()
+
+
+def default_cifar10_jpeg() -> Path:
+    """``../shared/data/cifar10-jpeg.tar.gz`` relative to the repository root."""
+    repo_root = Path(__file__).resolve().parents[2]
+    return repo_root.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def find_cifar10_jpeg() -> Path | None:
+    """Folder with ``train/`` and ``test/`` of the CIFAR-10 JPEG copy, or None if absent.
+
+    Looks at ``$SST_CIFAR10_JPEG`` (a .tar.gz or an unpacked folder), else the
+    shared archive; archives are unpacked once into :func:`cache_dir`.
+    """
+    env = os.environ.get("SST_CIFAR10_JPEG")
+    source = Path(env).expanduser() if env else default_cifar10_jpeg()
+    if source.is_dir():
+        return _split_root(source)
+    if source.is_file():
+        return _split_root(unpack_once(source, cache_dir()))
+    return None

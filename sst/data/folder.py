@@ -1,0 +1,92 @@
+"""Image-folder datasets (ImageNet, the CIFAR-10 JPEG copy, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from torchvision import datasets
+
+from .errors import missing_data
+from .splits import DataSplits
+from .transforms import CIFAR10_STATS, IMAGENET_STATS, cifar_transform, imagenet_transform
+
+TRANSFORMS = ("imagenet", "cifar")
+
+
+def _folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise missing_data("image folder", path)
+    return path
+
+
+def _load(path: Path, transform: Callable) -> datasets.ImageFolder:
+    try:
+        return datasets.ImageFolder(str(path), transform=transform)
+    except FileNotFoundError as err:  # no class folders, or no images in them
+        raise missing_data("class folders with images", path, str(err)) from err
+
+
+def imagefolder(
+    root: str,
+    *,
+    image_size: int = 224,
+    transform: str = "imagenet",
+    normalize: bool = True,
+    train_dir: str = "train",
+    test_dir: str = "val",
+    num_classes: int | None = None,
+) -> DataSplits:
+    """torchvision ImageFolder on ``root/train_dir`` and ``root/test_dir``.
+
+    ``transform`` picks the preset: "imagenet" (random-resized crop / resize +
+    center crop) or "cifar" (reflect-pad 4 + random crop + flip). ``normalize``
+    uses ImageNet or CIFAR-10 statistics to match the preset.
+    """
+    if transform == "imagenet":
+        stats = IMAGENET_STATS if normalize else None
+        train_tf = imagenet_transform(True, size=image_size, stats=stats)
+        test_tf = imagenet_transform(False, size=image_size, stats=stats)
+    elif transform == "cifar":
+        stats = CIFAR10_STATS if normalize else None
+        train_tf = cifar_transform(True, size=image_size, stats=stats)
+        test_tf = cifar_transform(False, size=image_size, stats=stats, center_crop=True)
+    else:
+        raise ValueError(
+            f"dataset.transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}"
+        )
+    base = _folder(Path(root).expanduser())
+    train_path, test_path = _folder(base / train_dir), _folder(base / test_dir)
+    train, test = _load(train_path, train_tf), _load(test_path, test_tf)
+    if train.classes != test.classes:
+        raise ValueError(
+            f"class folders differ between {train_path} ({len(train.classes)}) "
+            f"and {test_path} ({len(test.classes)})"
+        )
+    found = len(train.classes)
+    if num_classes is not None and num_classes != found:
+        raise ValueError(f"dataset.num_classes is {num_classes} but {base} has {found} classes")
+    return DataSplits(
+        train=train,
+        test=test,
+        num_classes=found,
+        input_shape=(3, image_size, image_size),
+        name="imagefolder",
+    )
+
+
+def imagenet(
+    root: str, *, image_size: int = 224, normalize: bool = True, num_classes: int | None = None
+) -> DataSplits:
+    """ImageNet laid out as ``root/train/<wnid>/*`` and ``root/val/<wnid>/*``."""
+    splits = imagefolder(
+        root,
+        image_size=image_size,
+        transform="imagenet",
+        normalize=normalize,
+        train_dir="train",
+        test_dir="val",
+        num_classes=num_classes,
+    )
+    return replace(splits, name="imagenet")

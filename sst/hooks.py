@@ -1,0 +1,78 @@
+"""The loop's extension points. Sparsity methods and distillation plug in here; the loop
+itself has no method-specific branch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Hook:
+    """Every method is optional. Calls come in this order for each optimizer step:
+    ``loss`` (per micro-batch) -> backward -> ``before_optimizer_step`` (gradients are
+    accumulated and unscaled, not yet clipped) -> optimizer step -> ``after_optimizer_step``.
+    """
+
+    name = "hook"
+
+    def loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor
+    ) -> torch.Tensor:
+        return loss
+
+    def before_optimizer_step(self) -> None:
+        pass
+
+    def after_optimizer_step(self) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int) -> None:
+        pass
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class SparsityHook(Hook):
+    """Drives a ``sst.sparsity`` method from the loop."""
+
+    name = "sparsity"
+
+    def __init__(self, method) -> None:
+        self.method = method
+
+    def before_optimizer_step(self) -> None:
+        self.method.before_step()
+
+    def after_optimizer_step(self) -> None:
+        self.method.after_step()
+
+    def metrics(self) -> dict[str, float]:
+        return self.method.metrics()
+
+    def summary(self) -> dict[str, Any]:
+        metrics = self.method.metrics()
+        return {
+            "sparsity_masked_layers": metrics["sparsity/masked_layers"],
+            "sparsity_all_params": metrics["sparsity/all_params"],
+            "inference_flops_rel": metrics.get("flops/inference_rel"),
+            "train_flops_rel": metrics.get("flops/train_rel"),
+            "itop_rate": metrics.get("itop_rate"),
+            "layers": self.method.layer_stats(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.method.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state)

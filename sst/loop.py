@@ -1,0 +1,384 @@
+"""The training loop: closed, counted in optimizer steps, extended only through hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from . import dist
+from .hooks import Hook
+from .runlog import RunLog
+
+log = logging.getLogger(__name__)
+
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint was saved on SIGTERM / SIGUSR1."""
+
+
+class NonFiniteLoss(Exception):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    max_steps: int | None = None
+    grad_accumulation: int = 1
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    amp: str = "none"
+    channels_last: bool = False
+    log_every: int = 50
+    eval_every_epochs: int = 1
+    checkpoint_every_epochs: int = 1
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"trainer.epochs={self.epochs} must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"trainer.max_steps={self.max_steps} must be >= 1 or null")
+        if self.grad_accumulation < 1:
+            raise ValueError(f"trainer.grad_accumulation={self.grad_accumulation} must be >= 1")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"trainer.label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"trainer.grad_clip={self.grad_clip} must be > 0 or null")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"trainer.amp={self.amp!r} is unknown: allowed values are {AMP_MODES}")
+        for key in ("log_every", "eval_every_epochs", "checkpoint_every_epochs"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"trainer.{key}={getattr(self, key)} must be >= 1")
+
+
+def steps_per_epoch(batches_per_epoch: int, grad_accumulation: int) -> int:
+    steps = batches_per_epoch // grad_accumulation
+    if steps < 1:
+        raise ValueError(
+            f"an epoch has {batches_per_epoch} batches, fewer than trainer.grad_accumulation="
+            f"{grad_accumulation}: lower the batch size or the accumulation"
+        )
+    return steps
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader, device: torch.device, num_classes: int, autocast, channels_last
+) -> dict[str, float]:
+    """Test loss, top-1 and (with more than 10 classes) top-5 accuracy in percent."""
+    was_training = model.training
+    model.eval()
+    total, loss_sum = 0, torch.zeros((), device=device)
+    correct1 = torch.zeros((), device=device)
+    correct5 = torch.zeros((), device=device)
+    for inputs, targets in loader:
+        inputs, targets = _to_device(inputs, targets, device, channels_last)
+        with autocast():
+            logits = model(inputs)
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
+        top = logits.topk(min(5, num_classes), dim=1).indices
+        hits = top == targets.unsqueeze(1)
+        correct1 += hits[:, 0].sum()
+        correct5 += hits.any(dim=1).sum()
+        total += targets.numel()
+    model.train(was_training)
+    out = {"test/loss": loss_sum.item() / total, "test/acc": 100.0 * correct1.item() / total}
+    if num_classes > 10:
+        out["test/acc_top5"] = 100.0 * correct5.item() / total
+    return out
+
+
+def _to_device(inputs, targets, device, channels_last):
+    inputs = inputs.to(device, non_blocking=True)
+    if channels_last and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, targets.to(device, non_blocking=True)
+
+
+class Loop:
+    """Trains ``model`` for ``settings.epochs`` epochs (or ``max_steps`` optimizer steps).
+
+    ``lr_multiplier(step)`` gives the LR factor of each param group's ``initial_lr``.
+    The run folder holds ``checkpoints/last.pt``; ``fit`` resumes from it when present.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_multiplier: Callable[[int], float],
+        train_loader,
+        test_loader,
+        num_classes: int,
+        settings: LoopSettings,
+        device: torch.device,
+        run_log: RunLog | None = None,
+        run_dir: str | Path | None = None,
+        hooks: Sequence[Hook] = (),
+        run_info: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.lr_multiplier = lr_multiplier
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.num_classes = num_classes
+        self.settings = settings
+        self.device = device
+        self.run_log = run_log
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.hooks = list(hooks)
+        self.run_info = run_info or {}
+        self.steps_per_epoch = steps_per_epoch(len(train_loader), settings.grad_accumulation)
+        full = settings.epochs * self.steps_per_epoch
+        self.total_steps = min(full, settings.max_steps) if settings.max_steps else full
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.amp)
+        self.amp_dtype = amp_dtype if device.type in ("cuda", "cpu") else None
+        if settings.amp == "fp16" and device.type != "cuda":
+            raise ValueError("trainer.amp=fp16 needs a CUDA device; use bf16 or none")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=settings.amp == "fp16")
+        self.step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.best_acc = -math.inf
+        self.last_eval: dict[str, float] = {}
+        self.elapsed = 0.0
+        self._stop_signal: int | None = None
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
+    # ----------------------------------------------------------------- state
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "hooks": {h.name: h.state_dict() for h in self.hooks},
+            "rng": ckpt.rng_state(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "best_acc": self.best_acc,
+            "last_eval": dict(self.last_eval),
+            "elapsed": self.elapsed + time.perf_counter() - self._start,
+            "wandb_id": self.run_log.run_id if self.run_log else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        for hook in self.hooks:
+            hook.load_state_dict(state["hooks"][hook.name])
+        ckpt.set_rng_state(state["rng"])
+        self.step = state["step"]
+        self.epoch = state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.best_acc = state["best_acc"]
+        self.last_eval = dict(state["last_eval"])
+        self.elapsed = state["elapsed"]
+
+    def save_checkpoint(self) -> None:
+        """Saves unless a non-finite loss was seen: the last good checkpoint stays."""
+        self._check_finite()
+        if self.checkpoint_path is not None and dist.is_main():
+            ckpt.save_atomic(self.state_dict(), self.checkpoint_path)
+        dist.barrier()
+
+    def _check_finite(self) -> None:
+        if bool(self._nonfinite):
+            raise NonFiniteLoss(
+                f"the training loss became NaN/inf before step {self.step}: stopping; the last "
+                f"good checkpoint is kept (lower the learning rate or enable trainer.grad_clip)"
+            )
+
+    # ----------------------------------------------------------------- signals
+    def _on_signal(self, signum, _frame) -> None:
+        self._stop_signal = signum
+
+    @contextlib.contextmanager
+    def _signal_handlers(self):
+        wanted = [signal.SIGTERM, getattr(signal, "SIGUSR1", None)]
+        previous = {}
+        try:
+            for sig in filter(None, wanted):
+                with contextlib.suppress(ValueError):  # not the main thread
+                    previous[sig] = signal.signal(sig, self._on_signal)
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    # ----------------------------------------------------------------- training
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _set_lr(self) -> float:
+        factor = self.lr_multiplier(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _micro_batch(self, inputs, targets) -> torch.Tensor:
+        inputs, targets = _to_device(inputs, targets, self.device, self.settings.channels_last)
+        with self._autocast():
+            logits = self.model(inputs)
+            loss = F.cross_entropy(
+                logits.float(), targets, label_smoothing=self.settings.label_smoothing
+            )
+        for hook in self.hooks:
+            loss = hook.loss(inputs, targets, logits, loss)
+        self.scaler.scale(loss / self.settings.grad_accumulation).backward()
+        return loss.detach()
+
+    def _optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        for hook in self.hooks:
+            hook.before_optimizer_step()
+        if self.settings.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        for hook in self.hooks:
+            hook.after_optimizer_step()
+        self.step += 1
+        self.step_in_epoch += 1
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.run_log is not None and dist.is_main():
+            epoch = self.epoch + self.step_in_epoch / self.steps_per_epoch
+            self.run_log.log(metrics, step=self.step, epoch=round(epoch, 4))
+
+    def _hook_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for hook in self.hooks:
+            out.update(hook.metrics())
+        return out
+
+    def _end_of_epoch(self) -> None:
+        epoch_done = self.epoch + 1
+        finished = self.step >= self.total_steps
+        if epoch_done % self.settings.eval_every_epochs == 0 or finished:
+            self.last_eval = evaluate(
+                self.model,
+                self.test_loader,
+                self.device,
+                self.num_classes,
+                self._autocast,
+                self.settings.channels_last,
+            )
+            self.best_acc = max(self.best_acc, self.last_eval["test/acc"])
+            self._log({**self.last_eval, "test/best_acc": self.best_acc, **self._hook_metrics()})
+            log.info("epoch %d step %d: %s", epoch_done, self.step, _short(self.last_eval))
+        for hook in self.hooks:
+            hook.on_epoch_end(self.epoch)
+        self.epoch = epoch_done
+        self.step_in_epoch = 0
+        if epoch_done % self.settings.checkpoint_every_epochs == 0 or finished:
+            self.save_checkpoint()
+
+    def resume(self) -> bool:
+        """Loads ``checkpoints/last.pt`` if the run folder has one."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        self.load_state_dict(ckpt.load(path, map_location=self.device))
+        if self.run_log is not None and dist.is_main():
+            self.run_log.truncate_after(self.step)
+        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        return True
+
+    def fit(self) -> dict[str, Any]:
+        """Trains to the end and returns the summary (also written to ``summary.json``)."""
+        self._start = time.perf_counter()
+        self.resume()
+        self.model.train()
+        with self._signal_handlers():
+            while self.step < self.total_steps:
+                self._train_epoch()
+        return self._summary()
+
+    def _train_epoch(self) -> None:
+        accumulation = self.settings.grad_accumulation
+        remaining = min(self.steps_per_epoch - self.step_in_epoch, self.total_steps - self.step)
+        self.train_loader.set_epoch(self.epoch, skip_batches=self.step_in_epoch * accumulation)
+        batches = iter(self.train_loader)
+        progress = tqdm(
+            total=remaining,
+            desc=f"epoch {self.epoch + 1}",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not (self.settings.progress_bar and dist.is_main()),
+        )
+        loss_sum = torch.zeros((), device=self.device)
+        logged_steps = 0
+        for _ in range(remaining):
+            lr = self._set_lr()
+            for _ in range(accumulation):
+                inputs, targets = next(batches)
+                loss = self._micro_batch(inputs, targets)
+                loss_sum += loss / accumulation
+                self._nonfinite |= ~torch.isfinite(loss)
+            self._optimizer_step()
+            logged_steps += 1
+            progress.update()
+            if self.step % self.settings.log_every == 0:
+                self._check_finite()
+                mean_loss = loss_sum.item() / logged_steps
+                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+                self._log({"train/loss": mean_loss, "train/lr": lr, **self._hook_metrics()})
+                loss_sum.zero_()
+                logged_steps = 0
+            if self._stop_signal is not None:
+                progress.close()
+                self.save_checkpoint()
+                raise Preempted(f"signal {self._stop_signal}: checkpoint saved at step {self.step}")
+        progress.close()
+        if self.step_in_epoch >= self.steps_per_epoch or self.step >= self.total_steps:
+            self._end_of_epoch()
+
+    def _summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            **self.run_info,
+            "finished": True,
+            "steps": self.step,
+            "epochs": self.epoch,
+            "final_test_acc": self.last_eval.get("test/acc"),
+            "best_test_acc": self.best_acc if math.isfinite(self.best_acc) else None,
+            "final_test_loss": self.last_eval.get("test/loss"),
+            "wall_time_s": self.elapsed + time.perf_counter() - self._start,
+        }
+        if "test/acc_top5" in self.last_eval:
+            summary["final_test_acc_top5"] = self.last_eval["test/acc_top5"]
+        for hook in self.hooks:
+            summary.update(hook.summary())
+        return summary
+
+
+def _short(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())

@@ -1,0 +1,146 @@
+"""One run, one folder: ``metrics.jsonl``, ``summary.json`` and the W&B run.
+
+``metrics.jsonl`` and ``summary.json`` are written whatever the logger is; W&B is the
+dashboard, these files are the record that tables are built from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import string
+import subprocess
+from pathlib import Path
+from typing import Any
+
+LOGGER_KINDS = ("wandb", "none")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def git_commit() -> str | None:
+    """The commit of the sst checkout, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def new_run_id() -> str:
+    """8 random lowercase letters and digits, the shape of W&B's own run ids."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Writes a run's metrics to ``metrics.jsonl`` and, with ``kind="wandb"``, to W&B.
+
+    Args:
+        run_dir: the run's folder.
+        config: the resolved config as a plain dict (sent to W&B as its config).
+        kind: ``wandb`` or ``none``.
+        mode: W&B mode, ``online``, ``offline`` (default: no account, no network) or
+            ``disabled``.
+        run_id: the W&B run id to attach to (resume); None creates one and stores it.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        config: dict[str, Any],
+        kind: str = "wandb",
+        mode: str = "offline",
+        project: str = "sst",
+        entity: str | None = None,
+        name: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        if kind not in LOGGER_KINDS:
+            raise ValueError(f"logger.kind={kind!r} is unknown: allowed values are {LOGGER_KINDS}")
+        if mode not in WANDB_MODES:
+            raise ValueError(f"logger.mode={mode!r} is unknown: allowed values are {WANDB_MODES}")
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.summary_path = self.run_dir / "summary.json"
+        self.wandb_run = None
+        self.run_id = run_id
+        if kind == "wandb" and mode != "disabled":
+            import wandb
+
+            id_file = self.run_dir / "wandb_id.txt"
+            if self.run_id is None and id_file.exists():
+                self.run_id = id_file.read_text().strip()
+            if self.run_id is None:
+                self.run_id = new_run_id()
+            id_file.write_text(self.run_id + "\n")
+            self.wandb_run = wandb.init(
+                project=project,
+                entity=entity,
+                name=name,
+                group=group,
+                tags=tags,
+                id=self.run_id,
+                resume="allow",
+                dir=str(self.run_dir),
+                mode=mode,
+                config=config,
+            )
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records past ``step``: a resumed run re-logs them, so the file reads as if
+        the run had never stopped."""
+        if not self.metrics_path.exists():
+            return
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
+        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.metrics_path)
+
+    def log(self, metrics: dict[str, float], *, step: int, epoch: float) -> None:
+        record = {"step": step, "epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({**metrics, "epoch": epoch}, step=step)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.summary_path, summary)
+        if self.wandb_run is not None:
+            for key, value in summary.items():
+                if isinstance(value, (int, float, str, bool)):
+                    self.wandb_run.summary[key] = value
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Closes the W&B run; safe to call more than once."""
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=exit_code)
+            self.wandb_run = None

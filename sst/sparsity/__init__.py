@@ -1,0 +1,16 @@
+"""Sparse training methods and the pieces they are made of.
+
+Library use, in any PyTorch loop::
+
+    from sst.sparsity import SRigL
+    method = SRigL(model, optimizer, density=0.1, total_steps=total_steps)
+    ...
+    loss.backward(); method.before_step(); optimizer.step(); method.after_step()
+"""
+
+from .method import Dense, DynamicSparsity, SparsityMethod, Static
+from .rigl import RigL
+from .set import SET
+from .srigl import SRigL
+
+__all__ = ["SET", "Dense", "DynamicSparsity", "RigL", "SRigL", "SparsityMethod", "Static"]

@@ -1,0 +1,56 @@
+"""The drop-and-grow step shared by SET, RigL and SRigL.
+
+One update of one layer, for any structure (see ``structure.py``):
+1. drop the n_drop = int(n_active * f) active weights of smallest |w| layer-wide;
+2. trim every unit to at most its capacity (only matters after SRigL redistributes fan-in);
+3. grow every unit back to its capacity at the highest ``grow_scores`` among positions not
+   kept, so a weight dropped in step 1 can come straight back (then it keeps its value).
+Unstructured: one unit of capacity n_active, so exactly n_drop weights grow (RigL, Evci et
+al. 2020). Constant fan-in and N:M: every surviving unit ends at its capacity (SRigL,
+Lasby et al. 2024, section 4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .structure import Structure, rowwise_topk_mask, topk_mask
+
+NEG_INF = float("-inf")
+
+
+def drop_smallest(weight: torch.Tensor, active: torch.Tensor, n_drop: int) -> torch.Tensor:
+    """``active`` without its ``n_drop`` smallest-|w| entries (layer-wide)."""
+    if n_drop <= 0:
+        return active.clone()
+    smallness = torch.where(active, -weight.detach().abs().float(), NEG_INF)
+    return active & ~topk_mask(smallness, n_drop)
+
+
+def drop_and_grow(
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    grow_scores: torch.Tensor,
+    drop_fraction: float,
+    structure: Structure,
+    unit_capacity: torch.Tensor,
+) -> torch.Tensor:
+    """New boolean mask after one drop-and-grow step.
+
+    ``unit_capacity`` holds, per unit of ``structure.units``, how many weights the unit holds
+    afterwards (0 for an ablated neuron).
+    """
+    active = mask.bool()
+    n_active = int(active.sum().item())
+    kept = drop_smallest(weight, active, int(n_active * drop_fraction))
+    kept_units = structure.units(kept)
+    if structure.kind != "unstructured":
+        magnitude = structure.units(weight.detach().abs().float())
+        over = kept_units.sum(dim=1) > unit_capacity
+        if bool(over.any()):
+            counts = torch.minimum(kept_units.sum(dim=1), unit_capacity)
+            kept_units = rowwise_topk_mask(torch.where(kept_units, magnitude, NEG_INF), counts)
+    need = unit_capacity - kept_units.sum(dim=1)
+    scores = torch.where(kept_units, NEG_INF, structure.units(grow_scores.float()))
+    grown = rowwise_topk_mask(scores, need.clamp(min=0))
+    return (kept_units | grown).view(mask.shape)

@@ -1,0 +1,83 @@
+"""Which weights a sparsity method masks, named by fully qualified module name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from torch import nn
+
+LAYER_TYPES: dict[str, type[nn.Module]] = {
+    "Linear": nn.Linear,
+    "Conv1d": nn.Conv1d,
+    "Conv2d": nn.Conv2d,
+    "Conv3d": nn.Conv3d,
+    "MultiheadAttention": nn.MultiheadAttention,
+}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DistributedDataParallel / torch.compile wrappers, so that
+    layer names stay the standard ``state_dict`` names."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def weight_layers(model: nn.Module, layer_types: Sequence[str]) -> dict[str, nn.Parameter]:
+    """Layer name -> weight for every module of the given types, in registration order.
+
+    A Linear or Conv is named by its module name (``layer3.1.conv2``); the packed q/k/v
+    projection of a MultiheadAttention by ``<module>.in_proj_weight``.
+    """
+    unknown = [t for t in layer_types if t not in LAYER_TYPES]
+    if unknown:
+        raise ValueError(f"layer_types {unknown} unknown: allowed values are {list(LAYER_TYPES)}")
+    types = tuple(LAYER_TYPES[t] for t in layer_types)
+    found: dict[str, nn.Parameter] = {}
+    for name, module in unwrap(model).named_modules():
+        if not isinstance(module, types):
+            continue
+        if isinstance(module, nn.MultiheadAttention):
+            if module.in_proj_weight is not None:
+                found[f"{name}.in_proj_weight"] = module.in_proj_weight
+        elif module.weight is not None:
+            found[name] = module.weight
+    return found
+
+
+def matching(names: Iterable[str], patterns: Iterable[str], setting: str) -> list[str]:
+    """Names matched (``re.fullmatch``) by any pattern; a pattern that matches no name is an
+    error naming ``setting``, so a typo cannot silently leave a layer out."""
+    names = list(names)
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if re.fullmatch(pattern, n)]
+        if not hits:
+            preview = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise ValueError(f"{setting}: {pattern!r} matches no layer; layers are: {preview}")
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
+
+
+def select_layers(
+    model: nn.Module,
+    *,
+    layer_types: Sequence[str] = ("Linear", "Conv2d"),
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+) -> dict[str, nn.Parameter]:
+    """The candidate layers of a sparsity method: by type, then narrowed by ``include``
+    regexes (all when None) and ``exclude`` regexes. Biases and normalisation layers are
+    never candidates."""
+    layers = weight_layers(model, layer_types)
+    names = list(layers) if include is None else matching(layers, include, "include")
+    dropped = set(matching(names, exclude, "exclude"))
+    chosen = {n: layers[n] for n in names if n not in dropped}
+    if not chosen:
+        raise ValueError(f"no layer of types {list(layer_types)} is left to sparsify")
+    return chosen

@@ -1,0 +1,520 @@
+"""The sparsity engine: layer choice, per-layer densities, masks and their enforcement.
+
+A method is optimizer-like and knows nothing of the training loop::
+
+    method = RigL(model, optimizer, density=0.1, total_steps=T)
+    loss.backward(); method.before_step(); optimizer.step(); method.after_step()
+
+``before_step`` keeps the dense gradient when a coming update needs it, then masks the
+gradients; ``after_step`` re-applies the masks to the weights and, on update steps, changes
+the topology. Masks are explicit state (``state_dict``), never inferred from zeros.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from . import distributions
+from .drop_grow import drop_and_grow
+from .flops import weight_layer_macs
+from .layers import matching, select_layers, unwrap
+from .schedules import DROP_FRACTION_SCHEDULES, is_update_step
+from .structure import Structure
+
+# Optimizers whose state is elementwise per parameter, so masking it is exact.
+SUPPORTED_OPTIMIZERS = (
+    "SGD",
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "RAdam",
+    "Adamax",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+)
+
+
+class SparsityMethod:
+    """Static sparsity at a global ``density``: a random mask of the chosen structure and
+    distribution, kept fixed. Subclasses change the topology (``DynamicSparsity``).
+
+    Args:
+        model: any ``nn.Module`` (DDP / compiled wrappers are unwrapped).
+        optimizer: the optimizer over the model's parameters; its per-weight state is zeroed
+            where weights are inactive. None for mask-only use.
+        density: fraction of the candidate layers' weights kept, in (0, 1].
+        distribution: one of ``distributions.DISTRIBUTIONS``.
+        structure: ``unstructured``, ``constant_fanin`` or ``nm`` (with ``n``, ``m``).
+        layer_types / include / exclude: which layers are candidates (regexes on names).
+        dense_first / dense_last: keep the first / last candidate layer dense (counted in
+            the budget, as in the RigL code).
+        densities: explicit ``{regex: density}`` per-layer overrides.
+        sparse_init: re-draw active weights from N(0, 2 / fan_in_active) per neuron
+            (He init with the sparse fan-in, Evci et al. 2022 "Gradient flow in sparse NNs").
+        seed: seeds the method's own generator (random masks, SET growth): equal seeds give
+            equal masks on every rank.
+        example_input: a batch (size 1 is enough) for FLOP accounting; None skips FLOPs.
+    """
+
+    needs_dense_grad = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float,
+        total_steps: int | None = None,
+        distribution: str = "erk",
+        erk_power: float = 1.0,
+        structure: str = "unstructured",
+        n: int = 2,
+        m: int = 4,
+        layer_types: Sequence[str] = ("Linear", "Conv2d"),
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        dense_first: bool = False,
+        dense_last: bool = False,
+        densities: Mapping[str, float] | None = None,
+        sparse_init: bool = False,
+        seed: int = 0,
+        example_input: torch.Tensor | None = None,
+    ) -> None:
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"density={density} is out of range: allowed values are in (0, 1]")
+        if optimizer is not None and type(optimizer).__name__ not in SUPPORTED_OPTIMIZERS:
+            raise ValueError(
+                f"optimizer {type(optimizer).__name__} is not supported: its state cannot be "
+                f"masked safely; supported optimizers are {SUPPORTED_OPTIMIZERS}"
+            )
+        self.model = unwrap(model)
+        self.optimizer = optimizer
+        self.density = density
+        self.total_steps = total_steps
+        self.structure = Structure(structure, n, m)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.step = 0
+
+        self.candidates = select_layers(
+            self.model, layer_types=layer_types, include=include, exclude=exclude
+        )
+        names = list(self.candidates)
+        dense = ([names[0]] if dense_first else []) + ([names[-1]] if dense_last else [])
+        fixed = {}
+        for pattern, value in (densities or {}).items():
+            for name in matching(names, [pattern], "densities"):
+                fixed[name] = float(value)
+        self.distribution = distribution
+        self.layer_density = self._distribute(distribution, density, dense, fixed, erk_power)
+        self.weights = {n: p for n, p in self.candidates.items() if self.layer_density[n] < 1.0}
+        for name, weight in self.weights.items():
+            self.structure.check_layer(name, weight.shape, self.layer_density[name])
+
+        self.masks: dict[str, torch.Tensor] = {}
+        self.capacity: dict[str, int] = {}
+        for name, weight in self.weights.items():
+            self.capacity[name] = self.structure.capacity(weight.shape, self.layer_density[name])
+            mask = self.structure.random_mask(
+                weight.shape, self.layer_density[name], self.generator
+            )
+            self.masks[name] = mask.to(device=weight.device, dtype=weight.dtype)
+        self.ever_active = {n: m.bool() for n, m in self.masks.items()}
+        if sparse_init:
+            self._sparse_reinit()
+        self.apply_masks()
+
+        self.macs = (
+            weight_layer_macs(self.model, example_input) if example_input is not None else None
+        )
+        self.train_macs = 0.0
+        self.last_update: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- construction
+    def _distribute(self, distribution, density, dense, fixed, power) -> dict[str, float]:
+        shapes = {n: tuple(p.shape) for n, p in self.candidates.items()}
+        if self.structure.kind == "nm":
+            target = self.structure.n / self.structure.m
+            if abs(density - target) > 1e-9 or fixed:
+                raise ValueError(
+                    f"density={density} does not match N:M {self.structure.n}:{self.structure.m}"
+                    f" (every masked layer has density {target:g}); set density={target:g}"
+                )
+            result = dict.fromkeys(shapes, target)
+            result.update(dict.fromkeys(dense, 1.0))
+            return result
+        if distribution == "uniform":
+            return distributions.uniform(shapes, density, dense=dense, fixed=fixed)
+        if distribution == "uniform_uncompensated":
+            return distributions.uniform(
+                shapes, density, dense=dense, fixed=fixed, compensate=False
+            )
+        if distribution == "erk":
+            return distributions.erk(shapes, density, dense=dense, power=power, fixed=fixed)
+        if distribution == "er":
+            return distributions.er(shapes, density, dense=dense, power=power, fixed=fixed)
+        if distribution == "global_magnitude":
+            weights = {n: p.detach() for n, p in self.candidates.items()}
+            return distributions.global_magnitude(weights, density, dense=dense, fixed=fixed)
+        if distribution == "explicit":
+            missing = [n for n in shapes if n not in fixed and n not in dense]
+            if missing:
+                raise ValueError(
+                    f"distribution=explicit needs a density for every layer: missing {missing}"
+                )
+            return {n: 1.0 if n in dense else fixed[n] for n in shapes}
+        raise ValueError(
+            f"distribution={distribution!r} is unknown: allowed values are "
+            f"{distributions.DISTRIBUTIONS}"
+        )
+
+    @torch.no_grad()
+    def _sparse_reinit(self) -> None:
+        for name, weight in self.weights.items():
+            rows = self.masks[name].reshape(weight.shape[0], -1)
+            fan_in = rows.sum(dim=1, keepdim=True).clamp(min=1)
+            std = torch.sqrt(2.0 / fan_in)
+            noise = torch.randn(rows.shape, generator=self.generator).to(weight.device)
+            weight.copy_((noise * std).view(weight.shape).to(weight.dtype))
+
+    # ----------------------------------------------------------------- enforcement
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """weight *= mask for every masked layer."""
+        if self.masks:
+            torch._foreach_mul_(list(self.weights.values()), list(self.masks.values()))
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        pairs = [(p.grad, self.masks[n]) for n, p in self.weights.items() if p.grad is not None]
+        if pairs:
+            grads, masks = zip(*pairs, strict=True)
+            torch._foreach_mul_(list(grads), list(masks))
+
+    @torch.no_grad()
+    def _mask_optimizer_state(self, weight: torch.Tensor, keep: torch.Tensor) -> None:
+        if self.optimizer is None:
+            return
+        for key, value in self.optimizer.state.get(weight, {}).items():
+            if not torch.is_tensor(value) or value.numel() <= 1:
+                continue
+            if value.shape != weight.shape:
+                raise RuntimeError(
+                    f"optimizer state {key!r} of shape {tuple(value.shape)} is not elementwise "
+                    f"for a weight of shape {tuple(weight.shape)}: it cannot be masked"
+                )
+            value.mul_(keep.to(value.dtype))
+
+    def before_step(self) -> None:
+        """Call after backward (and after AMP unscaling), before ``optimizer.step()``."""
+        self.mask_gradients()
+
+    def after_step(self) -> None:
+        """Call after ``optimizer.step()``."""
+        self.step += 1
+        self.apply_masks()
+        self._count_train_macs(dense_grad=False)
+
+    # ----------------------------------------------------------------- accounting
+    def _sparse_macs(self) -> tuple[float, float]:
+        """(sparse, dense) per-sample MACs of all weight layers under the current masks."""
+        assert self.macs is not None
+        dense = sum(self.macs.values())
+        saved = sum(self.macs.get(n, 0.0) * (1.0 - self._density_now(n)) for n in self.masks)
+        return dense - saved, dense
+
+    def _density_now(self, name: str) -> float:
+        active = self.active_counts.get(name)
+        return active / self.masks[name].numel() if active is not None else 1.0
+
+    @property
+    def active_counts(self) -> dict[str, int]:
+        if getattr(self, "_active_counts", None) is None:
+            self._active_counts = {n: int(m.sum().item()) for n, m in self.masks.items()}
+        return self._active_counts
+
+    def _topology_changed(self) -> None:
+        self._active_counts = None
+        self._sparse_macs_cache = None
+
+    def _count_train_macs(self, dense_grad: bool) -> None:
+        """RigL paper, appendix H: a step costs 3 f_S (forward, input and weight gradients);
+        a step that needs the dense gradient costs 2 f_S + f_D."""
+        if self.macs is None:
+            return
+        if getattr(self, "_sparse_macs_cache", None) is None:
+            self._sparse_macs_cache = self._sparse_macs()
+        sparse, dense = self._sparse_macs_cache
+        self.train_macs += 2 * sparse + (dense if dense_grad else sparse)
+
+    # ----------------------------------------------------------------- observability
+    def _ablated(self, name: str) -> int:
+        return 0
+
+    def layer_stats(self) -> list[dict]:
+        """One row per candidate layer: name, shape, density, fan-in, neurons."""
+        rows = []
+        for name, weight in self.candidates.items():
+            n_out = weight.shape[0]
+            fan_in_dense = weight[0].numel()
+            if name in self.masks:
+                per_neuron = self.masks[name].reshape(n_out, -1).sum(dim=1)
+                alive = per_neuron > 0
+                active_neurons = int(alive.sum().item())
+                fan_in = float(per_neuron[alive].float().mean().item()) if active_neurons else 0.0
+                density = self.active_counts[name] / weight.numel()
+            else:
+                active_neurons, fan_in, density = n_out, float(fan_in_dense), 1.0
+            rows.append(
+                {
+                    "layer": name,
+                    "shape": list(weight.shape),
+                    "density": density,
+                    "fan_in": fan_in,
+                    "active_neurons": active_neurons,
+                    "ablated_neurons": self._ablated(name),
+                }
+            )
+        return rows
+
+    def metrics(self) -> dict[str, float]:
+        """Global and per-layer metrics; it reads device tensors, so call it at log time."""
+        stats = self.layer_stats()
+        candidate_total = sum(p.numel() for p in self.candidates.values())
+        inactive = sum(self.masks[n].numel() - c for n, c in self.active_counts.items())
+        all_params = sum(p.numel() for p in self.model.parameters())
+        out: dict[str, float] = {
+            "sparsity/masked_layers": inactive / candidate_total,
+            "sparsity/all_params": inactive / all_params,
+        }
+        if self.masks:
+            ever = sum(int(m.sum().item()) for m in self.ever_active.values())
+            out["itop_rate"] = ever / sum(m.numel() for m in self.masks.values())
+        for row in stats:
+            name = row["layer"]
+            out[f"density/{name}"] = row["density"]
+            out[f"fan_in/{name}"] = row["fan_in"]
+            out[f"active_neurons/{name}"] = row["active_neurons"]
+            out[f"ablated_neurons/{name}"] = row["ablated_neurons"]
+        if self.macs is not None:
+            sparse, dense = self._sparse_macs()
+            out["flops/inference_rel"] = sparse / dense
+            if self.step:
+                out["flops/train_rel"] = self.train_macs / (3 * dense * self.step)
+        out.update(self.last_update)
+        return out
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "masks": {n: m.bool().cpu() for n, m in self.masks.items()},
+            "ever_active": {n: m.cpu() for n, m in self.ever_active.items()},
+            "generator": self.generator.get_state(),
+            "train_macs": self.train_macs,
+            "last_update": dict(self.last_update),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping) -> None:
+        if set(state["masks"]) != set(self.masks):
+            raise ValueError(
+                f"checkpoint masks cover layers {sorted(state['masks'])}, this method masks "
+                f"{sorted(self.masks)}: was it saved with other sparsity settings?"
+            )
+        self.step = int(state["step"])
+        for name, mask in state["masks"].items():
+            weight = self.weights[name]
+            self.masks[name] = mask.to(device=weight.device, dtype=weight.dtype)
+            self.ever_active[name] = state["ever_active"][name].to(weight.device)
+        self.generator.set_state(state["generator"])
+        self.train_macs = float(state["train_macs"])
+        self.last_update = dict(state["last_update"])
+        self._topology_changed()
+        self.apply_masks()
+
+
+class Static(SparsityMethod):
+    """Static sparse training: the initial random mask is kept for the whole run."""
+
+
+class Dense(SparsityMethod):
+    """The dense baseline, with the same metrics as the sparse methods."""
+
+    def __init__(self, model: nn.Module, optimizer=None, *, density: float = 1.0, **kwargs):
+        if density != 1.0:
+            raise ValueError(f"the dense method needs density=1.0, got density={density}")
+        super().__init__(model, optimizer, density=1.0, distribution="uniform", **kwargs)
+
+
+class DynamicSparsity(SparsityMethod):
+    """Drop and grow every ``delta_t`` optimizer steps until ``t_end`` (RigL's schedule).
+
+    Args (besides ``SparsityMethod``'s):
+        total_steps: optimizer steps of the whole run (required).
+        delta_t: steps between topology updates (RigL paper: 100).
+        alpha: initial drop fraction (0.3).
+        t_end: last update at this fraction of ``total_steps`` (0.75).
+        drop_schedule: ``cosine`` (RigL), ``constant`` (SET) or ``linear``.
+        grad_accumulation: steps over which the dense gradient is summed before an update
+            (RigL's ImageNet setting uses 8); 1 uses the update step's gradient alone.
+        skip_optimizer_step: on update steps, update the topology and skip the optimizer
+            step, as the RigL TensorFlow reference does (the SRigL code steps).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float,
+        total_steps: int | None = None,
+        delta_t: int = 100,
+        alpha: float = 0.3,
+        t_end: float = 0.75,
+        drop_schedule: str = "cosine",
+        grad_accumulation: int = 1,
+        skip_optimizer_step: bool = False,
+        **kwargs,
+    ) -> None:
+        if total_steps is None or total_steps < 1:
+            raise ValueError(f"total_steps={total_steps} must be a positive step count")
+        if delta_t < 1:
+            raise ValueError(f"delta_t={delta_t} is out of range: allowed values are >= 1")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha} is out of range: allowed values are in [0, 1]")
+        if not 0.0 < t_end <= 1.0:
+            raise ValueError(f"t_end={t_end} is out of range: allowed values are in (0, 1]")
+        if drop_schedule not in DROP_FRACTION_SCHEDULES:
+            raise ValueError(
+                f"drop_schedule={drop_schedule!r} is unknown: allowed values are "
+                f"{list(DROP_FRACTION_SCHEDULES)}"
+            )
+        if not 1 <= grad_accumulation <= delta_t:
+            raise ValueError(
+                f"grad_accumulation={grad_accumulation} is out of range: allowed "
+                f"values are 1..delta_t ({delta_t})"
+            )
+        super().__init__(model, optimizer, density=density, total_steps=total_steps, **kwargs)
+        self.delta_t = delta_t
+        self.alpha = alpha
+        self.t_end = int(t_end * total_steps)
+        self.drop_schedule = DROP_FRACTION_SCHEDULES[drop_schedule]
+        self.grad_accumulation = grad_accumulation
+        self.skip_optimizer_step = skip_optimizer_step
+        self.dense_grads: dict[str, torch.Tensor] = {}
+        self._skipped = False
+
+    def drop_fraction(self, step: int) -> float:
+        return self.drop_schedule(step, self.alpha, self.t_end)
+
+    def is_update_step(self, step: int) -> bool:
+        return is_update_step(step, self.delta_t, self.t_end)
+
+    def _needs_dense_grad(self, step: int) -> bool:
+        if not self.needs_dense_grad:
+            return False
+        next_update = math.ceil(step / self.delta_t) * self.delta_t
+        return next_update - step < self.grad_accumulation and self.is_update_step(next_update)
+
+    @torch.no_grad()
+    def _capture_dense_grads(self) -> None:
+        for name, weight in self.weights.items():
+            if weight.grad is None:
+                continue
+            if name in self.dense_grads:
+                self.dense_grads[name].add_(weight.grad)
+            else:
+                self.dense_grads[name] = weight.grad.detach().clone()
+
+    def before_step(self) -> None:
+        coming = self.step + 1
+        dense_grad_step = self._needs_dense_grad(coming)
+        if dense_grad_step:
+            self._capture_dense_grads()
+        self._skipped = self.skip_optimizer_step and self.is_update_step(coming)
+        if self._skipped:
+            self.update_topology(coming)
+            if self.optimizer is not None:
+                for group in self.optimizer.param_groups:
+                    for param in group["params"]:
+                        param.grad = None
+        else:
+            self.mask_gradients()
+        self._dense_grad_step = dense_grad_step
+
+    def after_step(self) -> None:
+        self.step += 1
+        self.apply_masks()
+        self._count_train_macs(dense_grad=getattr(self, "_dense_grad_step", False))
+        if self.is_update_step(self.step) and not self._skipped:
+            self.update_topology(self.step)
+        self._skipped = False
+
+    # ----------------------------------------------------------------- topology
+    def grow_scores(
+        self, name: str, weight: torch.Tensor, dense_grad: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Where to grow: higher is better. Subclasses define it."""
+        raise NotImplementedError
+
+    def update_layer(
+        self,
+        name: str,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        dense_grad: torch.Tensor | None,
+        drop_fraction: float,
+    ) -> torch.Tensor:
+        """The layer's new boolean mask; the default is structure-aware drop and grow."""
+        units = self.structure.units(mask).shape[0]
+        capacity = torch.full((units,), self.capacity[name], device=mask.device)
+        scores = self.grow_scores(name, weight, dense_grad)
+        return drop_and_grow(weight, mask, scores, drop_fraction, self.structure, capacity)
+
+    @torch.no_grad()
+    def update_topology(self, step: int) -> None:
+        if self.needs_dense_grad and not self.dense_grads:
+            raise RuntimeError(
+                "an update needs the dense gradient, but no gradient was seen: "
+                "call before_step() after backward()"
+            )
+        start = time.perf_counter()
+        fraction = self.drop_fraction(step)
+        grown_total, active_total = 0, 0
+        for name, weight in self.weights.items():
+            old = self.masks[name].bool()
+            new = self.update_layer(name, weight, old, self.dense_grads.get(name), fraction)
+            survived = old & new
+            weight.mul_(survived)
+            self._mask_optimizer_state(weight, survived)
+            self.masks[name] = new.to(weight.dtype)
+            self.ever_active[name] |= new
+            grown_total += int((new & ~old).sum().item())
+            active_total += int(new.sum().item())
+        self.dense_grads.clear()
+        self._topology_changed()
+        if any(w.is_cuda for w in self.weights.values()):
+            torch.cuda.synchronize()
+        self.last_update = {
+            "update/drop_fraction": fraction,
+            "update/changed_fraction": grown_total / max(active_total, 1),
+            "update/time_ms": 1000.0 * (time.perf_counter() - start),
+            "update/step": float(step),
+        }
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["dense_grads"] = {n: g.cpu() for n, g in self.dense_grads.items()}
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        super().load_state_dict(state)
+        self.dense_grads = {
+            n: g.to(self.weights[n].device) for n, g in state.get("dense_grads", {}).items()
+        }

@@ -1,0 +1,163 @@
+"""SRigL: RigL under a constant fan-in constraint, with neuron ablation
+(Lasby et al., ICLR 2024, "Dynamic Sparse Training with Structured Sparsity")."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .drop_grow import drop_and_grow
+from .layers import matching
+from .method import DynamicSparsity
+from .structure import Structure, layer_budget, topk_mask
+
+DENOMINATORS = ("sparse", "dense")
+
+
+def ablation_threshold(
+    gamma_sal: float, fan_in: int, salient_counts: torch.Tensor, min_neurons: int
+) -> int:
+    """Salient weights a neuron needs to survive (SRigL section 4.2).
+
+    max(1, int(gamma_sal * fan_in)) for 0 < gamma_sal < 1, gamma_sal itself for
+    gamma_sal >= 1 (an absolute count). Minimum-neurons guard: with the counts sorted in
+    descending order, if the count at 0-based position ``min_neurons`` is below the
+    threshold, the threshold drops to that count, so at least min_neurons + 1 neurons live.
+    """
+    threshold = int(gamma_sal) if gamma_sal >= 1 else max(1, int(gamma_sal * fan_in))
+    if min_neurons < salient_counts.numel():
+        guard = int(torch.sort(salient_counts, descending=True).values[min_neurons].item())
+        threshold = min(threshold, guard)
+    return threshold
+
+
+def update_mask(
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    dense_grad: torch.Tensor,
+    drop_fraction: float,
+    gamma_sal: float,
+    *,
+    density: float,
+    protected: bool = False,
+    ablation_denominator: str = "sparse",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SRigL update of one layer; returns (new boolean mask, ablated-neuron vector).
+
+    1. n_drop = int(n_active * f), n_keep = n_active - n_drop.
+    2. A weight is salient if among the top n_keep |w| of the active weights or the top
+       n_drop |dense grad| of the layer; count salient weights per output neuron.
+    3. Neurons with fewer salient weights than ``ablation_threshold`` are ablated
+       (never in a protected layer; gamma_sal = 0 turns ablation off). The threshold's
+       fan-in is the layer's current constant fan-in (``"sparse"``) or the dense fan-in
+       (``"dense"``); the guard keeps int(budget // dense_fan_in) + 1 neurons at least.
+    4. The budget int(numel * density) is shared by the survivors: k' = budget // n_alive.
+    5. Drop n_drop smallest |w| layer-wide, trim survivors to k', grow each survivor to k'
+       by largest |dense grad| among its positions not kept. New weights start at 0.
+    """
+    if ablation_denominator not in DENOMINATORS:
+        raise ValueError(
+            f"ablation_denominator={ablation_denominator!r} is unknown: allowed "
+            f"values are {DENOMINATORS}"
+        )
+    if gamma_sal < 0:
+        raise ValueError(f"gamma_sal={gamma_sal} is out of range: allowed values are >= 0")
+    n_out = weight.shape[0]
+    dense_fan_in = weight[0].numel()
+    budget = layer_budget(weight.numel(), density)
+    active = mask.bool()
+    ablated = torch.zeros(n_out, dtype=torch.bool, device=weight.device)
+    if gamma_sal > 0 and not protected:
+        n_active = int(active.sum().item())
+        n_drop = int(n_active * drop_fraction)
+        magnitude = torch.where(active, weight.detach().abs().float(), float("-inf"))
+        salient = topk_mask(magnitude, n_active - n_drop)
+        salient |= topk_mask(dense_grad.abs().float(), n_drop)
+        counts = salient.reshape(n_out, -1).sum(dim=1)
+        alive_now = max(int(active.reshape(n_out, -1).any(dim=1).sum().item()), 1)
+        fan_in = budget // alive_now if ablation_denominator == "sparse" else dense_fan_in
+        threshold = ablation_threshold(gamma_sal, fan_in, counts, budget // dense_fan_in)
+        ablated = counts < threshold
+    n_alive = n_out - int(ablated.sum().item())
+    k = budget // n_alive
+    capacity = torch.where(ablated, 0, k)
+    structure = Structure("constant_fanin")
+    new_mask = drop_and_grow(weight, mask, dense_grad.abs(), drop_fraction, structure, capacity)
+    return new_mask, ablated
+
+
+class SRigL(DynamicSparsity):
+    """RigL with constant fan-in and dynamic neuron ablation.
+
+    Args (besides ``DynamicSparsity``'s):
+        gamma_sal: ablation threshold; 0 turns ablation off ("SRigL without ablation"),
+            0 < gamma_sal < 1 is a fraction of the denominator, >= 1 an absolute count.
+            The paper uses 0.3 for CNNs and 0.95 for ViT.
+        ablation_denominator: ``sparse`` (the layer's constant fan-in, the paper's default)
+            or ``dense`` (the dense fan-in).
+        protected: regexes of layers never ablated. None protects the output layer (the
+            last candidate layer) as the paper does; the SRigL code protects nothing, which
+            ``protected=[]`` reproduces.
+    """
+
+    needs_dense_grad = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float,
+        gamma_sal: float = 0.3,
+        ablation_denominator: str = "sparse",
+        protected: Sequence[str] | None = None,
+        structure: str = "constant_fanin",
+        **kwargs,
+    ) -> None:
+        if structure != "constant_fanin":
+            raise ValueError(f"SRigL needs structure=constant_fanin, got structure={structure!r}")
+        if gamma_sal < 0:
+            raise ValueError(f"gamma_sal={gamma_sal} is out of range: allowed values are >= 0")
+        if ablation_denominator not in DENOMINATORS:
+            raise ValueError(
+                f"ablation_denominator={ablation_denominator!r} is unknown: "
+                f"allowed values are {DENOMINATORS}"
+            )
+        super().__init__(model, optimizer, density=density, structure=structure, **kwargs)
+        self.gamma_sal = gamma_sal
+        self.ablation_denominator = ablation_denominator
+        names = list(self.candidates)
+        patterns = [f"^{names[-1]}$".replace(".", r"\.")] if protected is None else protected
+        self.protected = set(matching(names, patterns, "protected"))
+        self.ablated = {
+            n: torch.zeros(w.shape[0], dtype=torch.bool, device=w.device)
+            for n, w in self.weights.items()
+        }
+
+    def update_layer(self, name, weight, mask, dense_grad, drop_fraction):
+        new_mask, ablated = update_mask(
+            weight,
+            mask,
+            dense_grad,
+            drop_fraction,
+            self.gamma_sal,
+            density=self.layer_density[name],
+            protected=name in self.protected,
+            ablation_denominator=self.ablation_denominator,
+        )
+        self.ablated[name] = ablated
+        return new_mask
+
+    def _ablated(self, name: str) -> int:
+        return int(self.ablated[name].sum().item()) if name in self.ablated else 0
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["ablated"] = {n: a.cpu() for n, a in self.ablated.items()}
+        return state
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.ablated = {n: a.to(self.weights[n].device) for n, a in state["ablated"].items()}

@@ -1,0 +1,126 @@
+"""Sparsity structures: which masks are allowed, orthogonal to the method that picks them.
+
+A mask is viewed as a matrix of *units*, one row per unit:
+- ``unstructured``: one unit, the whole layer; it holds ``budget`` active weights.
+- ``constant_fanin``: one unit per output neuron (a conv output channel counts its whole
+  in_channels/groups * kh * kw filter); every surviving neuron holds exactly k weights
+  (Lasby et al. 2024, SRigL).
+- ``nm``: one unit per group of M consecutive weights along the flattened fan-in
+  (PyTorch layout); every group holds exactly N (N:M sparsity, 2:4 on NVIDIA GPUs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+STRUCTURES = ("unstructured", "constant_fanin", "nm")
+
+
+def layer_budget(numel: int, density: float) -> int:
+    """int(numel * density), robust to float error (0.29 * 100 is 28.999...)."""
+    return int(numel * density + 1e-6)
+
+
+def fan_in(shape: Sequence[int]) -> int:
+    return math.prod(shape[1:])
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A structure kind plus its N:M parameters."""
+
+    kind: str = "unstructured"
+    n: int = 2
+    m: int = 4
+
+    def __post_init__(self) -> None:
+        if self.kind not in STRUCTURES:
+            raise ValueError(f"structure={self.kind!r} is unknown: allowed values are {STRUCTURES}")
+        if self.kind == "nm" and not 0 < self.n <= self.m:
+            raise ValueError(f"N:M needs 0 < n <= m, got n={self.n}, m={self.m}")
+
+    def check_layer(self, name: str, shape: Sequence[int], density: float) -> None:
+        """Fails early, naming the layer, when the layer cannot take this structure."""
+        if self.kind == "constant_fanin":
+            k = layer_budget(math.prod(shape), density) // shape[0]
+            if k < 1:
+                raise ValueError(
+                    f"layer {name!r} (shape {tuple(shape)}) gets a constant fan-in of 0 at "
+                    f"density {density:.4g}: raise the density or keep the layer dense"
+                )
+        if self.kind == "nm" and fan_in(shape) % self.m != 0:
+            raise ValueError(
+                f"layer {name!r} has fan-in {fan_in(shape)}, which N:M with m={self.m} does not "
+                f"divide: keep the layer dense or pick m dividing the fan-in"
+            )
+
+    def units(self, tensor: torch.Tensor) -> torch.Tensor:
+        """View of ``tensor`` (weight-shaped) as (n_units, unit_size)."""
+        if self.kind == "unstructured":
+            return tensor.reshape(1, -1)
+        if self.kind == "constant_fanin":
+            return tensor.reshape(tensor.shape[0], -1)
+        return tensor.reshape(-1, self.m)
+
+    def capacity(self, shape: Sequence[int], density: float) -> int:
+        """Active weights per unit when every unit is alive."""
+        numel = math.prod(shape)
+        if self.kind == "unstructured":
+            return layer_budget(numel, density)
+        if self.kind == "constant_fanin":
+            return layer_budget(numel, density) // shape[0]
+        return self.n
+
+    def random_mask(
+        self, shape: Sequence[int], density: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        """A uniformly random mask of this structure (boolean, weight-shaped)."""
+        scores = torch.rand(tuple(shape), generator=generator)
+        return self.top_mask(scores, self.capacity(shape, density))
+
+    def top_mask(self, scores: torch.Tensor, capacity: int) -> torch.Tensor:
+        """Per unit, the ``capacity`` positions with the highest score."""
+        units = self.units(scores)
+        idx = torch.topk(units, capacity, dim=1, sorted=False).indices
+        mask = torch.zeros_like(units, dtype=torch.bool).scatter_(1, idx, True)
+        return mask.view(scores.shape)
+
+    def verify(self, mask: torch.Tensor, capacity: int) -> None:
+        """Raises if ``mask`` breaks the structure: every unit holds ``capacity`` active
+        weights, or 0 (an ablated neuron) under constant fan-in."""
+        counts = self.units(mask).sum(dim=1)
+        ok = counts == capacity
+        if self.kind == "constant_fanin":
+            ok |= counts == 0
+        if not bool(ok.all()):
+            bad = counts[~ok][:5].tolist()
+            raise AssertionError(
+                f"{self.kind} mask has units with {bad} active, expected {capacity}"
+            )
+
+
+def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k largest entries of ``scores`` (flattened)."""
+    flat = scores.flatten()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if k > 0:
+        mask[torch.topk(flat, k, sorted=False).indices] = True
+    return mask.view(scores.shape)
+
+
+def rowwise_topk_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per row i of the 2-D ``scores``, the ``counts[i]`` largest entries (no Python loop).
+
+    Takes the top max(counts) of every row in one ``topk`` and keeps the first counts[i].
+    """
+    k_max = int(counts.max().item()) if counts.numel() else 0
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k_max <= 0:
+        return mask
+    idx = torch.topk(scores, k_max, dim=1, sorted=True).indices
+    take = torch.arange(k_max, device=scores.device).unsqueeze(0) < counts.unsqueeze(1)
+    return mask.scatter_(1, idx, take)

@@ -1,0 +1,91 @@
+"""``sst-train``: compose a run with Hydra, build it, fit it.
+
+sst-train                                   # the embedded default (digits, MLP, SRigL)
+sst-train model=resnet18_cifar dataset=cifar10 sparsity=rigl sparsity.density=0.05
+sst-train -m experiment=srigl_resnet18_cifar10   # a paper table as a sweep
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from . import config as _config  # noqa: F401  (registers the run-folder resolvers)
+from .build import build
+from .loop import Preempted
+
+log = logging.getLogger("sst")
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def finished_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    if path.exists():
+        summary = json.loads(path.read_text())
+        if summary.get("finished"):
+            return summary
+    return None
+
+
+def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = None) -> dict:
+    """Trains the run of ``cfg`` in ``run_dir``: resumes from its checkpoint if any, and
+    returns at once with the stored summary if the run already finished."""
+    run_dir = Path(run_dir)
+    done = finished_summary(run_dir)
+    if done is not None:
+        print(f"sst: run already finished, skipping: {run_dir}")
+        return done
+    loop = build(cfg, run_dir, choices)
+    run_log = loop.run_log
+    try:
+        summary = loop.fit()
+        run_log.write_summary(summary)
+    except Preempted as stop:
+        log.warning("%s", stop)
+        run_log.finish(exit_code=0)
+        raise
+    except BaseException:
+        run_log.finish(exit_code=1)
+        raise
+    run_log.finish(exit_code=0)
+    print(format_summary(summary, run_dir))
+    return summary
+
+
+def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
+    def pct(value):
+        return "n/a" if value is None else f"{value:.2f}%"
+
+    return "\n".join(
+        [
+            f"sst: finished {summary.get('name')} in {summary['wall_time_s']:.1f}s "
+            f"({summary['steps']} steps)",
+            f"  test accuracy: final {pct(summary['final_test_acc'])}, "
+            f"best {pct(summary['best_test_acc'])}",
+            f"  sparsity: masked layers {100 * summary['sparsity_masked_layers']:.2f}%, "
+            f"all parameters {100 * summary['sparsity_all_params']:.2f}%",
+            f"  run folder: {run_dir}",
+        ]
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
+    try:
+        summary = run(cfg, hydra_cfg.runtime.output_dir, choices)
+    except Preempted:
+        sys.exit(124)
+    return summary.get("final_test_acc")
+
+
+if __name__ == "__main__":
+    main()
