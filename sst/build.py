@@ -55,6 +55,7 @@ def loop_settings(trainer: DictConfig) -> LoopSettings:
 
 
 def build_hooks(cfg: DictConfig, model, optimizer, total_steps: int, example) -> list[Hook]:
+    """The loop's hooks; the sparsity method is always one (``sparsity=dense`` for none)."""
     method = make(
         "sparsity",
         cfg.sparsity,
@@ -64,13 +65,7 @@ def build_hooks(cfg: DictConfig, model, optimizer, total_steps: int, example) ->
         seed=cfg.seed,
         example_input=example,
     )
-    hooks: list[Hook] = [SparsityHook(method)]
-    if cfg.distill.get("enabled", False):
-        from .distill import DistillHook
-
-        hooks.insert(0, make("distill", cfg.distill, student_example=example))
-        assert isinstance(hooks[0], DistillHook)
-    return hooks
+    return [SparsityHook(method)]
 
 
 def run_info(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:

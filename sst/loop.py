@@ -164,6 +164,8 @@ class Loop:
         self.elapsed = 0.0
         self._stop_signal: int | None = None
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self._loss_sum = torch.zeros((), device=device)  # train loss since the last record
+        self._loss_steps = 0
 
     # ----------------------------------------------------------------- state
     @property
@@ -183,6 +185,7 @@ class Loop:
             "best_acc": self.best_acc,
             "last_eval": dict(self.last_eval),
             "elapsed": self.elapsed + time.perf_counter() - self._start,
+            "loss_window": {"sum": self._loss_sum.clone(), "steps": self._loss_steps},
             "wandb_id": self.run_log.run_id if self.run_log else None,
         }
 
@@ -199,6 +202,8 @@ class Loop:
         self.best_acc = state["best_acc"]
         self.last_eval = dict(state["last_eval"])
         self.elapsed = state["elapsed"]
+        self._loss_sum = state["loss_window"]["sum"].to(self.device)
+        self._loss_steps = state["loss_window"]["steps"]
 
     def save_checkpoint(self) -> None:
         """Saves unless a non-finite loss was seen: the last good checkpoint stays."""
@@ -335,25 +340,23 @@ class Loop:
             dynamic_ncols=True,
             disable=not (self.settings.progress_bar and dist.is_main()),
         )
-        loss_sum = torch.zeros((), device=self.device)
-        logged_steps = 0
         for _ in range(remaining):
             lr = self._set_lr()
             for _ in range(accumulation):
                 inputs, targets = next(batches)
                 loss = self._micro_batch(inputs, targets)
-                loss_sum += loss / accumulation
+                self._loss_sum += loss / accumulation
                 self._nonfinite |= ~torch.isfinite(loss)
             self._optimizer_step()
-            logged_steps += 1
+            self._loss_steps += 1
             progress.update()
             if self.step % self.settings.log_every == 0:
                 self._check_finite()
-                mean_loss = loss_sum.item() / logged_steps
+                mean_loss = self._loss_sum.item() / self._loss_steps
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
                 self._log({"train/loss": mean_loss, "train/lr": lr, **self._hook_metrics()})
-                loss_sum.zero_()
-                logged_steps = 0
+                self._loss_sum.zero_()
+                self._loss_steps = 0
             if self._stop_signal is not None:
                 progress.close()
                 self.save_checkpoint()

@@ -34,15 +34,18 @@ def drop_and_grow(
     drop_fraction: float,
     structure: Structure,
     unit_capacity: torch.Tensor,
+    kept: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """New boolean mask after one drop-and-grow step.
 
     ``unit_capacity`` holds, per unit of ``structure.units``, how many weights the unit holds
-    afterwards (0 for an ablated neuron).
+    afterwards (0 for an ablated neuron). ``kept``, when given, is step 1's result
+    (``drop_smallest``) computed by the caller.
     """
-    active = mask.bool()
-    n_active = int(active.sum().item())
-    kept = drop_smallest(weight, active, int(n_active * drop_fraction))
+    if kept is None:
+        active = mask.bool()
+        n_active = int(active.sum().item())
+        kept = drop_smallest(weight, active, int(n_active * drop_fraction))
     kept_units = structure.units(kept)
     if structure.kind != "unstructured":
         magnitude = structure.units(weight.detach().abs().float())

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .drop_grow import drop_and_grow
+from .drop_grow import drop_and_grow, drop_smallest
 from .layers import matching
 from .method import DynamicSparsity
 from .structure import Structure, layer_budget, topk_mask
@@ -68,13 +68,11 @@ def update_mask(
     dense_fan_in = weight[0].numel()
     budget = layer_budget(weight.numel(), density)
     active = mask.bool()
+    n_drop = int(int(active.sum().item()) * drop_fraction)
+    kept = drop_smallest(weight, active, n_drop)
     ablated = torch.zeros(n_out, dtype=torch.bool, device=weight.device)
     if gamma_sal > 0 and not protected:
-        n_active = int(active.sum().item())
-        n_drop = int(n_active * drop_fraction)
-        magnitude = torch.where(active, weight.detach().abs().float(), float("-inf"))
-        salient = topk_mask(magnitude, n_active - n_drop)
-        salient |= topk_mask(dense_grad.abs().float(), n_drop)
+        salient = kept | topk_mask(dense_grad.abs().float(), n_drop)
         counts = salient.reshape(n_out, -1).sum(dim=1)
         alive_now = max(int(active.reshape(n_out, -1).any(dim=1).sum().item()), 1)
         fan_in = budget // alive_now if ablation_denominator == "sparse" else dense_fan_in
@@ -84,7 +82,9 @@ def update_mask(
     k = budget // n_alive
     capacity = torch.where(ablated, 0, k)
     structure = Structure("constant_fanin")
-    new_mask = drop_and_grow(weight, mask, dense_grad.abs(), drop_fraction, structure, capacity)
+    new_mask = drop_and_grow(
+        weight, mask, dense_grad.abs(), drop_fraction, structure, capacity, kept=kept
+    )
     return new_mask, ablated
 
 

@@ -121,6 +121,9 @@ def rowwise_topk_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tenso
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if k_max <= 0:
         return mask
+    if bool((counts == k_max).all()):
+        idx = torch.topk(scores, k_max, dim=1, sorted=False).indices
+        return mask.scatter_(1, idx, True)
     idx = torch.topk(scores, k_max, dim=1, sorted=True).indices
     take = torch.arange(k_max, device=scores.device).unsqueeze(0) < counts.unsqueeze(1)
     return mask.scatter_(1, idx, take)

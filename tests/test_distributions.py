@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+
+from sst.sparsity import distributions as dist
+
+
+def test_erk_matches_hand_computed_values():
+    # p_a = (10 + 20) / 200 = 0.15, p_b = (30 + 10) / 300 = 2/15; budget 0.5 * 500 = 250
+    # eps * (0.15 * 200 + 2/15 * 300) = 70 eps = 250 -> eps = 25/7
+    d = dist.erk({"a": (10, 20), "b": (30, 10)}, 0.5)
+    assert d["a"] == pytest.approx(0.15 * 25 / 7)
+    assert d["b"] == pytest.approx(2 / 15 * 25 / 7)
+    assert d["a"] * 200 + d["b"] * 300 == pytest.approx(250)
+
+
+def test_erk_counts_the_kernel_and_power():
+    shapes = {"conv": (16, 8, 3, 3), "fc": (10, 64)}
+    d = dist.erk(shapes, 0.2, power=0.5)
+    p_conv = ((16 + 8 + 3 + 3) / (16 * 8 * 9)) ** 0.5
+    p_fc = ((10 + 64) / 640) ** 0.5
+    assert d["conv"] / d["fc"] == pytest.approx(p_conv / p_fc)
+    assert d["conv"] * 1152 + d["fc"] * 640 == pytest.approx(0.2 * (1152 + 640))
+
+
+def test_erk_caps_dense_layers_and_resolves():
+    # the small layer's density eps * 1 would be 24.5 > 1: it goes dense, eps is solved again
+    d = dist.erk({"small": (2, 2), "big": (100, 100)}, 0.5)
+    assert d["small"] == 1.0
+    assert d["big"] == pytest.approx((0.5 * 10004 - 4) / 10000)
+
+
+def test_erk_ties_at_the_top_score_capped_together():
+    shapes = {"a": (2, 2), "b": (2, 2), "c": (100, 100)}
+    d = dist.erk(shapes, 0.3)
+    assert d["a"] == d["b"] == 1.0
+    assert d["c"] * 10000 + 8 == pytest.approx(0.3 * 10008)
+
+
+def test_dense_layers_are_compensated_in_the_budget():
+    shapes = {"first": (8, 3, 3, 3), "mid": (16, 8, 3, 3), "fc": (10, 16)}
+    d = dist.erk(shapes, 0.3, dense=["first"])
+    assert d["first"] == 1.0
+    total = sum(math.prod(s) for s in shapes.values())
+    realised = sum(d[n] * math.prod(s) for n, s in shapes.items())
+    assert realised == pytest.approx(0.3 * total)
+
+
+def test_er_ignores_the_kernel():
+    shapes = {"conv": (16, 8, 3, 3), "fc": (10, 64)}
+    d = dist.er(shapes, 0.2)
+    assert d["conv"] / d["fc"] == pytest.approx(((16 + 8) / 128) / ((10 + 64) / 640))
+
+
+def test_uniform_with_and_without_compensation():
+    shapes = {"first": (10, 10), "rest": (100, 10)}
+    comp = dist.uniform(shapes, 0.2, dense=["first"])
+    assert comp["first"] == 1.0
+    assert comp["rest"] == pytest.approx((0.2 * 1100 - 100) / 1000)
+    plain = dist.uniform(shapes, 0.2, dense=["first"], compensate=False)
+    assert plain == {"first": 1.0, "rest": 0.2}
+
+
+def test_fixed_layers_keep_their_density():
+    shapes = {"a": (10, 10), "b": (10, 10), "c": (10, 10)}
+    d = dist.uniform(shapes, 0.5, fixed={"a": 0.8})
+    assert d["a"] == 0.8
+    assert d["b"] == d["c"] == pytest.approx((150 - 80) / 200)
+
+
+def test_global_magnitude_uses_one_threshold():
+    weights = {"a": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.tensor([[0.5, 5.0]])}
+    d = dist.global_magnitude(weights, 0.5)  # keep 3 of 6: 5, 4, 3
+    assert d == {"a": 0.5, "b": 0.5}
+
+
+@pytest.mark.parametrize("density", [0.0, -0.1, 1.5])
+def test_density_out_of_range_is_rejected(density):
+    with pytest.raises(ValueError, match=r"density=.* allowed values are in \(0, 1\]"):
+        dist.erk({"a": (4, 4)}, density)
+
+
+def test_unknown_dense_layer_is_rejected():
+    with pytest.raises(ValueError, match="'nope' is not among the layers"):
+        dist.uniform({"a": (4, 4)}, 0.5, dense=["nope"])
+
+
+def test_dense_layers_larger_than_budget_are_rejected():
+    with pytest.raises(ValueError, match="no budget"):
+        dist.erk({"big": (100, 100), "small": (2, 2)}, 0.1, dense=["big"])

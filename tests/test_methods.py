@@ -1,0 +1,290 @@
+"""Sparsity methods over real short runs: exact sparsity and structure after every update,
+masks that survive optimizers, zero-initialised growth, state round trips."""
+
+import copy
+
+import pytest
+import torch
+from conftest import TinyConvNet, batches, train_steps
+
+from sst.sparsity import SET, Dense, RigL, SRigL, Static
+from sst.sparsity.structure import layer_budget
+
+STEPS = 40
+KW = {"total_steps": STEPS, "delta_t": 5, "t_end": 0.75}
+
+
+def assert_masks_hold(method):
+    """Every layer has exactly its budgeted active weights in the required structure, the
+    weights are zero outside the mask, and so is every optimizer state."""
+    for name, weight in method.weights.items():
+        mask = method.masks[name].bool()
+        assert torch.all(weight[~mask] == 0), name
+        density = method.layer_density[name]
+        if method.structure.kind == "unstructured":
+            assert int(mask.sum()) == layer_budget(weight.numel(), density), name
+        elif isinstance(method, SRigL):
+            rows = mask.reshape(weight.shape[0], -1).sum(dim=1)
+            alive = rows > 0
+            k = layer_budget(weight.numel(), density) // int(alive.sum())
+            assert torch.all(rows[alive] == k), (name, rows)
+            assert torch.equal(~alive, method.ablated[name]), name
+        else:
+            method.structure.verify(mask, method.capacity[name])
+        for key, state in method.optimizer.state.get(weight, {}).items():
+            if torch.is_tensor(state) and state.shape == weight.shape:
+                assert torch.all(state[~mask] == 0), (name, key)
+
+
+METHODS = [
+    (Static, {}),
+    (Static, {"structure": "constant_fanin"}),
+    (SET, {}),
+    (RigL, {}),
+    (RigL, {"structure": "constant_fanin"}),
+    (RigL, {"structure": "nm", "n": 2, "m": 4, "exclude": ["stem"]}),
+    (SRigL, {"gamma_sal": 0.3}),
+    (SRigL, {"gamma_sal": 0.0}),
+]
+
+
+@pytest.mark.parametrize(("cls", "extra"), METHODS, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("optim", ["sgd", "adamw"])
+def test_exact_sparsity_and_structure_after_every_step(tiny_net, cls, extra, optim):
+    if optim == "sgd":
+        opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    else:
+        opt = torch.optim.AdamW(tiny_net.parameters(), lr=0.01, weight_decay=0.1)
+    density = 0.5 if extra.get("structure") == "nm" else 0.2
+    dynamic = {} if cls is Static else KW
+    method = cls(tiny_net, opt, density=density, **dynamic, **extra)
+    assert_masks_hold(method)
+    train_steps(tiny_net, opt, method, batches(STEPS), check=assert_masks_hold)
+    if cls is not Static:
+        assert method.last_update["update/step"] == 25  # last update before t_end = 30
+        assert method.metrics()["itop_rate"] > method.density
+
+
+def test_dynamic_methods_change_the_topology(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1, momentum=0.9)
+    method = RigL(tiny_net, opt, density=0.2, **KW)
+    before = {n: m.clone() for n, m in method.masks.items()}
+    train_steps(tiny_net, opt, method, batches(5))
+    changed = sum(int((before[n] != m).sum()) for n, m in method.masks.items())
+    assert changed > 0
+    assert method.last_update["update/changed_fraction"] > 0
+
+
+def test_grown_weights_start_at_zero_with_zero_optimizer_state(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1, momentum=0.9)
+    method = RigL(tiny_net, opt, density=0.2, **KW)
+    data = batches(5)
+    train_steps(tiny_net, opt, method, data[:4])
+    old = {n: m.bool().clone() for n, m in method.masks.items()}
+    values = {n: w.detach().clone() for n, w in method.weights.items()}
+    train_steps(tiny_net, opt, method, data[4:])  # step 5 updates the topology after stepping
+    for name, weight in method.weights.items():
+        new = method.masks[name].bool()
+        grown = new & ~old[name]
+        assert grown.any(), name
+        assert torch.all(weight[grown] == 0)
+        assert torch.all(opt.state[weight]["momentum_buffer"][grown] == 0)
+        regrown_kept = new & old[name]
+        # kept weights carry the optimizer step of step 5, not a reset
+        assert torch.all((weight[regrown_kept] != 0) | (values[name][regrown_kept] == 0))
+
+
+def test_masked_weights_stay_zero_through_momentum_after_drop(tiny_net):
+    opt = torch.optim.SGD(
+        tiny_net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    method = SET(tiny_net, opt, density=0.2, **KW)
+    data = batches(12)
+    train_steps(tiny_net, opt, method, data)
+    # momentum of dropped weights was zeroed: a plain optimizer step without the method's
+    # after_step must not move any inactive weight
+    loss = torch.nn.functional.cross_entropy(tiny_net(data[0][0]), data[0][1])
+    opt.zero_grad()
+    loss.backward()
+    method.before_step()
+    opt.step()
+    for name, weight in method.weights.items():
+        assert torch.all(weight[~method.masks[name].bool()] == 0), name
+
+
+def test_skip_optimizer_step_on_update_iterations(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1, momentum=0.9)
+    method = RigL(tiny_net, opt, density=0.2, skip_optimizer_step=True, **KW)
+    data = batches(5)
+    train_steps(tiny_net, opt, method, data[:4])
+    bias_before = tiny_net.fc2.bias.detach().clone()
+    masks_before = {n: m.clone() for n, m in method.masks.items()}
+    train_steps(tiny_net, opt, method, data[4:])
+    assert torch.equal(tiny_net.fc2.bias, bias_before)  # no optimizer step on step 5
+    assert any(not torch.equal(masks_before[n], m) for n, m in method.masks.items())
+    assert_masks_hold(method)
+
+
+def test_dense_gradient_is_summed_over_the_accumulation_window(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.0)
+    method = RigL(tiny_net, opt, density=0.2, grad_accumulation=3, **KW)
+    data = batches(5)
+    grads = []
+    for step, (inputs, targets) in enumerate(data, start=1):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(tiny_net(inputs), targets).backward()
+        if step >= 3:
+            grads.append(tiny_net.fc1.weight.grad.clone())
+        method.before_step()
+        if step == 4:
+            assert torch.allclose(method.dense_grads["fc1"], grads[0] + grads[1])
+        if step == 5:  # captured before the update consumes it
+            assert torch.allclose(method.dense_grads["fc1"], sum(grads))
+        opt.step()
+        method.after_step()
+    assert method.dense_grads == {}
+
+
+def resume_equivalence(cls, extra):
+    data = batches(STEPS)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = TinyConvNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        return model, opt, cls(model, opt, density=0.2, seed=7, **KW, **extra)
+
+    model_a, opt_a, method_a = fresh()
+    train_steps(model_a, opt_a, method_a, data)
+
+    model_b, opt_b, method_b = fresh()
+    train_steps(model_b, opt_b, method_b, data[:22])  # mid accumulation window of step 25
+    saved = copy.deepcopy((model_b.state_dict(), opt_b.state_dict(), method_b.state_dict()))
+    model_c, opt_c, method_c = fresh()
+    model_c.load_state_dict(saved[0])
+    opt_c.load_state_dict(saved[1])
+    method_c.load_state_dict(saved[2])
+    train_steps(model_c, opt_c, method_c, data[22:])
+    for (name, a), c in zip(
+        model_a.state_dict().items(), model_c.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, c), name
+    for name in method_a.masks:
+        assert torch.equal(method_a.masks[name], method_c.masks[name])
+    metrics_a, metrics_c = method_a.metrics(), method_c.metrics()
+    metrics_a.pop("update/time_ms")
+    metrics_c.pop("update/time_ms")
+    assert metrics_a == metrics_c
+
+
+@pytest.mark.parametrize(
+    ("cls", "extra"),
+    [
+        (SET, {}),
+        (RigL, {"grad_accumulation": 4}),
+        (SRigL, {"gamma_sal": 0.3}),
+    ],
+)
+def test_state_round_trip_resumes_identically(cls, extra):
+    resume_equivalence(cls, extra)
+
+
+def test_dense_method_masks_nothing(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1)
+    method = Dense(tiny_net, opt, example_input=torch.zeros(1, 3, 8, 8))
+    train_steps(tiny_net, opt, method, batches(3))
+    metrics = method.metrics()
+    assert method.masks == {}
+    assert metrics["sparsity/masked_layers"] == 0.0
+    assert metrics["flops/inference_rel"] == 1.0
+    assert metrics["flops/train_rel"] == pytest.approx(1.0)
+
+
+def test_flop_accounting_follows_the_rigl_paper(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1)
+    method = RigL(
+        tiny_net,
+        opt,
+        density=0.2,
+        example_input=torch.zeros(1, 3, 8, 8),
+        total_steps=100,
+        delta_t=5,
+        t_end=1.0,
+    )
+    macs = method.macs
+    assert macs["stem"] == 8 * 3 * 9 * 64  # weight numel * 8x8 output positions
+    assert macs["fc2"] == 32 * 4
+    train_steps(tiny_net, opt, method, batches(5))
+    sparse, dense = method._sparse_macs()
+    # 4 steps of 3 f_S, the 5th needs the dense gradient: 2 f_S + f_D
+    # (the topology changes after the 5th step, f_S is taken before it)
+    assert method.macs is macs
+    assert method.train_macs == pytest.approx(14 * sparse + dense, rel=1e-6)
+
+
+def test_sparse_init_uses_the_sparse_fan_in(tiny_net):
+    method = Static(tiny_net, density=0.1, distribution="uniform", sparse_init=True)
+    weight = tiny_net.fc1.weight
+    mask = method.masks["fc1"].bool()
+    fan_in = mask.sum(dim=1, keepdim=True).float()
+    normalised = (weight * torch.sqrt(fan_in / 2))[mask]
+    assert normalised.std().item() == pytest.approx(1.0, abs=0.15)
+
+
+def test_errors_name_the_setting(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"density=1\.5"):
+        RigL(tiny_net, opt, density=1.5, total_steps=10)
+    with pytest.raises(ValueError, match="fan-in 27, which N:M with m=4 does not divide"):
+        RigL(tiny_net, opt, density=0.5, total_steps=10, structure="nm")
+    with pytest.raises(ValueError, match="does not match N:M 2:4"):
+        RigL(tiny_net, opt, density=0.1, total_steps=10, structure="nm", exclude=["stem"])
+    with pytest.raises(ValueError, match="constant fan-in of 0"):
+        Static(tiny_net, opt, density=0.01, distribution="uniform", structure="constant_fanin")
+    with pytest.raises(ValueError, match="include: 'layer9' matches no layer"):
+        RigL(tiny_net, opt, density=0.1, total_steps=10, include=["layer9"])
+    with pytest.raises(ValueError, match="distribution='erx' is unknown"):
+        RigL(tiny_net, opt, density=0.1, total_steps=10, distribution="erx")
+    with pytest.raises(ValueError, match="structure='blocks' is unknown"):
+        Static(tiny_net, opt, density=0.1, structure="blocks")
+    with pytest.raises(ValueError, match="SRigL needs structure=constant_fanin"):
+        SRigL(tiny_net, opt, density=0.1, total_steps=10, structure="unstructured")
+    with pytest.raises(ValueError, match="alpha=2"):
+        RigL(tiny_net, opt, density=0.1, total_steps=10, alpha=2)
+    with pytest.raises(ValueError, match="optimizer LBFGS is not supported"):
+        RigL(tiny_net, torch.optim.LBFGS(tiny_net.parameters()), density=0.1, total_steps=10)
+
+
+def test_layer_selection_and_overrides(tiny_net):
+    method = Static(
+        tiny_net,
+        density=0.2,
+        dense_first=True,
+        densities={"fc2": 0.5},
+        layer_types=["Linear", "Conv2d"],
+    )
+    assert "stem" not in method.masks and method.layer_density["stem"] == 1.0
+    assert method.layer_density["fc2"] == 0.5
+    assert set(method.masks) == {"conv", "fc1", "fc2"}
+    only_linear = Static(TinyConvNet(), density=0.2, include=[r"fc\d"])
+    assert set(only_linear.candidates) == {"fc1", "fc2"}
+
+
+def test_library_use_in_a_plain_loop_trains(tiny_net):
+    """The README's three-line integration learns a separable task."""
+    gen = torch.Generator().manual_seed(1)
+    inputs = torch.randn(256, 3, 8, 8, generator=gen)
+    targets = (inputs.mean(dim=(1, 2, 3)) > 0).long()
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.05, momentum=0.9)
+    method = SRigL(tiny_net, opt, density=0.3, total_steps=150, delta_t=10)
+    for _step in range(150):
+        idx = torch.randint(0, 256, (32,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(tiny_net(inputs[idx]), targets[idx])
+        opt.zero_grad()
+        loss.backward()
+        method.before_step()
+        opt.step()
+        method.after_step()
+    accuracy = (tiny_net(inputs).argmax(1) == targets).float().mean().item()
+    assert accuracy > 0.85
+    assert_masks_hold(method)

@@ -1,0 +1,142 @@
+"""Single RigL / SRigL updates on small hand-built tensors with known answers."""
+
+import torch
+
+from sst.sparsity import rigl, srigl
+from sst.sparsity.srigl import ablation_threshold
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_rigl_drops_smallest_magnitude_and_grows_largest_gradient():
+    weight = t([[0.5, -0.1, 0, 0], [0.3, 0, 0.05, 0]])
+    mask = t([[1, 1, 0, 0], [1, 0, 1, 0]])
+    grad = t([[0, 0, 0.9, 0.1], [0, 0.8, 0, 0.2]])
+    new = rigl.update_mask(weight, mask, grad, drop_fraction=0.5)
+    # n_drop = int(4 * 0.5) = 2: -0.1 and 0.05 go; 0.9 and 0.8 grow
+    assert new.tolist() == [[True, False, True, False], [True, True, False, False]]
+
+
+def test_rigl_can_regrow_a_weight_it_just_dropped():
+    weight = t([[0.5, -0.1, 0, 0]])
+    mask = t([[1, 1, 0, 0]])
+    grad = t([[0, 0.9, 0.1, 0.2]])
+    new = rigl.update_mask(weight, mask, grad, drop_fraction=0.5)
+    # -0.1 is dropped (n_drop = 1) and has the largest gradient among positions not kept
+    assert new.tolist() == [[True, True, False, False]]
+
+
+def test_rigl_keeps_the_active_count():
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(32, 48, generator=gen)
+    mask = (torch.rand(32, 48, generator=gen) < 0.2).float()
+    weight *= mask
+    new = rigl.update_mask(weight, mask, torch.randn(32, 48, generator=gen), 0.3)
+    assert int(new.sum()) == int(mask.sum())
+    dropped = mask.bool() & ~new
+    assert int(dropped.sum()) <= int(mask.sum() * 0.3)
+
+
+# SRigL layer: 4 neurons x fan-in 6, density 0.5 -> budget 12, k = 3.
+WEIGHT = t(
+    [
+        [1.0, 0.9, 0.8, 0, 0, 0],
+        [0.7, 0.6, 0.5, 0, 0, 0],
+        [0.4, 0.35, 0.3, 0, 0, 0],
+        [0.01, 0.02, 0.03, 0, 0, 0],
+    ]
+)
+MASK = (WEIGHT != 0).float()
+GRAD = t(
+    [
+        [0.01, 0.01, 0.01, 0.9, 0.01, 0.01],
+        [0.01, 0.01, 0.01, 0.8, 0.01, 0.01],
+        [0.01, 0.01, 0.01, 0.7, 0.6, 0.01],
+        [0.001, 0.002, 0.003, 0.004, 0.005, 0.006],
+    ]
+)
+
+
+def test_srigl_ablates_a_neuron_without_salient_weights_and_redistributes_fan_in():
+    new, ablated = srigl.update_mask(WEIGHT, MASK, GRAD, 0.25, 0.3, density=0.5)
+    # n_drop = 3 (row 3's weights); salient per neuron: 4, 4, 4, 0; threshold
+    # max(1, int(0.3 * 3)) = 1 -> neuron 3 ablated; k' = 12 // 3 = 4: each survivor grows
+    # its largest-gradient position.
+    assert ablated.tolist() == [False, False, False, True]
+    assert new.int().tolist() == [
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 0],
+    ]
+
+
+def test_srigl_guard_keeps_a_minimum_number_of_neurons():
+    # gamma_sal = 5 (an absolute count) would ablate every neuron (counts 4, 4, 4, 0);
+    # m = 12 // 6 = 2, the count at sorted position 2 is 4 < 5, so the threshold drops to 4
+    new, ablated = srigl.update_mask(WEIGHT, MASK, GRAD, 0.25, 5, density=0.5)
+    assert ablated.tolist() == [False, False, False, True]
+    assert new.sum(dim=1).tolist() == [4, 4, 4, 0]
+
+
+def test_srigl_without_ablation_keeps_constant_fan_in():
+    for gamma_sal, protected in ((0.0, False), (0.3, True)):
+        new, ablated = srigl.update_mask(
+            WEIGHT, MASK, GRAD, 0.25, gamma_sal, density=0.5, protected=protected
+        )
+        assert not ablated.any()
+        assert new.sum(dim=1).tolist() == [3, 3, 3, 3]
+        # neuron 3 lost its three weights to the drop and regrows its top-3 gradients
+        assert new[3].int().tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_srigl_ablated_neuron_comes_back_when_its_gradient_is_salient():
+    weight = t(
+        [
+            [1.0, 0.9, 0.8, 0.75, 0, 0],
+            [0.7, 0.6, 0.5, 0.45, 0, 0],
+            [0.4, 0.35, 0.3, 0.25, 0, 0],
+            [0, 0, 0, 0, 0, 0],
+        ]
+    )
+    mask = (weight != 0).float()
+    grad = torch.full((4, 6), 0.01)
+    grad[3, :3] = torch.tensor([5.0, 4.0, 3.0])
+    new, ablated = srigl.update_mask(weight, mask, grad, 0.25, 0.3, density=0.5)
+    # n_drop = 3 -> the top-3 gradients are all neuron 3's: 3 salient >= int(0.3 * 4) = 1
+    assert not ablated.any()
+    assert new.sum(dim=1).tolist() == [3, 3, 3, 3]
+    assert new[3].int().tolist() == [1, 1, 1, 0, 0, 0]
+
+
+def test_srigl_dense_denominator_raises_the_threshold():
+    # 6 neurons x fan-in 6 at density 1/3: budget 12, k = 2, guard m = 12 // 6 = 2
+    weight = torch.zeros(6, 6)
+    weight[:3, :2] = 1.0
+    weight[3:, :2] = 0.01
+    mask = (weight != 0).float()
+    grad = torch.full((6, 6), 0.001)
+    grad[0, 2] = grad[1, 2] = grad[2, 2] = 1.0
+    grad[3, 2:4] = 0.9
+    grad[4, 2] = 0.8
+    # n_drop = 6 (rows 3-5 lose both weights); salient counts 3, 3, 3, 2, 1, 0
+    _, sparse = srigl.update_mask(weight, mask, grad, 0.5, 0.5, density=1 / 3)
+    # threshold max(1, int(0.5 * 2)) = 1: only neuron 5 goes
+    assert sparse.tolist() == [False, False, False, False, False, True]
+    new, dense = srigl.update_mask(
+        weight, mask, grad, 0.5, 0.5, density=1 / 3, ablation_denominator="dense"
+    )
+    # threshold int(0.5 * 6) = 3: neurons 3, 4, 5 go; k' = 12 // 3 = 4
+    assert dense.tolist() == [False, False, False, True, True, True]
+    assert new.sum(dim=1).tolist() == [4, 4, 4, 0, 0, 0]
+
+
+def test_ablation_threshold_formula():
+    counts = torch.tensor([5, 4, 1, 0])
+    assert ablation_threshold(0.3, 10, counts, min_neurons=10) == 3
+    assert ablation_threshold(0.05, 10, counts, min_neurons=10) == 1  # max(1, int(0.5))
+    assert ablation_threshold(2, 10, counts, min_neurons=10) == 2  # absolute count
+    assert ablation_threshold(0.3, 10, counts, min_neurons=2) == 1  # guard: sorted[2] = 1
+    assert ablation_threshold(0.3, 10, counts, min_neurons=1) == 3  # sorted[1] = 4 >= 3
