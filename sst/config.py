@@ -8,8 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-# Settings that change how a run is watched, not what it computes: left out of the run's
-# identity so that changing them resumes the same run folder.
+# Settings that change how a run is watched or where its data lives, not what it computes:
+# left out of the run's identity, so changing them resumes the same run folder.
 NOT_IDENTITY = {
     "progress_bar",
     "log_every",
@@ -17,6 +17,8 @@ NOT_IDENTITY = {
     "num_workers",
     "device",
     "eval_batch_size",
+    "root",
+    "download",
 }
 
 

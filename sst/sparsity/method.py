@@ -134,6 +134,7 @@ class SparsityMethod:
         )
         self.train_macs = 0.0
         self.last_update: dict[str, float] = {}
+        self._topology_cache: dict | None = None
 
     # ----------------------------------------------------------------- construction
     def _distribute(self, distribution, density, dense, fixed, power) -> dict[str, float]:
@@ -221,72 +222,77 @@ class SparsityMethod:
         self._count_train_macs(dense_grad=False)
 
     # ----------------------------------------------------------------- accounting
-    def _sparse_macs(self) -> tuple[float, float]:
-        """(sparse, dense) per-sample MACs of all weight layers under the current masks."""
-        assert self.macs is not None
-        dense = sum(self.macs.values())
-        saved = sum(self.macs.get(n, 0.0) * (1.0 - self._density_now(n)) for n in self.masks)
-        return dense - saved, dense
+    def _topology(self) -> dict:
+        """Everything derived from the masks, read from the device once per topology change,
+        so that per-step work and logging between updates never synchronise with it."""
+        if self._topology_cache is None:
+            counts = {n: int(m.sum().item()) for n, m in self.masks.items()}
+            stats = self._layer_stats(counts)
+            cache = {"active_counts": counts, "layer_stats": stats, "macs": None}
+            if self.macs is not None:
+                dense = sum(self.macs.values())
+                saved = sum(
+                    self.macs.get(n, 0.0) * (1.0 - c / self.masks[n].numel())
+                    for n, c in counts.items()
+                )
+                cache["macs"] = (dense - saved, dense)
+            cache["metrics"] = self._topology_metrics(counts, stats)
+            self._topology_cache = cache
+        return self._topology_cache
 
-    def _density_now(self, name: str) -> float:
-        active = self.active_counts.get(name)
-        return active / self.masks[name].numel() if active is not None else 1.0
+    def _topology_changed(self) -> None:
+        self._topology_cache = None
 
     @property
     def active_counts(self) -> dict[str, int]:
-        if getattr(self, "_active_counts", None) is None:
-            self._active_counts = {n: int(m.sum().item()) for n, m in self.masks.items()}
-        return self._active_counts
+        return self._topology()["active_counts"]
 
-    def _topology_changed(self) -> None:
-        self._active_counts = None
-        self._sparse_macs_cache = None
+    def _sparse_macs(self) -> tuple[float, float]:
+        """(sparse, dense) per-sample MACs of all weight layers under the current masks."""
+        return self._topology()["macs"]
 
     def _count_train_macs(self, dense_grad: bool) -> None:
         """RigL paper, appendix H: a step costs 3 f_S (forward, input and weight gradients);
         a step that needs the dense gradient costs 2 f_S + f_D."""
         if self.macs is None:
             return
-        if getattr(self, "_sparse_macs_cache", None) is None:
-            self._sparse_macs_cache = self._sparse_macs()
-        sparse, dense = self._sparse_macs_cache
+        sparse, dense = self._sparse_macs()
         self.train_macs += 2 * sparse + (dense if dense_grad else sparse)
 
     # ----------------------------------------------------------------- observability
     def _ablated(self, name: str) -> int:
         return 0
 
-    def layer_stats(self) -> list[dict]:
-        """One row per candidate layer: name, shape, density, fan-in, neurons."""
+    def _layer_stats(self, counts: dict[str, int]) -> list[dict]:
         rows = []
         for name, weight in self.candidates.items():
             n_out = weight.shape[0]
-            fan_in_dense = weight[0].numel()
             if name in self.masks:
                 per_neuron = self.masks[name].reshape(n_out, -1).sum(dim=1)
                 alive = per_neuron > 0
                 active_neurons = int(alive.sum().item())
                 fan_in = float(per_neuron[alive].float().mean().item()) if active_neurons else 0.0
-                density = self.active_counts[name] / weight.numel()
+                density = counts[name] / weight.numel()
             else:
-                active_neurons, fan_in, density = n_out, float(fan_in_dense), 1.0
-            rows.append(
-                {
-                    "layer": name,
-                    "shape": list(weight.shape),
-                    "density": density,
-                    "fan_in": fan_in,
-                    "active_neurons": active_neurons,
-                    "ablated_neurons": self._ablated(name),
-                }
-            )
+                active_neurons, fan_in, density = n_out, float(weight[0].numel()), 1.0
+            rows.append({
+                "layer": name,
+                "shape": list(weight.shape),
+                "density": density,
+                "fan_in": fan_in,
+                "active_neurons": active_neurons,
+                "ablated_neurons": self._ablated(name),
+            })
         return rows
 
-    def metrics(self) -> dict[str, float]:
-        """Global and per-layer metrics; it reads device tensors, so call it at log time."""
-        stats = self.layer_stats()
+    def layer_stats(self) -> list[dict]:
+        """One row per candidate layer: name, shape, density, fan-in (mean active weights
+        of the living neurons), active and ablated neurons."""
+        return [dict(row) for row in self._topology()["layer_stats"]]
+
+    def _topology_metrics(self, counts: dict[str, int], stats: list[dict]) -> dict[str, float]:
         candidate_total = sum(p.numel() for p in self.candidates.values())
-        inactive = sum(self.masks[n].numel() - c for n, c in self.active_counts.items())
+        inactive = sum(self.masks[n].numel() - c for n, c in counts.items())
         all_params = sum(p.numel() for p in self.model.parameters())
         out: dict[str, float] = {
             "sparsity/masked_layers": inactive / candidate_total,
@@ -297,12 +303,17 @@ class SparsityMethod:
             out["itop_rate"] = ever / sum(m.numel() for m in self.masks.values())
         for row in stats:
             name = row["layer"]
-            out[f"density/{name}"] = row["density"]
-            out[f"fan_in/{name}"] = row["fan_in"]
-            out[f"active_neurons/{name}"] = row["active_neurons"]
-            out[f"ablated_neurons/{name}"] = row["ablated_neurons"]
-        if self.macs is not None:
-            sparse, dense = self._sparse_macs()
+            for key in ("density", "fan_in", "active_neurons", "ablated_neurons"):
+                out[f"{key}/{name}"] = row[key]
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """Global and per-layer metrics. Between topology updates they come from a cache,
+        so calling this at every log step costs no device synchronisation."""
+        topology = self._topology()
+        out = dict(topology["metrics"])
+        if topology["macs"] is not None:
+            sparse, dense = topology["macs"]
             out["flops/inference_rel"] = sparse / dense
             if self.step:
                 out["flops/train_rel"] = self.train_macs / (3 * dense * self.step)

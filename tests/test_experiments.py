@@ -1,0 +1,392 @@
+"""The paper presets in ``conf/experiment/``: each composes, sweeps the paper's table, carries
+the paper's settings, and builds its sparsity method.
+
+Every ``conf/experiment/*.yaml`` is picked up; a new preset fails ``test_presets_are_known``
+until its table and key settings are written down here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import sst.config  # registers the ${sst.hash:...} resolver
+import sst.models
+import sst.sparsity
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = CONF / "experiment"
+PRESETS = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+METHOD = "experiment/rigl_method@_global_"
+DISTRIBUTION = "experiment/rigl_distribution@_global_"
+
+# The table each preset launches with `sst-train -m experiment=NAME`.
+SWEEPS: dict[str, dict[str, list]] = {
+    "srigl_resnet18_cifar10": {
+        "sparsity.density": [0.2, 0.1, 0.05, 0.01],
+        "seed": [0, 1, 2, 3, 4],
+    },
+    "srigl_wrn22_2_cifar10": {
+        "sparsity.density": [0.2, 0.1, 0.05, 0.01],
+        "seed": [0, 1, 2, 3, 4],
+    },
+    "srigl_resnet50_imagenet": {"sparsity.density": [0.2, 0.1, 0.05, 0.01]},
+    "srigl_vit_b16_imagenet": {"sparsity.density": [0.2, 0.1]},
+    "srigl_gamma_sal_study": {
+        "sparsity.gamma_sal": [0, 0.05, 0.1, 0.2, 0.3, 0.5],
+        "sparsity.density": [0.1, 0.05, 0.01],
+    },
+    "rigl_resnet50_imagenet": {
+        METHOD: ["static", "set", "rigl"],
+        DISTRIBUTION: ["uniform", "erk"],
+        "sparsity.density": [0.2, 0.1],
+    },
+    "rigl_wrn22_2_cifar10": {
+        METHOD: ["static", "rigl"],
+        "sparsity.density": [0.5, 0.2, 0.1, 0.05],
+    },
+}
+CIFAR_PRESETS = [p for p in SWEEPS if p.endswith("cifar10") or p == "srigl_gamma_sal_study"]
+IMAGENET_PRESETS = [p for p in SWEEPS if p.endswith("imagenet")]
+CIFAR_STEPS_PER_EPOCH = 50_000 // 128  # sst drops the last partial batch: 390
+IMAGENET_TRAIN = 1_281_167
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hydra_conf() -> Iterator[None]:
+    # One intra-op thread: tiny tensors, and a busy 2-core machine makes torch's pool slow.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def compose_cfg(overrides: Sequence[str]) -> DictConfig:
+    cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def preset(name: str, *overrides: str) -> DictConfig:
+    return compose_cfg([f"experiment={name}", *overrides])
+
+
+def job_config(cfg: DictConfig) -> dict:
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    return OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
+
+
+def sweep_params(cfg: DictConfig) -> dict[str, list]:
+    """hydra.sweeper.params parsed as the basic sweeper parses them."""
+    params = cfg.hydra.sweeper.get("params") or {}
+    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    return {o.get_key_element(): list(o.sweep_iterator()) for o in overrides}
+
+
+def sweep_cells(name: str) -> list[list[str]]:
+    """The override lists of the jobs `sst-train -m experiment=NAME` launches."""
+    cfg = preset(name)
+    params = cfg.hydra.sweeper.params
+    arguments = [f"{k}={v}" for k, v in params.items()] + [f"experiment={name}"]
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def steps_per_epoch(dataset_size: int, trainer: DictConfig) -> int:
+    """As sst.build: micro-batches with drop_last, grouped by grad_accumulation."""
+    micro = trainer.batch_size // trainer.grad_accumulation
+    return dataset_size // micro // trainer.grad_accumulation
+
+
+def total_steps(cfg: DictConfig, dataset_size: int) -> int:
+    full = cfg.trainer.epochs * steps_per_epoch(dataset_size, cfg.trainer)
+    return min(full, cfg.trainer.max_steps) if cfg.trainer.max_steps else full
+
+
+def lr_factors(cfg: DictConfig, dataset_size: int) -> tuple:
+    per_epoch = steps_per_epoch(dataset_size, cfg.trainer)
+    schedule = instantiate(
+        cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=total_steps(cfg, dataset_size)
+    )
+    return schedule, per_epoch
+
+
+# ----------------------------------------------------------------------------- every preset
+def test_presets_are_known() -> None:
+    assert sorted(SWEEPS) == PRESETS, "add the new preset's table to SWEEPS"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_composes_and_resolves(name: str) -> None:
+    cfg = preset(name)
+    assert cfg.hydra.runtime.choices.experiment == name
+    config = job_config(cfg)
+    assert config["output_dir"] == "outputs", "presets leave output_dir alone"
+    assert str(cfg.hydra.run.dir).startswith("outputs/runs/")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_sweep_is_the_paper_table(name: str) -> None:
+    cfg = preset(name)
+    assert sweep_params(cfg) == SWEEPS[name]
+    # A single run is one cell of the table.
+    assert cfg.sparsity.density in SWEEPS[name]["sparsity.density"]
+    assert cfg.seed in SWEEPS[name].get("seed", [cfg.seed])
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_sweep_cell_composes_into_its_own_run_dir(name: str) -> None:
+    cells = sweep_cells(name)
+    expected = 1
+    for values in SWEEPS[name].values():
+        expected *= len(values)
+    assert len(cells) == expected
+    run_dirs = set()
+    for cell in cells:
+        cfg = compose_cfg(cell)
+        job_config(cfg)
+        chosen = dict(item.split("=", 1) for item in cell)
+        assert float(chosen["sparsity.density"]) == cfg.sparsity.density
+        if "seed" in chosen:
+            assert int(chosen["seed"]) == cfg.seed
+        if "sparsity.gamma_sal" in chosen:
+            assert float(chosen["sparsity.gamma_sal"]) == cfg.sparsity.gamma_sal
+        if METHOD in chosen:
+            assert cfg.hydra.runtime.choices.sparsity == chosen[METHOD]
+        if DISTRIBUTION in chosen:
+            uniform = chosen[DISTRIBUTION] == "uniform"
+            assert cfg.sparsity.distribution == ("uniform_uncompensated" if uniform else "erk")
+            assert cfg.sparsity.dense_first is uniform
+        run_dirs.add(str(cfg.hydra.sweep.subdir))
+    assert len(run_dirs) == len(cells), "two cells of the table would share a run folder"
+
+
+PRESET_FILES = sorted(EXPERIMENTS.rglob("*.yaml"))
+VALUE_LINE = re.compile(r"^\s*(- )?[\w./@ -]+?\s*:\s*\S")  # key: value, - override /g: o
+
+
+@pytest.mark.parametrize("path", PRESET_FILES, ids=[str(p.relative_to(CONF)) for p in PRESET_FILES])
+def test_every_value_cites_its_source(path: Path) -> None:
+    """Each line that sets a value carries a comment saying where the value comes from."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.lstrip().startswith("#") or not VALUE_LINE.match(line):
+            continue
+        assert " # " in line, f"{path.name}:{number} sets a value without a citation: {line}"
+
+
+def test_preset_can_set_the_run_name() -> None:
+    cfg = preset("srigl_gamma_sal_study", "sparsity.gamma_sal=0.05")
+    assert "gsal0.05" in cfg.name
+    assert "gsal0.05" in cfg.group
+
+
+# ----------------------------------------------------------------------------- SRigL, CIFAR-10
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("srigl_resnet18_cifar10", "resnet18_cifar"),
+        ("srigl_wrn22_2_cifar10", "wrn22_2"),
+        ("srigl_gamma_sal_study", "resnet18_cifar"),
+    ],
+)
+def test_srigl_cifar10_recipe(name: str, model: str) -> None:
+    cfg = preset(name)
+    choices = cfg.hydra.runtime.choices
+    assert (choices.model, choices.dataset, choices.sparsity) == (model, "cifar10", "srigl")
+    assert cfg.sparsity._target_ == "sst.sparsity.SRigL"
+    assert cfg.sparsity.structure == "constant_fanin"
+    assert cfg.sparsity.gamma_sal == 0.3
+    assert cfg.sparsity.delta_t == 100
+    assert cfg.sparsity.alpha == 0.3
+    assert cfg.sparsity.t_end == 0.75
+    assert cfg.sparsity.distribution == "erk"
+    assert cfg.trainer.epochs == 250
+    assert cfg.trainer.batch_size * cfg.trainer.grad_accumulation == 128
+    assert cfg.optimizer._target_ == "torch.optim.SGD"
+    assert cfg.optimizer.lr == 0.1
+    assert cfg.optimizer.momentum == 0.9
+    assert cfg.optimizer.nesterov is True
+    assert cfg.optimizer.weight_decay == 5e-4
+    assert cfg.dataset.normalize is False
+    assert cfg.dataset.augment is True
+    assert cfg.lr_schedule._target_ == "sst.lr_schedules.step_decay"
+    assert (cfg.lr_schedule.gamma, cfg.lr_schedule.step_size_epochs) == (0.2, 77)
+    schedule, per_epoch = lr_factors(cfg, 50_000)
+    assert per_epoch == CIFAR_STEPS_PER_EPOCH
+    assert schedule(0) == 1.0
+    assert schedule(77 * per_epoch - 1) == 1.0
+    assert schedule(77 * per_epoch) == pytest.approx(0.2)
+    assert schedule(154 * per_epoch) == pytest.approx(0.04)
+
+
+# ----------------------------------------------------------------------------- SRigL, ImageNet
+def test_srigl_resnet50_imagenet_recipe() -> None:
+    cfg = preset("srigl_resnet50_imagenet")
+    choices = cfg.hydra.runtime.choices
+    assert (choices.model, choices.dataset, choices.sparsity) == ("resnet50", "imagenet", "srigl")
+    assert cfg.sparsity.delta_t == 800
+    assert cfg.sparsity.grad_accumulation == 8
+    assert cfg.sparsity.distribution == "erk"
+    assert cfg.sparsity.dense_first is True
+    assert cfg.sparsity.sparse_init is True
+    assert cfg.sparsity.gamma_sal == 0.3
+    assert cfg.trainer.batch_size == 512
+    assert cfg.trainer.grad_accumulation == 1
+    assert cfg.trainer.label_smoothing == 0.1
+    assert cfg.trainer.max_steps == 256_000
+    assert cfg.trainer.epochs == 104
+    assert total_steps(cfg, IMAGENET_TRAIN) == 256_000, "max_steps must decide the length"
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.2, 1e-4)
+    assert cfg.lr_schedule._target_ == "sst.lr_schedules.multistep"
+    assert list(cfg.lr_schedule.milestones_epochs) == [30, 70, 90]
+    assert (cfg.lr_schedule.gamma, cfg.lr_schedule.warmup_epochs) == (0.1, 5)
+    schedule, per_epoch = lr_factors(cfg, IMAGENET_TRAIN)
+    assert schedule(0) < 0.01 and schedule(5 * per_epoch) == 1.0
+    assert schedule(30 * per_epoch) == pytest.approx(0.1)
+    assert schedule(90 * per_epoch) == pytest.approx(1e-3)
+
+
+def test_srigl_vit_b16_imagenet_recipe() -> None:
+    cfg = preset("srigl_vit_b16_imagenet")
+    choices = cfg.hydra.runtime.choices
+    assert (choices.model, choices.dataset, choices.sparsity) == ("vit_b_16", "imagenet", "srigl")
+    assert cfg.sparsity.gamma_sal == 0.95
+    assert cfg.sparsity.distribution == "uniform"
+    assert cfg.sparsity.delta_t == 100
+    assert "MultiheadAttention" in cfg.sparsity.layer_types
+    assert cfg.optimizer._target_ == "torch.optim.AdamW"
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.003, 0.3)
+    assert cfg.lr_schedule._target_ == "sst.lr_schedules.cosine"
+    assert cfg.lr_schedule.warmup_epochs == 16
+    assert cfg.trainer.label_smoothing == 0.11
+    assert cfg.trainer.grad_clip == 1.0
+    assert cfg.trainer.batch_size == 4096
+    assert cfg.trainer.grad_accumulation > 1, "batch 4096 is simulated"
+    assert cfg.trainer.batch_size % cfg.trainer.grad_accumulation == 0
+    assert total_steps(cfg, IMAGENET_TRAIN) == cfg.trainer.max_steps
+    schedule, per_epoch = lr_factors(cfg, IMAGENET_TRAIN)
+    assert schedule(16 * per_epoch) == pytest.approx(1.0)
+    assert schedule(cfg.trainer.max_steps - 1) < 1e-3
+
+
+# ----------------------------------------------------------------------------- RigL
+def test_rigl_resnet50_imagenet_recipe() -> None:
+    cfg = preset("rigl_resnet50_imagenet")
+    choices = cfg.hydra.runtime.choices
+    assert (choices.model, choices.dataset, choices.sparsity) == ("resnet50", "imagenet", "rigl")
+    assert cfg.sparsity.distribution == "erk"
+    assert (cfg.sparsity.delta_t, cfg.sparsity.alpha, cfg.sparsity.t_end) == (100, 0.3, 0.75)
+    assert cfg.sparsity.skip_optimizer_step is True
+    assert cfg.trainer.batch_size == 4096, "the paper's optimizer batch"
+    assert cfg.trainer.max_steps == 32_000
+    assert total_steps(cfg, IMAGENET_TRAIN) == 32_000
+    assert cfg.optimizer.lr == pytest.approx(0.1 * 4096 / 256)
+    assert cfg.optimizer.weight_decay == 1e-4
+    assert cfg.trainer.label_smoothing == 0.1
+    assert list(cfg.lr_schedule.milestones_epochs) == [30, 70, 90]
+
+    uniform = preset("rigl_resnet50_imagenet", f"{DISTRIBUTION}=uniform")
+    assert uniform.sparsity.distribution == "uniform_uncompensated"
+    assert uniform.sparsity.dense_first is True
+    for method in ("set", "rigl"):
+        cell = preset("rigl_resnet50_imagenet", f"{METHOD}={method}")
+        assert cell.hydra.runtime.choices.sparsity == method
+        assert cell.sparsity.skip_optimizer_step is True
+        assert cell.sparsity.delta_t == 100
+    static = preset("rigl_resnet50_imagenet", f"{METHOD}=static")
+    assert static.sparsity._target_ == "sst.sparsity.Static"
+    assert "delta_t" not in static.sparsity and "skip_optimizer_step" not in static.sparsity
+
+
+def test_rigl_wrn22_2_cifar10_recipe() -> None:
+    cfg = preset("rigl_wrn22_2_cifar10")
+    choices = cfg.hydra.runtime.choices
+    assert (choices.model, choices.dataset, choices.sparsity) == ("wrn22_2", "cifar10", "rigl")
+    assert cfg.sparsity.distribution == "erk"
+    assert cfg.trainer.epochs == 250
+    assert cfg.trainer.batch_size == 128
+    assert cfg.optimizer.momentum == 0.9
+    assert cfg.optimizer.nesterov is False
+    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.1, 5e-4)
+    assert (cfg.lr_schedule.gamma, cfg.lr_schedule.step_size_epochs) == (0.2, 77)
+    schedule, per_epoch = lr_factors(cfg, 50_000)
+    # "divided by 5 every 30k steps": the first drop lands within one epoch of step 30000.
+    assert schedule(30_000 - per_epoch) == 1.0
+    assert schedule(30_000 + per_epoch) == pytest.approx(0.2)
+
+
+# ----------------------------------------------------------------------------- build
+def build_method(cfg: DictConfig, model: torch.nn.Module, steps: int):
+    optimizer = instantiate(cfg.optimizer, params=model.parameters())
+    method = instantiate(
+        cfg.sparsity, model=model, optimizer=optimizer, total_steps=steps, seed=cfg.seed
+    )
+    return method, optimizer
+
+
+def one_step(model, method, optimizer, shape) -> None:
+    model.train()
+    loss = model(torch.randn(2, *shape)).logsumexp(dim=1).mean()
+    loss.backward()
+    method.before_step()
+    optimizer.step()
+    method.after_step()
+    optimizer.zero_grad()
+
+
+CIFAR_CELLS = [
+    ("srigl_resnet18_cifar10", ()),
+    ("srigl_wrn22_2_cifar10", ()),
+    ("srigl_gamma_sal_study", ("sparsity.gamma_sal=0",)),
+    ("rigl_wrn22_2_cifar10", (f"{METHOD}=static",)),
+    ("rigl_wrn22_2_cifar10", (f"{METHOD}=rigl",)),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides"), CIFAR_CELLS)
+def test_cifar_preset_builds_its_method_on_its_model(name: str, overrides: tuple) -> None:
+    cfg = preset(name, *overrides)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model, num_classes=10, input_shape=(3, 32, 32))
+    method, optimizer = build_method(cfg, model, total_steps(cfg, 50_000))
+    assert type(method).__name__ == cfg.sparsity._target_.rsplit(".", 1)[1]
+    if "exclude" in cfg.sparsity and cfg.sparsity.exclude:
+        assert not set(cfg.sparsity.exclude) & set(method.candidates)
+    sparsity = method.metrics()["sparsity/masked_layers"]
+    assert sparsity == pytest.approx(1 - cfg.sparsity.density, abs=0.01)
+    one_step(model, method, optimizer, (3, 32, 32))
+
+
+@pytest.mark.parametrize("name", IMAGENET_PRESETS)
+def test_imagenet_preset_keys_are_constructor_arguments(name: str) -> None:
+    """ResNet-50 / ViT-B are too slow to sparsify here: the preset's sparsity and optimizer
+    nodes are instantiated on a small stand-in model instead (test_*_slow does the real one)."""
+    cfg = preset(name)
+    model = sst.models.mlp(10, (1, 4, 4))  # a small first layer leaves dense_first a budget
+    method, optimizer = build_method(cfg, model, total_steps(cfg, IMAGENET_TRAIN))
+    assert isinstance(method, sst.sparsity.SparsityMethod)
+    one_step(model, method, optimizer, (1, 4, 4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", IMAGENET_PRESETS)
+def test_imagenet_preset_builds_its_method_on_its_model_slow(name: str) -> None:
+    cfg = preset(name)
+    model = instantiate(cfg.model, num_classes=1000, input_shape=(3, 32, 32))
+    method, optimizer = build_method(cfg, model, total_steps(cfg, IMAGENET_TRAIN))
+    if "MultiheadAttention" in cfg.sparsity.layer_types:
+        assert any(n.endswith("in_proj_weight") for n in method.masks)
+    one_step(model, method, optimizer, (3, 32, 32))
