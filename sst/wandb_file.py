@@ -52,12 +52,13 @@ def read_chunks(path: str | Path) -> Iterator[bytes]:
 
 
 def read_run(path: str | Path) -> dict[str, Any]:
-    """{"config": {...}, "history": [{key: value, ...}, ...], "summary": {...}} of a run."""
+    """A run's config, history rows, summary, and exit code (None if it never finished)."""
     from wandb.proto import wandb_internal_pb2
 
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    exit_code: int | None = None
     for raw in read_chunks(path):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
@@ -76,4 +77,6 @@ def read_run(path: str | Path) -> dict[str, Any]:
             for item in record.summary.update:
                 key = item.key or "/".join(item.nested_key)
                 summary[key] = json.loads(item.value_json)
-    return {"config": config, "history": history, "summary": summary}
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    return {"config": config, "history": history, "summary": summary, "exit_code": exit_code}

@@ -124,6 +124,7 @@ def test_wandb_offline_run_is_read_back(tmp_path):
             if key != "step":
                 assert logged[key] == pytest.approx(value), key
     assert run["summary"]["best_test_acc"] == pytest.approx(summary["best_test_acc"])
+    assert run["exit_code"] == 0
     assert any("train/loss" in r for r in records) and any("test/acc" in r for r in records)
 
 
@@ -198,3 +199,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert state["step"] == 22  # end of epoch 1; never overwritten with NaN weights
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert (run_dir / "metrics.jsonl").exists()
+
+
+def test_a_crash_still_finishes_the_wandb_run_and_keeps_the_logs(tmp_path, monkeypatch):
+    cfg, run_dir, choices = compose_run([*QUICK, "logger=wandb"], tmp_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_with(monkeypatch, cfg, run_dir, choices, [InterruptAt(30, "crash")])
+    wandb.teardown()
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    assert read_run(wandb_file)["exit_code"] == 1
+    assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["step"] == 22
+    assert any("test/acc" in row for row in read_metrics(run_dir))
