@@ -8,7 +8,8 @@ Library use, in any PyTorch loop::
     loss.backward(); method.before_step(); optimizer.step(); method.after_step()
 """
 
-from .method import Dense, DynamicSparsity, SparsityMethod, Static
+from .dynamic import DynamicSparsity
+from .method import Dense, SparsityMethod, Static
 from .rigl import RigL
 from .set import SET
 from .srigl import SRigL

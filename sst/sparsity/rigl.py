@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .drop_grow import drop_and_grow
-from .method import DynamicSparsity
+from .dynamic import DynamicSparsity
 from .structure import Structure
 
 

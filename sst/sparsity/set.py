@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .method import DynamicSparsity
+from .dynamic import DynamicSparsity
 
 
 class SET(DynamicSparsity):

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from .drop_grow import drop_and_grow, drop_smallest
+from .dynamic import DynamicSparsity
 from .layers import matching
-from .method import DynamicSparsity
 from .structure import Structure, layer_budget, topk_mask
 
 DENOMINATORS = ("sparse", "dense")

@@ -1,0 +1,187 @@
+"""Dynamic sparse training: drop and grow on RigL's schedule (Evci et al., ICML 2020).
+
+``DynamicSparsity`` owns the schedule (``delta_t``, ``alpha``, ``t_end``, the drop-fraction
+decay), the dense gradient for growth and the update of every layer; a method says only where
+to grow (``grow_scores``) or, like SRigL, how to update a layer (``update_layer``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .drop_grow import drop_and_grow
+from .method import SparsityMethod
+from .schedules import DROP_FRACTION_SCHEDULES, is_update_step
+
+
+class DynamicSparsity(SparsityMethod):
+    """Drop and grow every ``delta_t`` optimizer steps until ``t_end`` (RigL's schedule).
+
+    Args (besides ``SparsityMethod``'s):
+        total_steps: optimizer steps of the whole run (required).
+        delta_t: steps between topology updates (RigL paper: 100).
+        alpha: initial drop fraction (0.3).
+        t_end: last update at this fraction of ``total_steps`` (0.75).
+        drop_schedule: ``cosine`` (RigL), ``constant`` (SET) or ``linear``.
+        grad_accumulation: steps over which the dense gradient is summed before an update
+            (RigL's ImageNet setting uses 8); 1 uses the update step's gradient alone.
+        skip_optimizer_step: on update steps, update the topology and skip the optimizer
+            step, as the RigL TensorFlow reference does (the SRigL code steps).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float,
+        total_steps: int | None = None,
+        delta_t: int = 100,
+        alpha: float = 0.3,
+        t_end: float = 0.75,
+        drop_schedule: str = "cosine",
+        grad_accumulation: int = 1,
+        skip_optimizer_step: bool = False,
+        **kwargs,
+    ) -> None:
+        if total_steps is None or total_steps < 1:
+            raise ValueError(f"total_steps={total_steps} must be a positive step count")
+        if delta_t < 1:
+            raise ValueError(f"delta_t={delta_t} is out of range: allowed values are >= 1")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha} is out of range: allowed values are in [0, 1]")
+        if not 0.0 < t_end <= 1.0:
+            raise ValueError(f"t_end={t_end} is out of range: allowed values are in (0, 1]")
+        if drop_schedule not in DROP_FRACTION_SCHEDULES:
+            raise ValueError(
+                f"drop_schedule={drop_schedule!r} is unknown: allowed values are "
+                f"{list(DROP_FRACTION_SCHEDULES)}"
+            )
+        if not 1 <= grad_accumulation <= delta_t:
+            raise ValueError(
+                f"grad_accumulation={grad_accumulation} is out of range: allowed "
+                f"values are 1..delta_t ({delta_t})"
+            )
+        super().__init__(model, optimizer, density=density, total_steps=total_steps, **kwargs)
+        self.delta_t = delta_t
+        self.alpha = alpha
+        self.t_end = int(t_end * total_steps)
+        self.drop_schedule = DROP_FRACTION_SCHEDULES[drop_schedule]
+        self.grad_accumulation = grad_accumulation
+        self.skip_optimizer_step = skip_optimizer_step
+        self.dense_grads: dict[str, torch.Tensor] = {}
+        self._skipped = False
+
+    def drop_fraction(self, step: int) -> float:
+        return self.drop_schedule(step, self.alpha, self.t_end)
+
+    def is_update_step(self, step: int) -> bool:
+        return is_update_step(step, self.delta_t, self.t_end)
+
+    def _needs_dense_grad(self, step: int) -> bool:
+        if not self.needs_dense_grad:
+            return False
+        next_update = math.ceil(step / self.delta_t) * self.delta_t
+        return next_update - step < self.grad_accumulation and self.is_update_step(next_update)
+
+    @torch.no_grad()
+    def _capture_dense_grads(self) -> None:
+        for name, weight in self.weights.items():
+            if weight.grad is None:
+                continue
+            if name in self.dense_grads:
+                self.dense_grads[name].add_(weight.grad)
+            else:
+                self.dense_grads[name] = weight.grad.detach().clone()
+
+    def before_step(self) -> None:
+        coming = self.step + 1
+        dense_grad_step = self._needs_dense_grad(coming)
+        if dense_grad_step:
+            self._capture_dense_grads()
+        self._skipped = self.skip_optimizer_step and self.is_update_step(coming)
+        if self._skipped:
+            self.update_topology(coming)
+            if self.optimizer is not None:
+                for group in self.optimizer.param_groups:
+                    for param in group["params"]:
+                        param.grad = None
+        else:
+            self.mask_gradients()
+        self._dense_grad_step = dense_grad_step
+
+    def after_step(self) -> None:
+        self.step += 1
+        self.apply_masks()
+        self._count_train_macs(dense_grad=getattr(self, "_dense_grad_step", False))
+        if self.is_update_step(self.step) and not self._skipped:
+            self.update_topology(self.step)
+        self._skipped = False
+
+    # ----------------------------------------------------------------- topology
+    def grow_scores(
+        self, name: str, weight: torch.Tensor, dense_grad: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Where to grow: higher is better. Subclasses define it."""
+        raise NotImplementedError
+
+    def update_layer(
+        self,
+        name: str,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        dense_grad: torch.Tensor | None,
+        drop_fraction: float,
+    ) -> torch.Tensor:
+        """The layer's new boolean mask; the default is structure-aware drop and grow."""
+        units = self.structure.units(mask).shape[0]
+        capacity = torch.full((units,), self.capacity[name], device=mask.device)
+        scores = self.grow_scores(name, weight, dense_grad)
+        return drop_and_grow(weight, mask, scores, drop_fraction, self.structure, capacity)
+
+    @torch.no_grad()
+    def update_topology(self, step: int) -> None:
+        if self.needs_dense_grad and not self.dense_grads:
+            raise RuntimeError(
+                "an update needs the dense gradient, but no gradient was seen: "
+                "call before_step() after backward()"
+            )
+        start = time.perf_counter()
+        fraction = self.drop_fraction(step)
+        grown_total, active_total = 0, 0
+        for name, weight in self.weights.items():
+            old = self.masks[name].bool()
+            new = self.update_layer(name, weight, old, self.dense_grads.get(name), fraction)
+            survived = old & new
+            weight.mul_(survived)
+            self._mask_optimizer_state(weight, survived)
+            self.masks[name] = new.to(weight.dtype)
+            self.ever_active[name] |= new
+            grown_total += int((new & ~old).sum().item())
+            active_total += int(new.sum().item())
+        self.dense_grads.clear()
+        self._topology_changed()
+        if any(w.is_cuda for w in self.weights.values()):
+            torch.cuda.synchronize()
+        self.last_update = {
+            "update/drop_fraction": fraction,
+            "update/changed_fraction": grown_total / max(active_total, 1),
+            "update/time_ms": 1000.0 * (time.perf_counter() - start),
+            "update/step": float(step),
+        }
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["dense_grads"] = {n: g.cpu() for n, g in self.dense_grads.items()}
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        super().load_state_dict(state)
+        self.dense_grads = {
+            n: g.to(self.weights[n].device) for n, g in state.get("dense_grads", {}).items()
+        }
