@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import seed_everything
 from .config import ConfigError
 from .data import make_loader
+from .distill import DistillHook, load_teacher
 from .hooks import Hook, SparsityHook
 from .loop import Loop, LoopSettings, steps_per_epoch
 from .runlog import RunLog, git_commit
@@ -54,8 +55,12 @@ def loop_settings(trainer: DictConfig) -> LoopSettings:
         raise ConfigError(str(error)) from error
 
 
-def build_hooks(cfg: DictConfig, model, optimizer, total_steps: int, example) -> list[Hook]:
-    """The loop's hooks; the sparsity method is always one (``sparsity=dense`` for none)."""
+def build_hooks(
+    cfg: DictConfig, model, optimizer, total_steps: int, data, device: torch.device
+) -> list[Hook]:
+    """The loop's hooks: distillation (when enabled) and the sparsity method, which is
+    always there (``sparsity=dense`` for none)."""
+    example = torch.zeros(1, *data.input_shape, device=device)
     method = make(
         "sparsity",
         cfg.sparsity,
@@ -65,7 +70,19 @@ def build_hooks(cfg: DictConfig, model, optimizer, total_steps: int, example) ->
         seed=cfg.seed,
         example_input=example,
     )
-    return [SparsityHook(method)]
+    hooks: list[Hook] = [SparsityHook(method)]
+    if cfg.distill.enabled:
+        try:
+            teacher = load_teacher(
+                cfg.distill.teacher_run, data.num_classes, tuple(data.input_shape), device
+            )
+            hook = DistillHook(
+                teacher, temperature=cfg.distill.temperature, weight=cfg.distill.weight
+            )
+        except (ValueError, FileNotFoundError, RuntimeError) as error:
+            raise ConfigError(f"distill: {error}") from error
+        hooks.insert(0, hook)
+    return hooks
 
 
 def run_info(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
@@ -131,8 +148,7 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
     lr_multiplier = make(
         "lr_schedule", cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=total_steps
     )
-    example = torch.zeros(1, *data.input_shape, device=device)
-    hooks = build_hooks(cfg, model, optimizer, total_steps, example)
+    hooks = build_hooks(cfg, model, optimizer, total_steps, data, device)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     info = run_info(cfg, choices)

@@ -166,6 +166,8 @@ class Loop:
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._loss_sum = torch.zeros((), device=device)  # train loss since the last record
         self._loss_steps = 0
+        self._postfix: dict[str, str] = {}
+        self._postfix_eval: dict[str, str] = {}
 
     # ----------------------------------------------------------------- state
     @property
@@ -255,8 +257,8 @@ class Loop:
             loss = F.cross_entropy(
                 logits.float(), targets, label_smoothing=self.settings.label_smoothing
             )
-        for hook in self.hooks:
-            loss = hook.loss(inputs, targets, logits, loss)
+            for hook in self.hooks:
+                loss = hook.loss(inputs, targets, logits, loss)
         self.scaler.scale(loss / self.settings.grad_accumulation).backward()
         return loss.detach()
 
@@ -323,23 +325,27 @@ class Loop:
         self._start = time.perf_counter()
         self.resume()
         self.model.train()
-        with self._signal_handlers():
-            while self.step < self.total_steps:
-                self._train_epoch()
+        progress = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.settings.progress_bar and dist.is_main()),
+        )
+        try:
+            with self._signal_handlers():
+                while self.step < self.total_steps:
+                    self._train_epoch(progress)
+        finally:
+            progress.close()
         return self._summary()
 
-    def _train_epoch(self) -> None:
+    def _train_epoch(self, progress: tqdm) -> None:
         accumulation = self.settings.grad_accumulation
         remaining = min(self.steps_per_epoch - self.step_in_epoch, self.total_steps - self.step)
         self.train_loader.set_epoch(self.epoch, skip_batches=self.step_in_epoch * accumulation)
         batches = iter(self.train_loader)
-        progress = tqdm(
-            total=remaining,
-            desc=f"epoch {self.epoch + 1}",
-            leave=False,
-            dynamic_ncols=True,
-            disable=not (self.settings.progress_bar and dist.is_main()),
-        )
+        progress.set_description(f"epoch {self.epoch + 1}/{self.settings.epochs}")
         for _ in range(remaining):
             lr = self._set_lr()
             for _ in range(accumulation):
@@ -353,17 +359,19 @@ class Loop:
             if self.step % self.settings.log_every == 0:
                 self._check_finite()
                 mean_loss = self._loss_sum.item() / self._loss_steps
-                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+                self._postfix = {"loss": f"{mean_loss:.4f}", "lr": f"{lr:.3g}"}
+                progress.set_postfix(self._postfix | self._postfix_eval, refresh=False)
                 self._log({"train/loss": mean_loss, "train/lr": lr, **self._hook_metrics()})
                 self._loss_sum.zero_()
                 self._loss_steps = 0
             if self._stop_signal is not None:
-                progress.close()
                 self.save_checkpoint()
                 raise Preempted(f"signal {self._stop_signal}: checkpoint saved at step {self.step}")
-        progress.close()
         if self.step_in_epoch >= self.steps_per_epoch or self.step >= self.total_steps:
             self._end_of_epoch()
+            if "test/acc" in self.last_eval:
+                self._postfix_eval = {"test_acc": f"{self.last_eval['test/acc']:.2f}"}
+                progress.set_postfix(self._postfix | self._postfix_eval)
 
     def _summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {

@@ -27,7 +27,10 @@ GROUPS = sorted(d.name for d in CONF.iterdir() if d.is_dir() and d.name != "expe
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 
 # Mandatory (???) values an option leaves to the user, set here so it resolves fully.
-MANDATORY = {("dataset", "imagefolder"): ["dataset.root=/tmp/sst-images"]}
+MANDATORY = {
+    ("dataset", "imagefolder"): ["dataset.root=/tmp/sst-images"],
+    ("distill", "kd"): ["distill.teacher_run=/tmp/sst-teacher-run"],
+}
 # Small inputs that every builder accepts (ViT-B/16 and ResNet-50 at 32x32, not 224x224).
 INPUT_SHAPES = {"mlp": (1, 8, 8)}
 CIFAR_SHAPE = (3, 32, 32)

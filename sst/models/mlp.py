@@ -26,6 +26,8 @@ def mlp(
     """
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if any(int(width) < 1 for width in hidden):
+        raise ValueError(f"hidden={list(hidden)}: every hidden width must be >= 1")
     in_features = math.prod(check_input_shape(input_shape))
     layers: list[nn.Module] = [nn.Flatten()]
     for width in hidden:
