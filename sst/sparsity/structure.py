@@ -117,6 +117,8 @@ def rowwise_topk_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tenso
 
     Takes the top max(counts) of every row in one ``topk`` and keeps the first counts[i].
     """
+    if scores.shape[0] == 1:
+        return topk_mask(scores, int(counts[0].item()))
     k_max = int(counts.max().item()) if counts.numel() else 0
     mask = torch.zeros_like(scores, dtype=torch.bool)
     if k_max <= 0:
