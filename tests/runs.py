@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 import sst.config  # noqa: F401  (registers the run-folder resolver)
 
@@ -19,6 +22,27 @@ QUICK = [
     "trainer.progress_bar=false",
     "trainer.log_every=10",
 ]
+
+
+@contextmanager
+def hydra_conf_single_thread() -> Iterator[None]:
+    """Hydra initialised on ``conf/``, torch on one intra-op thread: config tests build tiny
+    models, and on a busy 2-core machine torch's thread pool makes them take seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def compose_with_hydra(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config of ``sst-train <overrides>`` with its ``hydra`` node, inside
+    ``hydra_conf_single_thread``; ``${hydra:...}`` resolves."""
+    cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def compose_run(overrides: list[str], output_dir: Path):

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
+from runs import compose_with_hydra, hydra_conf_single_thread
 
 import sst.config  # registers the ${sst.hash:...} resolver
 import sst.models
@@ -45,22 +44,11 @@ def has_submitit() -> bool:
 
 @pytest.fixture(scope="module", autouse=True)
 def hydra_conf() -> Iterator[None]:
-    # One intra-op thread: these tensors are tiny, and on a busy 2-core machine torch's
-    # thread pool makes a 32x32 forward pass take seconds instead of milliseconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+    with hydra_conf_single_thread():
+        yield
 
 
-def compose_cfg(overrides: Sequence[str] = ()) -> DictConfig:
-    """The config of ``sst-train <overrides>``, with ``${hydra:...}`` resolvable."""
-    cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+compose_cfg = compose_with_hydra
 
 
 def job_config(cfg: DictConfig) -> dict:

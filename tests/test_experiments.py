@@ -8,17 +8,16 @@ until its table and key settings are written down here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from runs import compose_with_hydra, hydra_conf_single_thread
 
 import sst.config  # registers the ${sst.hash:...} resolver
 import sst.models
@@ -64,20 +63,11 @@ IMAGENET_TRAIN = 1_281_167
 
 @pytest.fixture(scope="module", autouse=True)
 def hydra_conf() -> Iterator[None]:
-    # One intra-op thread: tiny tensors, and a busy 2-core machine makes torch's pool slow.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            yield
-    finally:
-        torch.set_num_threads(threads)
+    with hydra_conf_single_thread():
+        yield
 
 
-def compose_cfg(overrides: Sequence[str]) -> DictConfig:
-    cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
+compose_cfg = compose_with_hydra
 
 
 def preset(name: str, *overrides: str) -> DictConfig:

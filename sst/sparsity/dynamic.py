@@ -75,7 +75,8 @@ class DynamicSparsity(SparsityMethod):
         self.grad_accumulation = grad_accumulation
         self.skip_optimizer_step = skip_optimizer_step
         self.dense_grads: dict[str, torch.Tensor] = {}
-        self._skipped = False
+        self._skipped = False  # this step's optimizer step was skipped for an update
+        self._dense_grad_step = False  # this step needed the dense gradient (FLOP count)
 
     def drop_fraction(self, step: int) -> float:
         return self.drop_schedule(step, self.alpha, self.t_end)
@@ -118,7 +119,7 @@ class DynamicSparsity(SparsityMethod):
     def after_step(self) -> None:
         self.step += 1
         self.apply_masks()
-        self._count_train_macs(dense_grad=getattr(self, "_dense_grad_step", False))
+        self._count_train_macs(dense_grad=self._dense_grad_step)
         if self.is_update_step(self.step) and not self._skipped:
             self.update_topology(self.step)
         self._skipped = False
