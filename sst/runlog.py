@@ -88,6 +88,7 @@ class RunLog:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.summary_path = self.run_dir / "summary.json"
         self.wandb_run = None
+        self.wandb_mode = mode if kind == "wandb" else "disabled"
         self.run_id = run_id
         if kind == "wandb" and mode != "disabled":
             import wandb
@@ -109,6 +110,7 @@ class RunLog:
                 dir=str(self.run_dir),
                 mode=mode,
                 config=config,
+                settings=wandb.Settings(quiet=True),
             )
 
     def truncate_after(self, step: int) -> None:

@@ -56,6 +56,8 @@ def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = N
         raise
     run_log.finish(exit_code=0)
     print(format_summary(summary, run_dir))
+    if run_log.wandb_mode == "offline":
+        print(f"  W&B (offline): wandb sync {run_dir}/wandb/offline-run-*")
     return summary
 
 
