@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,11 @@ def run_info(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
 def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = None) -> Loop:
     """Composed config -> a ready ``Loop`` writing into ``run_dir``."""
     choices = choices or {}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "multi-process (DDP) training is not supported yet: launch sst-train as a single "
+            "process (WORLD_SIZE is set to more than 1)"
+        )
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
     trainer = cfg.trainer

@@ -7,6 +7,7 @@ outside every sparsity hook.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,20 @@ def kd_loss(
 def load_teacher(
     run_dir: str | Path, num_classes: int, input_shape: tuple[int, ...], device: torch.device
 ) -> nn.Module:
-    """The model of a finished sst run: its ``.hydra/config.yaml`` builds the architecture,
-    its ``checkpoints/last.pt`` fills the weights."""
+    """The model of a finished sst run (``summary.json`` says so): its
+    ``.hydra/config.yaml`` builds the architecture, its ``checkpoints/last.pt`` fills the
+    weights."""
     run_dir = Path(run_dir)
     config_path = run_dir / ".hydra" / "config.yaml"
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    for path in (config_path, checkpoint_path):
+    summary_path = run_dir / "summary.json"
+    for path in (config_path, checkpoint_path, summary_path):
         if not path.exists():
             raise FileNotFoundError(
-                f"distill.teacher_run={str(run_dir)!r} is not an sst run folder: {path} is missing"
+                f"distill.teacher_run={str(run_dir)!r} is not a finished sst run: {path} is missing"
             )
+    if not json.loads(summary_path.read_text()).get("finished"):
+        raise ValueError(f"distill.teacher_run={str(run_dir)!r} has not finished training")
     model_cfg = OmegaConf.load(config_path).model
     teacher = instantiate(model_cfg, num_classes=num_classes, input_shape=input_shape)
     teacher.load_state_dict(load(checkpoint_path)["model"])

@@ -314,7 +314,8 @@ class Loop:
         path = self.checkpoint_path
         if path is None or not path.exists():
             return False
-        self.load_state_dict(ckpt.load(path, map_location=self.device))
+        # RNG states must stay CPU tensors; model and optimizer copy to their devices
+        self.load_state_dict(ckpt.load(path, map_location="cpu"))
         if self.run_log is not None and dist.is_main():
             self.run_log.truncate_after(self.step)
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)

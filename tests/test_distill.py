@@ -70,5 +70,5 @@ def test_missing_teacher_run_names_the_setting(tmp_path):
     cfg, run_dir, choices = compose_run(
         [*QUICK, "logger=none", "distill=kd", f"distill.teacher_run={tmp_path / 'nope'}"], tmp_path
     )
-    with pytest.raises(ConfigError, match=r"distill\.teacher_run=.* is not an sst run folder"):
+    with pytest.raises(ConfigError, match=r"distill\.teacher_run=.* is not a finished sst run"):
         build(cfg, run_dir, choices)

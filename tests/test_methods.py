@@ -235,7 +235,7 @@ def test_errors_name_the_setting(tiny_net):
     opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"density=1\.5"):
         RigL(tiny_net, opt, density=1.5, total_steps=10)
-    with pytest.raises(ValueError, match="fan-in 27, which N:M with m=4 does not divide"):
+    with pytest.raises(ValueError, match="3 input channels, which N:M with m=4 does not divide"):
         RigL(tiny_net, opt, density=0.5, total_steps=10, structure="nm")
     with pytest.raises(ValueError, match="does not match N:M 2:4"):
         RigL(tiny_net, opt, density=0.1, total_steps=10, structure="nm", exclude=["stem"])
@@ -288,3 +288,80 @@ def test_library_use_in_a_plain_loop_trains(tiny_net):
     accuracy = (tiny_net(inputs).argmax(1) == targets).float().mean().item()
     assert accuracy > 0.85
     assert_masks_hold(method)
+
+
+def test_an_update_without_finite_gradients_is_skipped(tiny_net):
+    """An fp16 overflow step (inf/NaN gradients) must not steer growth."""
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.0)
+    method = RigL(tiny_net, opt, density=0.2, **KW)
+    data = batches(5)
+    train_steps(tiny_net, opt, method, data[:4])
+    before = {n: m.clone() for n, m in method.masks.items()}
+    inputs, targets = data[4]
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(tiny_net(inputs), targets).backward()
+    tiny_net.fc1.weight.grad[0, 0] = float("nan")
+    method.before_step()
+    method.after_step()  # step 5 is an update step
+    assert all(torch.equal(before[n], m) for n, m in method.masks.items())
+    assert method.metrics()["update/skipped_nonfinite"] == 1.0
+    train_steps(tiny_net, opt, method, batches(5, seed=1))  # step 10 updates normally
+    assert method.last_update["update/step"] == 10
+    assert_masks_hold(method)
+
+
+def test_no_sparse_layer_left_means_no_update(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1)
+    method = SRigL(tiny_net, opt, density=1.0, **KW)
+    train_steps(tiny_net, opt, method, batches(6))
+    assert method.masks == {} and method.metrics()["sparsity/masked_layers"] == 0.0
+
+
+def test_existing_optimizer_state_is_masked_at_construction(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1, momentum=0.9)
+    train_steps(tiny_net, opt, Dense(tiny_net, opt), batches(2))  # dense momentum everywhere
+    method = Static(tiny_net, opt, density=0.3)
+    assert_masks_hold(method)
+    train_steps(tiny_net, opt, method, batches(3))
+    assert_masks_hold(method)
+
+
+def test_a_layer_without_gradient_keeps_its_mask():
+    torch.manual_seed(0)
+    model = TinyConvNet()
+    model.spare = torch.nn.Linear(8, 8)  # a candidate the forward pass never uses
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = RigL(model, opt, density=0.3, distribution="uniform", **KW)
+    spare = method.masks["spare"].clone()
+    train_steps(model, opt, method, batches(10))
+    assert torch.equal(method.masks["spare"], spare)
+    assert method.last_update["update/step"] == 10
+
+
+def test_srigl_protects_the_output_layer_only_when_it_is_sparse(tiny_net):
+    opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1)
+    assert SRigL(tiny_net, opt, density=0.3, **KW).protected == {"fc2"}
+    hidden_only = SRigL(tiny_net, opt, density=0.3, include=["conv", "fc1"], **KW)
+    assert hidden_only.protected == set()
+    assert SRigL(tiny_net, opt, density=0.3, protected=[], **KW).protected == set()
+
+
+def test_active_counts_are_exact_for_half_precision_weights():
+    model = torch.nn.Sequential(torch.nn.Linear(1000, 700)).to(torch.bfloat16)
+    method = Static(model, density=0.5, distribution="uniform")
+    assert method.active_counts == {"0": 350_000}
+    half = torch.nn.Sequential(torch.nn.Linear(1000, 700)).half()
+    assert Static(half, density=0.5, distribution="uniform").active_counts == {"0": 350_000}
+
+
+def test_nm_groups_run_along_input_channels_of_a_conv(tiny_net):
+    method = Static(tiny_net, density=0.5, structure="nm", exclude=["stem"])
+    mask = method.masks["conv"].bool()  # (16 out, 8 in, 3, 3)
+    groups = mask.permute(0, 2, 3, 1).reshape(16, 3, 3, 2, 4)  # 4 consecutive channels
+    assert torch.all(groups.sum(dim=-1) == 2)
+    with pytest.raises(ValueError, match="'stem' has 3 input channels, which N:M with m=4"):
+        Static(tiny_net, density=0.5, structure="nm")
+
+
+def test_dense_accepts_a_shared_distribution_setting(tiny_net):
+    assert Dense(tiny_net, distribution="erk").masks == {}

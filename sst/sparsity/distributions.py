@@ -33,6 +33,9 @@ def _split_budget(
     free layers' names."""
     _check_density(density)
     decided: dict[str, float] = {}
+    both = set(dense) & set(fixed or {})
+    if both:
+        raise ValueError(f"layers {sorted(both)} are both kept dense and given a density")
     for name in dense:
         if name not in shapes:
             raise ValueError(f"dense layer {name!r} is not among the layers {sorted(shapes)}")
@@ -71,6 +74,8 @@ def uniform(
     dense = list(dense)
     if not compensate:
         _check_density(density)
+        for value in (fixed or {}).values():
+            _check_density(value)
         result = {name: density for name in shapes}
         result.update(dict.fromkeys(dense, 1.0))
         result.update(fixed or {})

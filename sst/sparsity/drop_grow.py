@@ -64,4 +64,4 @@ def drop_and_grow(
     need = unit_capacity - kept_units.sum(dim=1)
     scores = torch.where(kept_units, NEG_INF, structure.units(grow_scores.float()))
     grown = rowwise_topk_mask(scores, need.clamp(min=0))
-    return (kept_units | grown).view(mask.shape)
+    return structure.from_units(kept_units | grown, mask.shape)

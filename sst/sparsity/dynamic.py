@@ -75,6 +75,8 @@ class DynamicSparsity(SparsityMethod):
         self.grad_accumulation = grad_accumulation
         self.skip_optimizer_step = skip_optimizer_step
         self.dense_grads: dict[str, torch.Tensor] = {}
+        self.nonfinite_grad_steps = 0  # window steps left out for inf/NaN gradients
+        self.skipped_updates = 0  # updates skipped: no finite gradient in their window
         self._skipped = False  # this step's optimizer step was skipped for an update
         self._dense_grad_step = False  # this step needed the dense gradient (FLOP count)
 
@@ -92,13 +94,21 @@ class DynamicSparsity(SparsityMethod):
 
     @torch.no_grad()
     def _capture_dense_grads(self) -> None:
-        for name, weight in self.weights.items():
-            if weight.grad is None:
-                continue
+        """Adds this step's gradients to the dense-gradient window. A step whose gradients
+        hold inf/NaN (an fp16 GradScaler overflow: the optimizer skips it too) is left out,
+        so it cannot steer growth."""
+        grads = {n: w.grad for n, w in self.weights.items() if w.grad is not None}
+        if not grads:
+            return
+        finite = torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()
+        if not bool(finite):
+            self.nonfinite_grad_steps += 1
+            return
+        for name, grad in grads.items():
             if name in self.dense_grads:
-                self.dense_grads[name].add_(weight.grad)
+                self.dense_grads[name].add_(grad)
             else:
-                self.dense_grads[name] = weight.grad.detach().clone()
+                self.dense_grads[name] = grad.detach().clone()
 
     def before_step(self) -> None:
         coming = self.step + 1
@@ -109,9 +119,11 @@ class DynamicSparsity(SparsityMethod):
         if self._skipped:
             self.update_topology(coming)
             if self.optimizer is not None:
-                for group in self.optimizer.param_groups:
-                    for param in group["params"]:
-                        param.grad = None
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            else:
+                params = list(self.model.parameters())
+            for param in params:  # an optimizer skips parameters without a gradient
+                param.grad = None
         else:
             self.mask_gradients()
         self._dense_grad_step = dense_grad_step
@@ -147,7 +159,16 @@ class DynamicSparsity(SparsityMethod):
 
     @torch.no_grad()
     def update_topology(self, step: int) -> None:
+        """Drops and grows every masked layer. A layer without a dense gradient (unused in
+        the forward pass) keeps its mask; if no step of the window had a finite gradient,
+        the update is skipped and counted in ``update/skipped_nonfinite``."""
+        if not self.weights:
+            return
         if self.needs_dense_grad and not self.dense_grads:
+            if self.nonfinite_grad_steps:
+                self.nonfinite_grad_steps = 0
+                self.skipped_updates += 1
+                return
             raise RuntimeError(
                 "an update needs the dense gradient, but no gradient was seen: "
                 "call before_step() after backward()"
@@ -156,6 +177,8 @@ class DynamicSparsity(SparsityMethod):
         fraction = self.drop_fraction(step)
         grown_total, active_total = 0, 0
         for name, weight in self.weights.items():
+            if self.needs_dense_grad and name not in self.dense_grads:
+                continue
             old = self.masks[name].bool()
             new = self.update_layer(name, weight, old, self.dense_grads.get(name), fraction)
             survived = old & new
@@ -166,6 +189,7 @@ class DynamicSparsity(SparsityMethod):
             grown_total += int((new & ~old).sum().item())
             active_total += int(new.sum().item())
         self.dense_grads.clear()
+        self.nonfinite_grad_steps = 0
         self._topology_changed()
         if any(w.is_cuda for w in self.weights.values()):
             torch.cuda.synchronize()
@@ -179,6 +203,8 @@ class DynamicSparsity(SparsityMethod):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["dense_grads"] = {n: g.cpu() for n, g in self.dense_grads.items()}
+        state["nonfinite_grad_steps"] = self.nonfinite_grad_steps
+        state["skipped_updates"] = self.skipped_updates
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -186,3 +212,8 @@ class DynamicSparsity(SparsityMethod):
         self.dense_grads = {
             n: g.to(self.weights[n].device) for n, g in state.get("dense_grads", {}).items()
         }
+        self.nonfinite_grad_steps = int(state.get("nonfinite_grad_steps", 0))
+        self.skipped_updates = int(state.get("skipped_updates", 0))
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), "update/skipped_nonfinite": float(self.skipped_updates)}

@@ -10,7 +10,7 @@ from .layers import unwrap
 
 @torch.no_grad()
 def weight_layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, float]:
-    """Per-sample multiply-accumulates of every Linear, Conv and attention in-projection,
+    """Per-sample multiply-accumulates of every Linear, Conv and attention projection,
     keyed like ``layers.weight_layers``: numel(weight) * output positions (for a conv,
     out_h * out_w; for a linear, the tokens it is applied to). Attention score products and
     elementwise layers are not counted.
@@ -36,17 +36,19 @@ def weight_layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str
                 record(name, mod.weight, output.numel() / output.shape[-1] / batch)
 
             hooks.append(module.register_forward_hook(linear_hook))
-        elif isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+        elif isinstance(module, nn.MultiheadAttention):
+            # MHA uses its projection weights directly, so out_proj's own hook never fires.
+            def attention_hook(mod, args, kwargs, _output, name=name):
+                query = args[0] if args else kwargs["query"]
+                tokens = query.numel() / query.shape[-1] / batch
+                if mod.in_proj_weight is not None:
+                    record(f"{name}.in_proj_weight", mod.in_proj_weight, tokens)
+                else:
+                    for key in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                        record(f"{name}.{key}", getattr(mod, key), tokens)
+                record(f"{name}.out_proj", mod.out_proj.weight, tokens)
 
-            def attention_hook(mod, inputs, _output, name=name):
-                query = inputs[0]
-                record(
-                    f"{name}.in_proj_weight",
-                    mod.in_proj_weight,
-                    query.numel() / query.shape[-1] / batch,
-                )
-
-            hooks.append(module.register_forward_hook(attention_hook))
+            hooks.append(module.register_forward_hook(attention_hook, with_kwargs=True))
     was_training = model.training
     model.eval()
     try:

@@ -124,6 +124,8 @@ class SparsityMethod:
         if sparse_init:
             self._sparse_reinit()
         self.apply_masks()
+        for name, weight in self.weights.items():  # an optimizer that already has state
+            self._mask_optimizer_state(weight, self.masks[name].bool())
 
         self.macs = (
             weight_layer_macs(self.model, example_input) if example_input is not None else None
@@ -174,7 +176,7 @@ class SparsityMethod:
     def _sparse_reinit(self) -> None:
         for name, weight in self.weights.items():
             rows = self.masks[name].reshape(weight.shape[0], -1)
-            fan_in = rows.sum(dim=1, keepdim=True).clamp(min=1)
+            fan_in = torch.count_nonzero(rows, dim=1).unsqueeze(1).clamp(min=1)
             std = torch.sqrt(2.0 / fan_in)
             noise = torch.randn(rows.shape, generator=self.generator).to(weight.device)
             weight.copy_((noise * std).view(weight.shape).to(weight.dtype))
@@ -222,7 +224,7 @@ class SparsityMethod:
         """Everything derived from the masks, read from the device once per topology change,
         so that per-step work and logging between updates never synchronise with it."""
         if self._topology_cache is None:
-            counts = {n: int(m.sum().item()) for n, m in self.masks.items()}
+            counts = {n: int(torch.count_nonzero(m).item()) for n, m in self.masks.items()}
             stats = self._layer_stats(counts)
             cache = {"active_counts": counts, "layer_stats": stats, "macs": None}
             if self.macs is not None:
@@ -264,7 +266,7 @@ class SparsityMethod:
         for name, weight in self.candidates.items():
             n_out = weight.shape[0]
             if name in self.masks:
-                per_neuron = self.masks[name].reshape(n_out, -1).sum(dim=1)
+                per_neuron = torch.count_nonzero(self.masks[name].reshape(n_out, -1), dim=1)
                 alive = per_neuron > 0
                 active_neurons = int(alive.sum().item())
                 fan_in = float(per_neuron[alive].float().mean().item()) if active_neurons else 0.0
@@ -358,4 +360,5 @@ class Dense(SparsityMethod):
     def __init__(self, model: nn.Module, optimizer=None, *, density: float = 1.0, **kwargs):
         if density != 1.0:
             raise ValueError(f"the dense method needs density=1.0, got density={density}")
+        kwargs.pop("distribution", None)
         super().__init__(model, optimizer, density=1.0, distribution="uniform", **kwargs)

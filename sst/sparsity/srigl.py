@@ -10,7 +10,7 @@ from torch import nn
 
 from .drop_grow import drop_and_grow, drop_smallest
 from .dynamic import DynamicSparsity
-from .layers import matching
+from .layers import LAYER_TYPES, matching, weight_layers
 from .structure import Structure, layer_budget, topk_mask
 
 DENOMINATORS = ("sparse", "dense")
@@ -98,8 +98,8 @@ class SRigL(DynamicSparsity):
         ablation_denominator: ``sparse`` (the layer's constant fan-in, the paper's default)
             or ``dense`` (the dense fan-in).
         protected: regexes of layers never ablated. None protects the output layer (the
-            last candidate layer) as the paper does; the SRigL code protects nothing, which
-            ``protected=[]`` reproduces.
+            model's last weight layer, if it is sparse) as the paper does; the SRigL code
+            protects nothing, which ``protected=[]`` reproduces.
     """
 
     needs_dense_grad = True
@@ -129,8 +129,11 @@ class SRigL(DynamicSparsity):
         self.gamma_sal = gamma_sal
         self.ablation_denominator = ablation_denominator
         names = list(self.candidates)
-        patterns = [f"^{names[-1]}$".replace(".", r"\.")] if protected is None else protected
-        self.protected = set(matching(names, patterns, "protected"))
+        if protected is None:  # the model's output layer, when it is a candidate
+            output_layer = list(weight_layers(self.model, list(LAYER_TYPES)))[-1]
+            self.protected = {output_layer} & set(names)
+        else:
+            self.protected = set(matching(names, protected, "protected"))
         self.ablated = {
             n: torch.zeros(w.shape[0], dtype=torch.bool, device=w.device)
             for n, w in self.weights.items()

@@ -5,8 +5,9 @@ A mask is viewed as a matrix of *units*, one row per unit:
 - ``constant_fanin``: one unit per output neuron (a conv output channel counts its whole
   in_channels/groups * kh * kw filter); every surviving neuron holds exactly k weights
   (Lasby et al. 2024, SRigL).
-- ``nm``: one unit per group of M consecutive weights along the flattened fan-in
-  (PyTorch layout); every group holds exactly N (N:M sparsity, 2:4 on NVIDIA GPUs).
+- ``nm``: one unit per group of M consecutive weights along the input channels (for a conv,
+  at each kernel position, as NVIDIA's 2:4 kernels and ASP group them in NHWC); every group
+  holds exactly N (N:M sparsity, 2:4 on NVIDIA GPUs).
 """
 
 from __future__ import annotations
@@ -23,10 +24,6 @@ STRUCTURES = ("unstructured", "constant_fanin", "nm")
 def layer_budget(numel: int, density: float) -> int:
     """int(numel * density), robust to float error (0.29 * 100 is 28.999...)."""
     return int(numel * density + 1e-6)
-
-
-def fan_in(shape: Sequence[int]) -> int:
-    return math.prod(shape[1:])
 
 
 @dataclass(frozen=True)
@@ -52,19 +49,25 @@ class Structure:
                     f"layer {name!r} (shape {tuple(shape)}) gets a constant fan-in of 0 at "
                     f"density {density:.4g}: raise the density or keep the layer dense"
                 )
-        if self.kind == "nm" and fan_in(shape) % self.m != 0:
+        if self.kind == "nm" and shape[1] % self.m != 0:
             raise ValueError(
-                f"layer {name!r} has fan-in {fan_in(shape)}, which N:M with m={self.m} does not "
-                f"divide: keep the layer dense or pick m dividing the fan-in"
+                f"layer {name!r} has {shape[1]} input channels, which N:M with m={self.m} does "
+                f"not divide: keep the layer dense (exclude it) or pick m dividing them"
             )
 
     def units(self, tensor: torch.Tensor) -> torch.Tensor:
-        """View of ``tensor`` (weight-shaped) as (n_units, unit_size)."""
+        """``tensor`` (weight-shaped) as (n_units, unit_size); ``from_units`` inverts it."""
         if self.kind == "unstructured":
             return tensor.reshape(1, -1)
         if self.kind == "constant_fanin":
             return tensor.reshape(tensor.shape[0], -1)
-        return tensor.reshape(-1, self.m)
+        return tensor.movedim(1, -1).reshape(-1, self.m)
+
+    def from_units(self, units: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """The weight-shaped tensor whose ``units`` are ``units``."""
+        if self.kind == "nm" and len(shape) > 2:
+            return units.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+        return units.reshape(tuple(shape))
 
     def capacity(self, shape: Sequence[int], density: float) -> int:
         """Active weights per unit when every unit is alive."""
@@ -87,7 +90,7 @@ class Structure:
         units = self.units(scores)
         idx = torch.topk(units, capacity, dim=1, sorted=False).indices
         mask = torch.zeros_like(units, dtype=torch.bool).scatter_(1, idx, True)
-        return mask.view(scores.shape)
+        return self.from_units(mask, scores.shape)
 
     def verify(self, mask: torch.Tensor, capacity: int) -> None:
         """Raises if ``mask`` breaks the structure: every unit holds ``capacity`` active
