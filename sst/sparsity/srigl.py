@@ -16,6 +16,16 @@ from .structure import Structure, layer_budget, topk_mask
 DENOMINATORS = ("sparse", "dense")
 
 
+def check_ablation_settings(gamma_sal: float, ablation_denominator: str) -> None:
+    if gamma_sal < 0:
+        raise ValueError(f"gamma_sal={gamma_sal} is out of range: allowed values are >= 0")
+    if ablation_denominator not in DENOMINATORS:
+        raise ValueError(
+            f"ablation_denominator={ablation_denominator!r} is unknown: allowed values are "
+            f"{DENOMINATORS}"
+        )
+
+
 def ablation_threshold(
     gamma_sal: float, fan_in: int, salient_counts: torch.Tensor, min_neurons: int
 ) -> int:
@@ -57,13 +67,7 @@ def update_mask(
     5. Drop n_drop smallest |w| layer-wide, trim survivors to k', grow each survivor to k'
        by largest |dense grad| among its positions not kept. New weights start at 0.
     """
-    if ablation_denominator not in DENOMINATORS:
-        raise ValueError(
-            f"ablation_denominator={ablation_denominator!r} is unknown: allowed "
-            f"values are {DENOMINATORS}"
-        )
-    if gamma_sal < 0:
-        raise ValueError(f"gamma_sal={gamma_sal} is out of range: allowed values are >= 0")
+    check_ablation_settings(gamma_sal, ablation_denominator)
     n_out = weight.shape[0]
     dense_fan_in = weight[0].numel()
     budget = layer_budget(weight.numel(), density)
@@ -118,13 +122,7 @@ class SRigL(DynamicSparsity):
     ) -> None:
         if structure != "constant_fanin":
             raise ValueError(f"SRigL needs structure=constant_fanin, got structure={structure!r}")
-        if gamma_sal < 0:
-            raise ValueError(f"gamma_sal={gamma_sal} is out of range: allowed values are >= 0")
-        if ablation_denominator not in DENOMINATORS:
-            raise ValueError(
-                f"ablation_denominator={ablation_denominator!r} is unknown: "
-                f"allowed values are {DENOMINATORS}"
-            )
+        check_ablation_settings(gamma_sal, ablation_denominator)
         super().__init__(model, optimizer, density=density, structure=structure, **kwargs)
         self.gamma_sal = gamma_sal
         self.ablation_denominator = ablation_denominator
