@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,31 @@ def test_a_crash_still_finishes_the_wandb_run_and_keeps_the_logs(tmp_path, monke
     assert read_run(wandb_file)["exit_code"] == 1
     assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["step"] == 22
     assert any("test/acc" in row for row in read_metrics(run_dir))
+
+
+def test_sigusr1_to_a_real_process_checkpoints_and_the_relaunch_resumes(tmp_path):
+    """What SLURM does before preemption: the process saves, exits 124; the relaunch of the
+    same command resumes from the saved step and finishes."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "sst.train",
+        f"output_dir={tmp_path}",
+        "logger=none",
+        "trainer.batch_size=32",
+        "trainer.epochs=100",
+        "trainer.progress_bar=false",
+    ]
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("runs/*/metrics.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGUSR1)
+    assert process.wait(timeout=120) == 124
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    saved = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["step"]
+    assert 0 < saved < 4400
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"at step {saved} " in (run_dir / "train.log").read_text()
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 4400
