@@ -16,7 +16,7 @@ from .config import ConfigError
 from .data import make_loader
 from .distill import DistillHook, load_teacher
 from .hooks import Hook, SparsityHook
-from .loop import Loop, LoopSettings, steps_per_epoch
+from .loop import Loop, LoopSettings, step_plan
 from .runlog import RunLog, git_commit
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -147,10 +147,7 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
         pin_memory=device.type == "cuda",
     )
     optimizer = make("optimizer", cfg.optimizer, params=model.parameters())
-    per_epoch = steps_per_epoch(len(train_loader), settings.grad_accumulation)
-    total_steps = settings.epochs * per_epoch
-    if settings.max_steps:
-        total_steps = min(total_steps, settings.max_steps)
+    per_epoch, total_steps = step_plan(len(train_loader), settings)
     lr_multiplier = make(
         "lr_schedule", cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=total_steps
     )

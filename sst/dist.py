@@ -13,10 +13,6 @@ def rank() -> int:
     return dist.get_rank() if is_initialized() else 0
 
 
-def world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
-
-
 def is_main() -> bool:
     """Rank 0 alone writes files, logs and shows progress bars."""
     return rank() == 0

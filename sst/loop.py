@@ -67,14 +67,18 @@ class LoopSettings:
                 raise ValueError(f"trainer.{key}={getattr(self, key)} must be >= 1")
 
 
-def steps_per_epoch(batches_per_epoch: int, grad_accumulation: int) -> int:
-    steps = batches_per_epoch // grad_accumulation
-    if steps < 1:
+def step_plan(batches_per_epoch: int, settings: LoopSettings) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps) of a run."""
+    per_epoch = batches_per_epoch // settings.grad_accumulation
+    if per_epoch < 1:
         raise ValueError(
             f"an epoch has {batches_per_epoch} batches, fewer than trainer.grad_accumulation="
-            f"{grad_accumulation}: lower the batch size or the accumulation"
+            f"{settings.grad_accumulation}: lower the batch size or the accumulation"
         )
-    return steps
+    total = settings.epochs * per_epoch
+    if settings.max_steps:
+        total = min(total, settings.max_steps)
+    return per_epoch, total
 
 
 @torch.no_grad()
@@ -146,9 +150,7 @@ class Loop:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.hooks = list(hooks)
         self.run_info = run_info or {}
-        self.steps_per_epoch = steps_per_epoch(len(train_loader), settings.grad_accumulation)
-        full = settings.epochs * self.steps_per_epoch
-        self.total_steps = min(full, settings.max_steps) if settings.max_steps else full
+        self.steps_per_epoch, self.total_steps = step_plan(len(train_loader), settings)
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.amp)
