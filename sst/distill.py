@@ -7,7 +7,6 @@ outside every sparsity hook.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from .checkpoint import load
 from .hooks import Hook
+from .runlog import finished_summary
 
 
 def kd_loss(
@@ -48,13 +48,12 @@ def load_teacher(
     run_dir = Path(run_dir)
     config_path = run_dir / ".hydra" / "config.yaml"
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    summary_path = run_dir / "summary.json"
-    for path in (config_path, checkpoint_path, summary_path):
+    for path in (config_path, checkpoint_path):
         if not path.exists():
             raise FileNotFoundError(
                 f"distill.teacher_run={str(run_dir)!r} is not a finished sst run: {path} is missing"
             )
-    if not json.loads(summary_path.read_text()).get("finished"):
+    if finished_summary(run_dir) is None:
         raise ValueError(f"distill.teacher_run={str(run_dir)!r} has not finished training")
     model_cfg = OmegaConf.load(config_path).model
     teacher = instantiate(model_cfg, num_classes=num_classes, input_shape=input_shape)

@@ -47,6 +47,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``summary.json`` if the run finished, else None."""
+    path = Path(run_dir) / "summary.json"
+    if path.exists():
+        summary = json.loads(path.read_text())
+        if summary.get("finished"):
+            return summary
+    return None
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -7,7 +7,6 @@ sst-train -m experiment=srigl_resnet18_cifar10   # a paper table as a sweep
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -20,18 +19,10 @@ from omegaconf import DictConfig
 from . import config as _config  # noqa: F401  (registers the run-folder resolvers)
 from .build import build
 from .loop import Preempted
+from .runlog import finished_summary
 
 log = logging.getLogger("sst")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-def finished_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    if path.exists():
-        summary = json.loads(path.read_text())
-        if summary.get("finished"):
-            return summary
-    return None
 
 
 def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = None) -> dict:
