@@ -100,7 +100,9 @@ class DynamicSparsity(SparsityMethod):
         grads = {n: w.grad for n, w in self.weights.items() if w.grad is not None}
         if not grads:
             return
-        finite = torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()
+        # one fused pass: a norm is inf/NaN when its tensor holds one (or would overflow
+        # float32, which no usable gradient does)
+        finite = torch.stack(torch._foreach_norm(list(grads.values()))).isfinite().all()
         if not bool(finite):
             self.nonfinite_grad_steps += 1
             return
