@@ -121,6 +121,7 @@ class SparsityMethod:
             )
             self.masks[name] = mask.to(device=weight.device, dtype=weight.dtype)
         self.ever_active = {n: m.bool() for n, m in self.masks.items()}
+        self._topology_changed()
         if sparse_init:
             self._sparse_reinit()
         self.apply_masks()
@@ -132,7 +133,6 @@ class SparsityMethod:
         )
         self.train_macs = 0.0
         self.last_update: dict[str, float] = {}
-        self._topology_cache: dict | None = None
 
     # ----------------------------------------------------------------- construction
     def _distribute(self, distribution, density, dense, fixed, power) -> dict[str, float]:
@@ -182,18 +182,24 @@ class SparsityMethod:
             weight.copy_((noise * std).view(weight.shape).to(weight.dtype))
 
     # ----------------------------------------------------------------- enforcement
-    @torch.no_grad()
+    # Both run every step: on a small model their Python cost is comparable to the kernels',
+    # so they use the aligned lists kept by _topology_changed and one fused call each.
     def apply_masks(self) -> None:
         """weight *= mask for every masked layer."""
-        if self.masks:
-            torch._foreach_mul_(list(self.weights.values()), list(self.masks.values()))
+        if self._mask_list:
+            with torch.no_grad():
+                torch._foreach_mul_(self._weight_list, self._mask_list)
 
-    @torch.no_grad()
     def mask_gradients(self) -> None:
-        pairs = [(p.grad, self.masks[n]) for n, p in self.weights.items() if p.grad is not None]
-        if pairs:
-            grads, masks = zip(*pairs, strict=True)
-            torch._foreach_mul_(list(grads), list(masks))
+        """grad *= mask for every masked layer that has a gradient."""
+        grads = [p.grad for p in self._weight_list]
+        if any(g is None for g in grads):
+            pairs = [(g, m) for g, m in zip(grads, self._mask_list, strict=True) if g is not None]
+            grads, masks = [g for g, _ in pairs], [m for _, m in pairs]
+        else:
+            masks = self._mask_list
+        if grads:
+            torch._foreach_mul_(grads, masks)
 
     @torch.no_grad()
     def _mask_optimizer_state(self, weight: torch.Tensor, keep: torch.Tensor) -> None:
@@ -239,7 +245,11 @@ class SparsityMethod:
         return self._topology_cache
 
     def _topology_changed(self) -> None:
-        self._topology_cache = None
+        """Call after any change to ``self.masks``: drops the cached metrics and rebuilds
+        the weight and mask lists of the per-step calls."""
+        self._topology_cache: dict | None = None
+        self._weight_list = list(self.weights.values())
+        self._mask_list = [self.masks[n] for n in self.weights]
 
     @property
     def active_counts(self) -> dict[str, int]:
