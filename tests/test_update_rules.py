@@ -3,6 +3,7 @@
 import torch
 
 from sst.sparsity import rigl, srigl
+from sst.sparsity.mask_ops import top_indices
 from sst.sparsity.srigl import ablation_threshold
 
 
@@ -140,3 +141,28 @@ def test_ablation_threshold_formula():
     assert ablation_threshold(2, 10, counts, min_neurons=10) == 2  # absolute count
     assert ablation_threshold(0.3, 10, counts, min_neurons=2) == 1  # guard: sorted[2] = 1
     assert ablation_threshold(0.3, 10, counts, min_neurons=1) == 3  # sorted[1] = 4 >= 3
+
+
+def test_top_indices_matches_topk_on_large_layers():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(65536, generator=gen)
+    scores[torch.rand(65536, generator=gen) < 0.3] = float("-inf")  # kept positions
+    for k in (1500, 6000, 20000):
+        expected = set(torch.topk(scores, k).indices.tolist())
+        assert set(top_indices(scores, k).tolist()) == expected
+
+
+def test_top_indices_falls_back_when_the_sample_misjudges_the_threshold():
+    # Every value the strided sample sees is large, so its threshold admits fewer than k.
+    scores = torch.rand(65536, generator=torch.Generator().manual_seed(1))
+    scores[::16] += 10.0
+    expected = set(torch.topk(scores, 2000).indices.tolist())
+    assert set(top_indices(scores, 2000).tolist()) == expected
+
+
+def test_top_indices_takes_all_finite_entries_when_k_exceeds_them():
+    scores = torch.full((65536,), float("-inf"))
+    scores[:25000] = torch.rand(25000, generator=torch.Generator().manual_seed(2))
+    chosen = top_indices(scores, 30000)
+    assert chosen.numel() == 30000 and len(set(chosen.tolist())) == 30000
+    assert set(range(25000)) <= set(chosen.tolist())

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .structure import Structure, rowwise_topk_mask, topk_mask
+from .mask_ops import row_counts, rowwise_topk_mask, top_indices
+from .structure import Structure
 
 NEG_INF = float("-inf")
 
@@ -29,7 +30,7 @@ def drop_smallest(weight: torch.Tensor, active: torch.Tensor, n_drop: int) -> to
     flat = active.flatten()
     candidates = flat.nonzero().squeeze(1)
     magnitude = weight.detach().flatten()[candidates].abs().float()
-    dropped = candidates[topk_mask(-magnitude, n_drop)]
+    dropped = candidates[top_indices(-magnitude, n_drop)]
     kept = flat.clone()
     kept[dropped] = False
     return kept.view(active.shape)
@@ -52,16 +53,15 @@ def drop_and_grow(
     """
     if kept is None:
         active = mask.bool()
-        n_active = int(active.sum().item())
+        n_active = int(torch.count_nonzero(active).item())
         kept = drop_smallest(weight, active, int(n_active * drop_fraction))
     kept_units = structure.units(kept)
-    if structure.kind != "unstructured":
+    kept_counts = row_counts(kept_units)
+    if structure.kind != "unstructured" and bool((kept_counts > unit_capacity).any()):
         magnitude = structure.units(weight.detach().abs().float())
-        over = kept_units.sum(dim=1) > unit_capacity
-        if bool(over.any()):
-            counts = torch.minimum(kept_units.sum(dim=1), unit_capacity)
-            kept_units = rowwise_topk_mask(torch.where(kept_units, magnitude, NEG_INF), counts)
-    need = unit_capacity - kept_units.sum(dim=1)
+        kept_counts = torch.minimum(kept_counts, unit_capacity)
+        kept_units = rowwise_topk_mask(torch.where(kept_units, magnitude, NEG_INF), kept_counts)
+    need = unit_capacity - kept_counts
     scores = torch.where(kept_units, NEG_INF, structure.units(grow_scores.float()))
     grown = rowwise_topk_mask(scores, need.clamp(min=0))
     return structure.from_units(kept_units | grown, mask.shape)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .drop_grow import drop_and_grow
+from .mask_ops import as_float
 from .method import SparsityMethod
 from .schedules import DROP_FRACTION_SCHEDULES, is_update_step
 
@@ -177,19 +178,23 @@ class DynamicSparsity(SparsityMethod):
             )
         start = time.perf_counter()
         fraction = self.drop_fraction(step)
-        grown_total, active_total = 0, 0
+        grown, active = [], []
         for name, weight in self.weights.items():
             if self.needs_dense_grad and name not in self.dense_grads:
                 continue
             old = self.masks[name].bool()
             new = self.update_layer(name, weight, old, self.dense_grads.get(name), fraction)
-            survived = old & new
+            survived = as_float(old & new, weight.dtype)
             weight.mul_(survived)
             self._mask_optimizer_state(weight, survived)
-            self.masks[name] = new.to(weight.dtype)
+            self.masks[name] = as_float(new, weight.dtype)
             self.ever_active[name] |= new
-            grown_total += int((new & ~old).sum().item())
-            active_total += int(new.sum().item())
+            grown.append(torch.count_nonzero(new & ~old))
+            active.append(torch.count_nonzero(new))
+        # one read of the counts for all layers, not two per layer
+        device = grown[0].device if grown else torch.device("cpu")
+        counts = torch.stack([c.to(device) for c in grown + active]).tolist() if grown else []
+        grown_total, active_total = sum(counts[: len(grown)]), sum(counts[len(grown) :])
         self.dense_grads.clear()
         self.nonfinite_grad_steps = 0
         self._topology_changed()

@@ -20,6 +20,7 @@ from torch import nn
 from . import distributions
 from .flops import weight_layer_macs
 from .layers import matching, select_layers, unwrap
+from .mask_ops import as_float
 from .structure import Structure
 
 # Optimizers whose state is elementwise per parameter, so masking it is exact.
@@ -119,7 +120,7 @@ class SparsityMethod:
             mask = self.structure.random_mask(
                 weight.shape, self.layer_density[name], self.generator
             )
-            self.masks[name] = mask.to(device=weight.device, dtype=weight.dtype)
+            self.masks[name] = as_float(mask, weight.dtype).to(weight.device)
         self.ever_active = {n: m.bool() for n, m in self.masks.items()}
         self._topology_changed()
         if sparse_init:
@@ -351,7 +352,7 @@ class SparsityMethod:
         self.step = int(state["step"])
         for name, mask in state["masks"].items():
             weight = self.weights[name]
-            self.masks[name] = mask.to(device=weight.device, dtype=weight.dtype)
+            self.masks[name] = as_float(mask, weight.dtype).to(weight.device)
             self.ever_active[name] = state["ever_active"][name].to(weight.device)
         self.generator.set_state(state["generator"])
         self.train_macs = float(state["train_macs"])

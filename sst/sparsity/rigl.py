@@ -18,7 +18,7 @@ def update_mask(
     n_drop connections at the largest |dL/d(m*w)| among positions not kept (a weight dropped
     in this update may grow back). The active count is unchanged. Returns a boolean mask.
     """
-    n_active = mask.bool().sum().reshape(1)
+    n_active = torch.count_nonzero(mask).reshape(1)
     return drop_and_grow(
         weight, mask, dense_grad.abs(), drop_fraction, Structure("unstructured"), n_active
     )

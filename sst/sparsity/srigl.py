@@ -11,7 +11,8 @@ from torch import nn
 from .drop_grow import drop_and_grow, drop_smallest
 from .dynamic import DynamicSparsity
 from .layers import LAYER_TYPES, matching, weight_layers
-from .structure import Structure, layer_budget, topk_mask
+from .mask_ops import row_counts, topk_mask
+from .structure import Structure, layer_budget
 
 DENOMINATORS = ("sparse", "dense")
 
@@ -72,17 +73,17 @@ def update_mask(
     dense_fan_in = weight[0].numel()
     budget = layer_budget(weight.numel(), density)
     active = mask.bool()
-    n_drop = int(int(active.sum().item()) * drop_fraction)
+    n_drop = int(int(torch.count_nonzero(active).item()) * drop_fraction)
     kept = drop_smallest(weight, active, n_drop)
     ablated = torch.zeros(n_out, dtype=torch.bool, device=weight.device)
     if gamma_sal > 0 and not protected:
         salient = kept | topk_mask(dense_grad.abs().float(), n_drop)
-        counts = salient.reshape(n_out, -1).sum(dim=1)
-        alive_now = max(int(active.reshape(n_out, -1).any(dim=1).sum().item()), 1)
+        counts = row_counts(salient.reshape(n_out, -1))
+        alive_now = max(int(active.reshape(n_out, -1).any(dim=1).count_nonzero().item()), 1)
         fan_in = budget // alive_now if ablation_denominator == "sparse" else dense_fan_in
         threshold = ablation_threshold(gamma_sal, fan_in, counts, budget // dense_fan_in)
         ablated = counts < threshold
-    n_alive = n_out - int(ablated.sum().item())
+    n_alive = n_out - int(torch.count_nonzero(ablated).item())
     k = budget // n_alive
     capacity = torch.where(ablated, 0, k)
     structure = Structure("constant_fanin")

@@ -104,31 +104,3 @@ class Structure:
             raise AssertionError(
                 f"{self.kind} mask has units with {bad} active, expected {capacity}"
             )
-
-
-def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the k largest entries of ``scores`` (flattened)."""
-    flat = scores.flatten()
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    if k > 0:
-        mask[torch.topk(flat, k, sorted=False).indices] = True
-    return mask.view(scores.shape)
-
-
-def rowwise_topk_mask(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Per row i of the 2-D ``scores``, the ``counts[i]`` largest entries (no Python loop).
-
-    Takes the top max(counts) of every row in one ``topk`` and keeps the first counts[i].
-    """
-    if scores.shape[0] == 1:
-        return topk_mask(scores, int(counts[0].item()))
-    k_max = int(counts.max().item()) if counts.numel() else 0
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k_max <= 0:
-        return mask
-    if bool((counts == k_max).all()):
-        idx = torch.topk(scores, k_max, dim=1, sorted=False).indices
-        return mask.scatter_(1, idx, True)
-    idx = torch.topk(scores, k_max, dim=1, sorted=True).indices
-    take = torch.arange(k_max, device=scores.device).unsqueeze(0) < counts.unsqueeze(1)
-    return mask.scatter_(1, idx, take)
