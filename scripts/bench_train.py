@@ -4,8 +4,9 @@ Two measurements, printed as markdown tables (progress goes to stderr):
 
 1. Training steps of the CIFAR ResNet-18 and the MLP (batch 128, synthetic tensors, SGD
    momentum 0.9 nesterov wd 5e-4, density 0.1 ERK) for ``dense`` (a plain loop, no method),
-   ``static``, ``set``, ``rigl`` and ``srigl``. A step is forward + cross-entropy + backward
-   + ``before_step()`` + ``optimizer.step()`` + ``after_step()`` + ``zero_grad()``.
+   ``floor`` (see ``EnforcementFloor``), ``static``, ``set``, ``rigl`` and ``srigl``.
+   A step is forward + cross-entropy + backward + ``before_step()`` + ``optimizer.step()``
+   + ``after_step()`` + ``zero_grad()``.
    Non-update steps are timed apart from the mask update; the update is timed as
    ``update_topology(step)`` after a real backward and ``_capture_dense_grads()`` (capture
    timed separately). The amortised step at delta_T is
@@ -40,7 +41,7 @@ import sst
 from sst import models
 from sst.sparsity import SET, RigL, SparsityMethod, SRigL, Static
 
-METHODS = ("dense", "static", "set", "rigl", "srigl")
+METHODS = ("dense", "floor", "static", "set", "rigl", "srigl")
 DYNAMIC = ("set", "rigl", "srigl")
 MODELS = ("resnet18_cifar", "mlp", "resnet50")
 BATCH = 128
@@ -159,6 +160,26 @@ def machine_info(device: torch.device) -> list[str]:
     return lines
 
 
+class EnforcementFloor:
+    """The per-step mask enforcement the core requires and nothing else: one fused
+    ``grad *= mask`` before ``optimizer.step()`` and one fused ``weight *= mask`` after it,
+    with a Static method's masks and none of a method's bookkeeping. Its overhead is the
+    floor under every method that masks gradients and re-masks weights every step."""
+
+    needs_dense_grad = False
+
+    def __init__(self, static: Static) -> None:
+        self.weights = list(static.weights.values())
+        self.masks = [static.masks[name] for name in static.weights]
+        self.data = [weight.detach() for weight in self.weights]
+
+    def before_step(self) -> None:
+        torch._foreach_mul_([weight.grad for weight in self.weights], self.masks)
+
+    def after_step(self) -> None:
+        torch._foreach_mul_(self.data, self.masks)
+
+
 def make_method(
     name: str,
     model: nn.Module,
@@ -166,10 +187,12 @@ def make_method(
     density: float,
     delta_t: int,
     example: torch.Tensor | None,
-) -> SparsityMethod | None:
+) -> SparsityMethod | EnforcementFloor | None:
     if name == "dense":
         return None
     common = {"density": density, "distribution": "erk", "seed": 0, "example_input": example}
+    if name == "floor":
+        return EnforcementFloor(Static(model, optimizer, **common))
     if name == "static":
         return Static(model, optimizer, **common)
     dynamic = {"total_steps": TOTAL_STEPS, "delta_t": delta_t, **common}
@@ -195,7 +218,7 @@ class Run:
     name: str
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    method: SparsityMethod | None
+    method: SparsityMethod | EnforcementFloor | None
     step_ms: list[float] = field(default_factory=list)
     hooks_ms: list[float] = field(default_factory=list)
     capture_ms: list[float] = field(default_factory=list)
