@@ -17,7 +17,7 @@ Two measurements, printed as markdown tables (progress goes to stderr):
 Methods are interleaved across rounds (the order rotates every round) and medians are
 reported, so slow drifts of a noisy machine hit every method alike.
 
-    python scripts/bench_train.py            # full run (about 7 minutes on 2 CPU cores)
+    python scripts/bench_train.py            # full run (about 5 minutes on 2 CPU cores)
     python scripts/bench_train.py --quick    # smoke test
 """
 
