@@ -1,9 +1,10 @@
 """Single RigL / SRigL updates on small hand-built tensors with known answers."""
 
+import pytest
 import torch
 
 from sst.sparsity import rigl, srigl
-from sst.sparsity.mask_ops import top_indices
+from sst.sparsity.mask_ops import as_float, row_counts, top_indices
 from sst.sparsity.srigl import ablation_threshold
 
 
@@ -166,3 +167,12 @@ def test_top_indices_takes_all_finite_entries_when_k_exceeds_them():
     chosen = top_indices(scores, 30000)
     assert chosen.numel() == 30000 and len(set(chosen.tolist())) == 30000
     assert set(range(25000)) <= set(chosen.tolist())
+
+
+def test_mask_conversions_match_the_plain_ones_and_refuse_non_boolean_masks():
+    mask = torch.rand(7, 9, generator=torch.Generator().manual_seed(3)) < 0.4
+    assert torch.equal(as_float(mask, torch.float16), mask.to(torch.float16))
+    units = mask.t()  # non-contiguous
+    assert torch.equal(row_counts(units), units.sum(dim=1))
+    with pytest.raises(TypeError, match="boolean mask"):
+        row_counts(mask.float())

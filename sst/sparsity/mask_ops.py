@@ -13,14 +13,21 @@ import math
 import torch
 
 
+def _as_bytes(mask: torch.Tensor) -> torch.Tensor:
+    # a view of any other dtype as uint8 reinterprets its bytes, so only bool may pass
+    if mask.dtype != torch.bool:
+        raise TypeError(f"expected a boolean mask, got dtype {mask.dtype}")
+    return mask.view(torch.uint8)
+
+
 def as_float(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A boolean mask as 0/1 values of ``dtype`` (through a ``uint8`` view: same result)."""
-    return mask.view(torch.uint8).to(dtype)
+    return _as_bytes(mask).to(dtype)
 
 
 def row_counts(units: torch.Tensor) -> torch.Tensor:
     """True entries per row of a 2-D boolean mask, as int64."""
-    return units.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
+    return _as_bytes(units).sum(dim=1, dtype=torch.int32).long()
 
 
 def top_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
@@ -32,7 +39,7 @@ def top_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     threshold tau that at least k entries should reach (the sample's expected share of the
     top k plus 3 sigma); the exact top k is then taken among the entries >= tau alone
     (3-7 ms in all). When fewer than k reach tau, it falls back to the full ``topk``, so
-    the result is exact either way.
+    the result is exact either way (for scores without NaN, which ``>=`` never admits).
     """
     n = flat.numel()
     if flat.device.type != "cpu" or n < 32768:
