@@ -176,3 +176,10 @@ def test_mask_conversions_match_the_plain_ones_and_refuse_non_boolean_masks():
     assert torch.equal(row_counts(units), units.sum(dim=1))
     with pytest.raises(TypeError, match="boolean mask"):
         row_counts(mask.float())
+
+
+def test_top_indices_ranks_nan_first_like_topk():
+    scores = torch.rand(65536, generator=torch.Generator().manual_seed(5))
+    scores[1] = float("nan")  # not on the sample's stride
+    expected = set(torch.topk(scores, 3).indices.tolist())
+    assert 1 in expected and set(top_indices(scores, 3).tolist()) == expected

@@ -39,10 +39,11 @@ def top_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     threshold tau that at least k entries should reach (the sample's expected share of the
     top k plus 3 sigma); the exact top k is then taken among the entries >= tau alone
     (3-7 ms in all). When fewer than k reach tau, it falls back to the full ``topk``, so
-    the result is exact either way (for scores without NaN, which ``>=`` never admits).
+    the result is exact either way. ``torch.topk`` ranks NaN highest and ``>=`` never
+    admits it, so scores holding NaN take the ``torch.topk`` path too.
     """
     n = flat.numel()
-    if flat.device.type != "cpu" or n < 32768:
+    if flat.device.type != "cpu" or n < 32768 or bool(flat.isnan().any()):
         return torch.topk(flat, k, sorted=False).indices
     sample = flat[:: n // 4096]
     expected = k * sample.numel() / n
