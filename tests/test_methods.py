@@ -365,3 +365,55 @@ def test_nm_groups_run_along_input_channels_of_a_conv(tiny_net):
 
 def test_dense_accepts_a_shared_distribution_setting(tiny_net):
     assert Dense(tiny_net, distribution="erk").masks == {}
+
+
+def assert_same_state(a, b, path="state"):
+    if torch.is_tensor(a):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_same_state(a[key], b[key], f"{path}.{key}")
+    else:
+        assert a == b, path
+
+
+def test_state_dict_is_a_snapshot_that_later_training_leaves_unchanged():
+    data = batches(30, seed=4)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = TinyConvNet()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        return model, opt, SRigL(model, opt, density=0.2, grad_accumulation=4, **KW)
+
+    model, opt, method = fresh()
+    train_steps(model, opt, method, data[:22])  # dense gradients are mid window
+    state = method.state_dict()
+    assert state["dense_grads"]
+    frozen = copy.deepcopy(state)
+    train_steps(model, opt, method, data[22:])
+    assert_same_state(state, frozen)
+
+    model_b, opt_b, method_b = fresh()
+    method_b.load_state_dict(state)
+    train_steps(model_b, opt_b, method_b, data[22:])
+    assert_same_state(state, frozen)
+
+
+def test_capture_keeps_finite_fp16_gradients_whose_norm_exceeds_fp16_range():
+    layer = torch.nn.Linear(256, 256).half()
+    method = RigL(layer, None, density=0.5, total_steps=10, delta_t=1)
+    layer.weight.grad = torch.full_like(layer.weight, 300.0)  # norm 76800 > 65504
+    method.before_step()
+    method.after_step()
+    assert method.skipped_updates == 0
+    assert "update/drop_fraction" in method.metrics()
+
+
+def test_replacing_a_masked_weight_after_construction_fails_loudly(tiny_net):
+    method = Static(tiny_net, density=0.3)
+    fresh = {k: v.clone() for k, v in tiny_net.state_dict().items()}
+    tiny_net.load_state_dict(fresh, assign=True)
+    with pytest.raises(RuntimeError, match="was replaced after the sparsity method was built"):
+        method.metrics()

@@ -102,8 +102,10 @@ class DynamicSparsity(SparsityMethod):
         if not grads:
             return
         # one fused pass: a norm is inf/NaN when its tensor holds one (or would overflow
-        # float32, which no usable gradient does)
-        finite = torch.stack(torch._foreach_norm(list(grads.values()))).isfinite().all()
+        # float32, which no usable gradient does; the norm of fp16 gradients is taken in
+        # float32, since a finite fp16 gradient can have a norm above 65504)
+        norms = torch._foreach_norm(list(grads.values()), 2, dtype=torch.float32)
+        finite = torch.stack(norms).isfinite().all()
         if not bool(finite):
             self.nonfinite_grad_steps += 1
             return
@@ -167,6 +169,7 @@ class DynamicSparsity(SparsityMethod):
         the update is skipped and counted in ``update/skipped_nonfinite``."""
         if not self.weights:
             return
+        self.check_weights_current()
         if self.needs_dense_grad and not self.dense_grads:
             if self.nonfinite_grad_steps:
                 self.nonfinite_grad_steps = 0
@@ -209,7 +212,7 @@ class DynamicSparsity(SparsityMethod):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["dense_grads"] = {n: g.cpu() for n, g in self.dense_grads.items()}
+        state["dense_grads"] = {n: g.to("cpu", copy=True) for n, g in self.dense_grads.items()}
         state["nonfinite_grad_steps"] = self.nonfinite_grad_steps
         state["skipped_updates"] = self.skipped_updates
         return state
@@ -217,7 +220,8 @@ class DynamicSparsity(SparsityMethod):
     def load_state_dict(self, state: Mapping) -> None:
         super().load_state_dict(state)
         self.dense_grads = {
-            n: g.to(self.weights[n].device) for n, g in state.get("dense_grads", {}).items()
+            n: g.to(self.weights[n].device, copy=True)
+            for n, g in state.get("dense_grads", {}).items()
         }
         self.nonfinite_grad_steps = int(state.get("nonfinite_grad_steps", 0))
         self.skipped_updates = int(state.get("skipped_updates", 0))

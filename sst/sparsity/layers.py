@@ -50,6 +50,14 @@ def weight_layers(model: nn.Module, layer_types: Sequence[str]) -> dict[str, nn.
     return found
 
 
+def weight_owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(module, attribute) holding the weight that ``weight_layers`` calls ``name``."""
+    module_name, _, last = name.rpartition(".")
+    if last == "in_proj_weight":  # a MultiheadAttention's packed projection
+        return unwrap(model).get_submodule(module_name), last
+    return unwrap(model).get_submodule(name), "weight"
+
+
 def matching(names: Iterable[str], patterns: Iterable[str], setting: str) -> list[str]:
     """Names matched (``re.fullmatch``) by any pattern; a pattern that matches no name is an
     error naming ``setting``, so a typo cannot silently leave a layer out."""

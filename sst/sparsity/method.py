@@ -19,7 +19,7 @@ from torch import nn
 
 from . import distributions
 from .flops import weight_layer_macs
-from .layers import matching, select_layers, unwrap
+from .layers import matching, select_layers, unwrap, weight_owner
 from .mask_ops import as_float
 from .structure import Structure
 
@@ -110,6 +110,7 @@ class SparsityMethod:
         self.distribution = distribution
         self.layer_density = self._distribute(distribution, density, dense, fixed, erk_power)
         self.weights = {n: p for n, p in self.candidates.items() if self.layer_density[n] < 1.0}
+        self._owners = {n: weight_owner(self.model, n) for n in self.weights}
         for name, weight in self.weights.items():
             self.structure.check_layer(name, weight.shape, self.layer_density[name])
 
@@ -226,6 +227,18 @@ class SparsityMethod:
         self.apply_masks()
         self._count_train_macs(dense_grad=False)
 
+    def check_weights_current(self) -> None:
+        """Raises if a masked weight is no longer the model's parameter: its masks would
+        silently stop applying. Checked at every update, metrics call and state_dict."""
+        for name, (module, attr) in self._owners.items():
+            if getattr(module, attr) is not self.weights[name]:
+                raise RuntimeError(
+                    f"the model's weight {name!r} was replaced after the sparsity method was "
+                    "built (by load_state_dict(assign=True), or by assigning a new parameter "
+                    "or module), so its mask no longer applies: build the method once the "
+                    "model's parameters are final"
+                )
+
     # ----------------------------------------------------------------- accounting
     def _topology(self) -> dict:
         """Everything derived from the masks, read from the device once per topology change,
@@ -321,6 +334,7 @@ class SparsityMethod:
     def metrics(self) -> dict[str, float]:
         """Global and per-layer metrics. Between topology updates they come from a cache,
         so calling this at every log step costs no device synchronisation."""
+        self.check_weights_current()
         topology = self._topology()
         out = dict(topology["metrics"])
         if topology["macs"] is not None:
@@ -333,10 +347,13 @@ class SparsityMethod:
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
+        """A snapshot: its tensors are copies, so later training never changes it (on the
+        CPU ``.cpu()`` alone would hand out the live tensors, which grow in place)."""
+        self.check_weights_current()
         return {
             "step": self.step,
             "masks": {n: m.bool().cpu() for n, m in self.masks.items()},
-            "ever_active": {n: m.cpu() for n, m in self.ever_active.items()},
+            "ever_active": {n: m.to("cpu", copy=True) for n, m in self.ever_active.items()},
             "generator": self.generator.get_state(),
             "train_macs": self.train_macs,
             "last_update": dict(self.last_update),
@@ -352,8 +369,8 @@ class SparsityMethod:
         self.step = int(state["step"])
         for name, mask in state["masks"].items():
             weight = self.weights[name]
-            self.masks[name] = as_float(mask, weight.dtype).to(weight.device)
-            self.ever_active[name] = state["ever_active"][name].to(weight.device)
+            self.masks[name] = as_float(mask.bool(), weight.dtype).to(weight.device)
+            self.ever_active[name] = state["ever_active"][name].to(weight.device, copy=True)
         self.generator.set_state(state["generator"])
         self.train_macs = float(state["train_macs"])
         self.last_update = dict(state["last_update"])

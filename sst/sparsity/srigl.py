@@ -157,9 +157,11 @@ class SRigL(DynamicSparsity):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["ablated"] = {n: a.cpu() for n, a in self.ablated.items()}
+        state["ablated"] = {n: a.to("cpu", copy=True) for n, a in self.ablated.items()}
         return state
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
-        self.ablated = {n: a.to(self.weights[n].device) for n, a in state["ablated"].items()}
+        self.ablated = {
+            n: a.to(self.weights[n].device, copy=True) for n, a in state["ablated"].items()
+        }
