@@ -183,3 +183,10 @@ def test_top_indices_ranks_nan_first_like_topk():
     scores[1] = float("nan")  # not on the sample's stride
     expected = set(torch.topk(scores, 3).indices.tolist())
     assert 1 in expected and set(top_indices(scores, 3).tolist()) == expected
+
+
+def test_top_indices_with_nan_in_the_sample():
+    scores = torch.rand(65536, generator=torch.Generator().manual_seed(6))
+    scores[::16][:40] = float("nan")  # on the sample's stride: the threshold itself is NaN
+    expected = set(torch.topk(scores, 100).indices.tolist())
+    assert set(top_indices(scores, 100).tolist()) == expected

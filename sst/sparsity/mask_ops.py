@@ -39,17 +39,17 @@ def top_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     threshold tau that at least k entries should reach (the sample's expected share of the
     top k plus 3 sigma); the exact top k is then taken among the entries >= tau alone
     (3-7 ms in all). When fewer than k reach tau, it falls back to the full ``topk``, so
-    the result is exact either way. ``torch.topk`` ranks NaN highest and ``>=`` never
-    admits it, so scores holding NaN take the ``torch.topk`` path too.
+    the result is exact either way. ``torch.topk`` ranks NaN highest, so the filter is
+    ``not (score < tau)``, which admits NaN (and everything when tau itself is NaN).
     """
     n = flat.numel()
-    if flat.device.type != "cpu" or n < 32768 or bool(flat.isnan().any()):
+    if flat.device.type != "cpu" or n < 32768:
         return torch.topk(flat, k, sorted=False).indices
     sample = flat[:: n // 4096]
     expected = k * sample.numel() / n
     k_sample = min(sample.numel(), int(expected + 3.0 * math.sqrt(expected)) + 8)
     tau = torch.topk(sample, k_sample, sorted=False).values.min()
-    candidates = (flat >= tau).nonzero().squeeze(1)
+    candidates = (flat < tau).logical_not_().nonzero().squeeze(1)
     if candidates.numel() < k:
         return torch.topk(flat, k, sorted=False).indices
     return candidates[torch.topk(flat[candidates], k, sorted=False).indices]
