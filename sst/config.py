@@ -8,8 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-# Settings that change how a run is watched or where its data lives, not what it computes:
-# left out of the run's identity, so changing them resumes the same run folder.
+# Settings that change how a run is watched, not what it computes: left out of the run's
+# identity, so changing them resumes the same run folder.
 NOT_IDENTITY = {
     "progress_bar",
     "log_every",
@@ -17,22 +17,34 @@ NOT_IDENTITY = {
     "num_workers",
     "device",
     "eval_batch_size",
-    "root",
     "download",
 }
+# Settings that enter the identity as written, not as resolved. A data root set through an
+# environment variable (``${oc.env:SST_DATA,data}/cifar10``) is the same run wherever the
+# variable points (node-local scratch on a cluster); a root written out
+# (``dataset=imagefolder dataset.root=/data/flowers``) names the data and tells runs apart.
+AS_WRITTEN = {"root"}
 
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the setting and the allowed values."""
 
 
-def _plain(node: Any) -> Any:
+def _plain(node: Any, written: Any = None) -> Any:
+    """``node`` as plain data for hashing; ``written`` is the same node unresolved."""
     if isinstance(node, (DictConfig, ListConfig)):
+        written = OmegaConf.to_container(node, resolve=False)
         node = OmegaConf.to_container(node, resolve=True)
     if isinstance(node, dict):
-        return {k: _plain(v) for k, v in sorted(node.items()) if k not in NOT_IDENTITY}
+        written = written if isinstance(written, dict) else {}
+        return {
+            k: written.get(k, v) if k in AS_WRITTEN else _plain(v, written.get(k))
+            for k, v in sorted(node.items())
+            if k not in NOT_IDENTITY
+        }
     if isinstance(node, list):
-        return [_plain(v) for v in node]
+        written = written if isinstance(written, list) else [None] * len(node)
+        return [_plain(v, w) for v, w in zip(node, written, strict=True)]
     return node
 
 

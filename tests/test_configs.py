@@ -237,3 +237,16 @@ def test_lr_schedule_option_instantiates(option: str) -> None:
     factors = [schedule(step) for step in range(1000)]
     assert all(0.0 <= f <= 1.0 for f in factors)
     assert max(factors) == pytest.approx(1.0)
+
+
+
+def test_a_written_data_root_is_part_of_the_run_identity():
+    flowers = run_dir(["dataset=imagefolder", "dataset.root=/data/flowers"])
+    assert flowers != run_dir(["dataset=imagefolder", "dataset.root=/data/birds"])
+
+
+def test_a_data_root_moved_through_its_environment_variable_keeps_the_run(monkeypatch):
+    monkeypatch.setenv("SST_DATA", "/home/me/data")
+    home = run_dir(["dataset=cifar10"])
+    monkeypatch.setenv("SST_DATA", "/scratch/job-17")
+    assert run_dir(["dataset=cifar10", "trainer.num_workers=8"]) == home
