@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,12 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from .checkpoint import seed_everything
 from .config import ConfigError
 from .data import make_loader
-from .distill import DistillHook, load_teacher
+from .distill import DistillHook, teacher_checkpoint
 from .hooks import Hook, SparsityHook
 from .loop import Loop, LoopSettings, step_plan
 from .runlog import RunLog, git_commit
@@ -22,16 +25,28 @@ from .runlog import RunLog, git_commit
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def make(group: str, node: DictConfig, **kwargs: Any) -> Any:
-    """instantiate(node, **kwargs), with any error re-raised as a ``ConfigError`` that
-    starts with the config group's name."""
+@contextmanager
+def config_errors(group: str, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Re-raises a bad setting's error (and ``also``) as a ``ConfigError`` that starts with
+    the config group's name."""
     try:
-        return instantiate(node, **kwargs)
+        yield
     except InstantiationException as error:
         cause = error.__cause__ or error
         raise ConfigError(f"{group}: {cause}") from cause
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, *also) as error:
         raise ConfigError(f"{group}: {error}") from error
+
+
+def make(group: str, node: DictConfig, **kwargs: Any) -> Any:
+    """instantiate(node, **kwargs) under ``config_errors(group)``."""
+    with config_errors(group):
+        return instantiate(node, **kwargs)
+
+
+def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def pick_device(name: str) -> torch.device:
@@ -73,15 +88,19 @@ def build_hooks(
     )
     hooks: list[Hook] = [SparsityHook(method)]
     if cfg.distill.enabled:
-        try:
-            teacher = load_teacher(
-                cfg.distill.teacher_run, data.num_classes, tuple(data.input_shape), device
+        # RuntimeError: teacher weights that do not fit the teacher's architecture
+        with config_errors("distill", also=(RuntimeError,)):
+            model_cfg, weights = teacher_checkpoint(cfg.distill.teacher_run)
+            teacher = instantiate(
+                model_cfg, num_classes=data.num_classes, input_shape=tuple(data.input_shape)
             )
+            teacher.load_state_dict(weights)
+            teacher = place_model(teacher, device, cfg.trainer.channels_last)
             hook = DistillHook(
-                teacher, temperature=cfg.distill.temperature, weight=cfg.distill.weight
+                teacher.eval().requires_grad_(False),
+                temperature=cfg.distill.temperature,
+                weight=cfg.distill.weight,
             )
-        except (ValueError, FileNotFoundError, RuntimeError) as error:
-            raise ConfigError(f"distill: {error}") from error
         hooks.insert(0, hook)
     return hooks
 
@@ -125,9 +144,8 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
     data = make("dataset", cfg.dataset)
     model = make(
         "model", cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape)
-    ).to(device)
-    if settings.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    )
+    model = place_model(model, device, settings.channels_last)
     micro_batch = trainer.batch_size // settings.grad_accumulation
     train_loader = make_loader(
         data.train,

@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .checkpoint import load
@@ -39,11 +38,9 @@ def kd_loss(
     return (1.0 - weight) * hard_loss + weight * temperature**2 * soft
 
 
-def load_teacher(
-    run_dir: str | Path, num_classes: int, input_shape: tuple[int, ...], device: torch.device
-) -> nn.Module:
-    """The model of a finished sst run (``summary.json`` says so): its
-    ``.hydra/config.yaml`` builds the architecture, its ``checkpoints/last.pt`` fills the
+def teacher_checkpoint(run_dir: str | Path) -> tuple[DictConfig, dict[str, Any]]:
+    """(model config, model weights) of a finished sst run (``summary.json`` says so): its
+    ``.hydra/config.yaml`` names the architecture, its ``checkpoints/last.pt`` holds the
     weights."""
     run_dir = Path(run_dir)
     config_path = run_dir / ".hydra" / "config.yaml"
@@ -55,10 +52,7 @@ def load_teacher(
             )
     if finished_summary(run_dir) is None:
         raise ValueError(f"distill.teacher_run={str(run_dir)!r} has not finished training")
-    model_cfg = OmegaConf.load(config_path).model
-    teacher = instantiate(model_cfg, num_classes=num_classes, input_shape=input_shape)
-    teacher.load_state_dict(load(checkpoint_path)["model"])
-    return teacher.to(device).eval().requires_grad_(False)
+    return OmegaConf.load(config_path).model, load(checkpoint_path)["model"]
 
 
 class DistillHook(Hook):

@@ -72,3 +72,18 @@ def test_missing_teacher_run_names_the_setting(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"distill\.teacher_run=.* is not a finished sst run"):
         build(cfg, run_dir, choices)
+
+
+def test_a_teacher_that_cannot_be_built_fails_as_a_distill_setting(tmp_path):
+    teacher_dir = tmp_path / "teacher"
+    (teacher_dir / ".hydra").mkdir(parents=True)
+    (teacher_dir / "checkpoints").mkdir()
+    torch.save({"model": {}}, teacher_dir / "checkpoints" / "last.pt")
+    (teacher_dir / "summary.json").write_text('{"finished": true}')
+    bad_model = {"model": {"_target_": "sst.models.mlp", "hidden": [0]}}
+    OmegaConf.save(OmegaConf.create(bad_model), teacher_dir / ".hydra" / "config.yaml")
+    cfg, run_dir, choices = compose_run(
+        [*QUICK, "logger=none", "distill=kd", f"distill.teacher_run={teacher_dir}"], tmp_path
+    )
+    with pytest.raises(ConfigError, match=r"^distill: hidden=\[0\]: every hidden width"):
+        build(cfg, run_dir, choices)
