@@ -43,18 +43,24 @@ def drop_and_grow(
     drop_fraction: float,
     structure: Structure,
     unit_capacity: torch.Tensor,
-    kept: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """New boolean mask after one drop-and-grow step.
+    """New boolean mask after one drop-and-grow step: ``drop_smallest``, then ``regrow``."""
+    active = mask.bool()
+    n_active = int(torch.count_nonzero(active).item())
+    kept = drop_smallest(weight, active, int(n_active * drop_fraction))
+    return regrow(weight, kept, grow_scores, structure, unit_capacity)
 
-    ``unit_capacity`` holds, per unit of ``structure.units``, how many weights the unit holds
-    afterwards (0 for an ablated neuron). ``kept``, when given, is step 1's result
-    (``drop_smallest``) computed by the caller.
-    """
-    if kept is None:
-        active = mask.bool()
-        n_active = int(torch.count_nonzero(active).item())
-        kept = drop_smallest(weight, active, int(n_active * drop_fraction))
+
+def regrow(
+    weight: torch.Tensor,
+    kept: torch.Tensor,
+    grow_scores: torch.Tensor,
+    structure: Structure,
+    unit_capacity: torch.Tensor,
+) -> torch.Tensor:
+    """Steps 2 and 3: the boolean mask ``kept`` (what the drop left), trimmed and regrown
+    so that unit i of ``structure.units`` holds ``unit_capacity[i]`` weights (0 for an
+    ablated neuron)."""
     kept_units = structure.units(kept)
     kept_counts = row_counts(kept_units)
     if structure.kind != "unstructured" and bool((kept_counts > unit_capacity).any()):
@@ -64,4 +70,4 @@ def drop_and_grow(
     need = unit_capacity - kept_counts
     scores = torch.where(kept_units, NEG_INF, structure.units(grow_scores.float()))
     grown = rowwise_topk_mask(scores, need.clamp(min=0))
-    return structure.from_units(kept_units | grown, mask.shape)
+    return structure.from_units(kept_units | grown, kept.shape)

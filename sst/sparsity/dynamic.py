@@ -76,6 +76,10 @@ class DynamicSparsity(SparsityMethod):
         self.grad_accumulation = grad_accumulation
         self.skip_optimizer_step = skip_optimizer_step
         self.dense_grads: dict[str, torch.Tensor] = {}
+        self._unit_capacity = {  # per unit of structure.units, for update_layer
+            n: torch.full((self.structure.num_units(w.shape),), self.capacity[n], device=w.device)
+            for n, w in self.weights.items()
+        }
         self.nonfinite_grad_steps = 0  # window steps left out for inf/NaN gradients
         self.skipped_updates = 0  # updates skipped: no finite gradient in their window
         self._skipped = False  # this step's optimizer step was skipped for an update
@@ -157,9 +161,8 @@ class DynamicSparsity(SparsityMethod):
         drop_fraction: float,
     ) -> torch.Tensor:
         """The layer's new boolean mask; the default is structure-aware drop and grow."""
-        units = self.structure.units(mask).shape[0]
-        capacity = torch.full((units,), self.capacity[name], device=mask.device)
         scores = self.grow_scores(name, weight, dense_grad)
+        capacity = self._unit_capacity[name]
         return drop_and_grow(weight, mask, scores, drop_fraction, self.structure, capacity)
 
     @torch.no_grad()
@@ -181,7 +184,7 @@ class DynamicSparsity(SparsityMethod):
             )
         start = time.perf_counter()
         fraction = self.drop_fraction(step)
-        grown, active = [], []
+        grown = []
         for name, weight in self.weights.items():
             if self.needs_dense_grad and name not in self.dense_grads:
                 continue
@@ -192,15 +195,14 @@ class DynamicSparsity(SparsityMethod):
             self._mask_optimizer_state(weight, survived)
             self.masks[name] = as_float(new, weight.dtype)
             self.ever_active[name] |= new
-            grown.append(torch.count_nonzero(new & ~old))
-            active.append(torch.count_nonzero(new))
-        # one read of the counts for all layers, not two per layer
-        device = grown[0].device if grown else torch.device("cpu")
-        counts = torch.stack([c.to(device) for c in grown + active]).tolist() if grown else []
-        grown_total, active_total = sum(counts[: len(grown)]), sum(counts[len(grown) :])
+            grown.append((name, torch.count_nonzero(new & ~old)))
         self.dense_grads.clear()
         self.nonfinite_grad_steps = 0
         self._topology_changed()
+        # one read from the device for the grown counts of all layers
+        device = grown[0][1].device if grown else torch.device("cpu")
+        grown_total = int(torch.stack([c.to(device) for _, c in grown]).sum()) if grown else 0
+        active_total = sum(self.active_counts[name] for name, _ in grown)
         if any(w.is_cuda for w in self.weights.values()):
             torch.cuda.synchronize()
         self.last_update = {

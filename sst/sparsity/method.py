@@ -123,6 +123,7 @@ class SparsityMethod:
             )
             self.masks[name] = as_float(mask, weight.dtype).to(weight.device)
         self.ever_active = {n: m.bool() for n, m in self.masks.items()}
+        self._weight_list = list(self.weights.values())
         self._topology_changed()
         if sparse_init:
             self._sparse_reinit()
@@ -244,8 +245,12 @@ class SparsityMethod:
         """Everything derived from the masks, read from the device once per topology change,
         so that per-step work and logging between updates never synchronise with it."""
         if self._topology_cache is None:
-            counts = {n: int(torch.count_nonzero(m).item()) for n, m in self.masks.items()}
-            stats = self._layer_stats(counts)
+            per_neuron = {
+                n: torch.count_nonzero(m.reshape(m.shape[0], -1), dim=1)
+                for n, m in self.masks.items()
+            }
+            counts = {n: int(c.sum().item()) for n, c in per_neuron.items()}
+            stats = self._layer_stats(counts, per_neuron)
             cache = {"active_counts": counts, "layer_stats": stats, "macs": None}
             if self.macs is not None:
                 dense = sum(self.macs.values())
@@ -260,9 +265,8 @@ class SparsityMethod:
 
     def _topology_changed(self) -> None:
         """Call after any change to ``self.masks``: drops the cached metrics and rebuilds
-        the weight and mask lists of the per-step calls."""
+        the mask list of the per-step calls (aligned with ``_weight_list``)."""
         self._topology_cache: dict | None = None
-        self._weight_list = list(self.weights.values())
         self._mask_list = [self.masks[n] for n in self.weights]
 
     @property
@@ -285,15 +289,16 @@ class SparsityMethod:
     def _ablated(self, name: str) -> int:
         return 0
 
-    def _layer_stats(self, counts: dict[str, int]) -> list[dict]:
+    def _layer_stats(
+        self, counts: dict[str, int], per_neuron: dict[str, torch.Tensor]
+    ) -> list[dict]:
         rows = []
         for name, weight in self.candidates.items():
             n_out = weight.shape[0]
             if name in self.masks:
-                per_neuron = torch.count_nonzero(self.masks[name].reshape(n_out, -1), dim=1)
-                alive = per_neuron > 0
+                alive = per_neuron[name] > 0
                 active_neurons = int(alive.sum().item())
-                fan_in = float(per_neuron[alive].float().mean().item()) if active_neurons else 0.0
+                fan_in = counts[name] / active_neurons if active_neurons else 0.0
                 density = counts[name] / weight.numel()
             else:
                 active_neurons, fan_in, density = n_out, float(weight[0].numel()), 1.0
@@ -323,7 +328,7 @@ class SparsityMethod:
             "sparsity/all_params": inactive / all_params,
         }
         if self.masks:
-            ever = sum(int(m.sum().item()) for m in self.ever_active.values())
+            ever = sum(int(torch.count_nonzero(m).item()) for m in self.ever_active.values())
             out["itop_rate"] = ever / sum(m.numel() for m in self.masks.values())
         for row in stats:
             name = row["layer"]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .drop_grow import drop_and_grow, drop_smallest
+from .drop_grow import drop_smallest, regrow
 from .dynamic import DynamicSparsity
 from .layers import LAYER_TYPES, matching, weight_layers
 from .mask_ops import row_counts, topk_mask
@@ -75,9 +75,10 @@ def update_mask(
     active = mask.bool()
     n_drop = int(int(torch.count_nonzero(active).item()) * drop_fraction)
     kept = drop_smallest(weight, active, n_drop)
+    grad_magnitude = dense_grad.abs().float()
     ablated = torch.zeros(n_out, dtype=torch.bool, device=weight.device)
     if gamma_sal > 0 and not protected:
-        salient = kept | topk_mask(dense_grad.abs().float(), n_drop)
+        salient = kept | topk_mask(grad_magnitude, n_drop)
         counts = row_counts(salient.reshape(n_out, -1))
         alive_now = max(int(active.reshape(n_out, -1).any(dim=1).count_nonzero().item()), 1)
         fan_in = budget // alive_now if ablation_denominator == "sparse" else dense_fan_in
@@ -87,9 +88,7 @@ def update_mask(
     k = budget // n_alive
     capacity = torch.where(ablated, 0, k)
     structure = Structure("constant_fanin")
-    new_mask = drop_and_grow(
-        weight, mask, dense_grad.abs(), drop_fraction, structure, capacity, kept=kept
-    )
+    new_mask = regrow(weight, kept, grad_magnitude, structure, capacity)
     return new_mask, ablated
 
 

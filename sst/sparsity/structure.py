@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .mask_ops import rowwise_topk_mask
+
 STRUCTURES = ("unstructured", "constant_fanin", "nm")
 
 
@@ -63,6 +65,14 @@ class Structure:
             return tensor.reshape(tensor.shape[0], -1)
         return tensor.movedim(1, -1).reshape(-1, self.m)
 
+    def num_units(self, shape: Sequence[int]) -> int:
+        """Rows of ``units`` for a weight of this shape."""
+        if self.kind == "unstructured":
+            return 1
+        if self.kind == "constant_fanin":
+            return shape[0]
+        return math.prod(shape) // self.m
+
     def from_units(self, units: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """The weight-shaped tensor whose ``units`` are ``units``."""
         if self.kind == "nm" and len(shape) > 2:
@@ -88,9 +98,8 @@ class Structure:
     def top_mask(self, scores: torch.Tensor, capacity: int) -> torch.Tensor:
         """Per unit, the ``capacity`` positions with the highest score."""
         units = self.units(scores)
-        idx = torch.topk(units, capacity, dim=1, sorted=False).indices
-        mask = torch.zeros_like(units, dtype=torch.bool).scatter_(1, idx, True)
-        return self.from_units(mask, scores.shape)
+        counts = torch.full((units.shape[0],), capacity, device=scores.device)
+        return self.from_units(rowwise_topk_mask(units, counts), scores.shape)
 
     def verify(self, mask: torch.Tensor, capacity: int) -> None:
         """Raises if ``mask`` breaks the structure: every unit holds ``capacity`` active
