@@ -26,12 +26,12 @@ def _check_density(density: float) -> None:
         raise ValueError(f"density={density} is out of range: allowed values are in (0, 1]")
 
 
-def _split_budget(
+def _decided(
     shapes: Shapes, density: float, dense: Iterable[str], fixed: Mapping[str, float] | None
-) -> tuple[dict[str, float], float, list[str]]:
-    """Returns the densities already decided, the budget left for the free layers, and the
-    free layers' names."""
+) -> dict[str, float]:
+    """The densities the settings fix (1 for dense layers, the explicit ones), checked."""
     _check_density(density)
+    dense = list(dense)
     decided: dict[str, float] = {}
     both = set(dense) & set(fixed or {})
     if both:
@@ -45,6 +45,15 @@ def _split_budget(
             raise ValueError(f"fixed layer {name!r} is not among the layers {sorted(shapes)}")
         _check_density(value)
         decided[name] = value
+    return decided
+
+
+def _split_budget(
+    shapes: Shapes, density: float, dense: Iterable[str], fixed: Mapping[str, float] | None
+) -> tuple[dict[str, float], float, list[str]]:
+    """Returns the densities already decided, the budget left for the free layers, and the
+    free layers' names."""
+    decided = _decided(shapes, density, dense, fixed)
     total = sum(_numel(s) for s in shapes.values())
     budget = density * total - sum(decided[n] * _numel(shapes[n]) for n in decided)
     free = [n for n in shapes if n not in decided]
@@ -71,15 +80,8 @@ def uniform(
     compensate=False (the RigL paper): the free layers get ``density`` and the dense layers'
     extra weights are on top, so global sparsity ends slightly below 1 - density.
     """
-    dense = list(dense)
     if not compensate:
-        _check_density(density)
-        for value in (fixed or {}).values():
-            _check_density(value)
-        result = {name: density for name in shapes}
-        result.update(dict.fromkeys(dense, 1.0))
-        result.update(fixed or {})
-        return result
+        return {name: density for name in shapes} | _decided(shapes, density, dense, fixed)
     decided, budget, free = _split_budget(shapes, density, dense, fixed)
     free_numel = sum(_numel(shapes[n]) for n in free)
     shared = budget / free_numel if free else 1.0
