@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import sst.config  # noqa: F401  (registers the run-folder resolver)
 
@@ -43,6 +43,12 @@ def compose_with_hydra(overrides: Sequence[str] = ()) -> DictConfig:
     cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def job_config(cfg: DictConfig) -> dict:
+    """The job's config (everything but ``hydra``) resolved, failing on any ``???``."""
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    return OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
 
 
 def compose_run(overrides: list[str], output_dir: Path):

@@ -14,8 +14,8 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, OmegaConf
-from runs import compose_with_hydra, hydra_conf_single_thread
+from omegaconf import OmegaConf
+from runs import compose_with_hydra, hydra_conf_single_thread, job_config
 
 import sst.config  # registers the ${sst.hash:...} resolver
 import sst.models
@@ -49,12 +49,6 @@ def hydra_conf() -> Iterator[None]:
 
 
 compose_cfg = compose_with_hydra
-
-
-def job_config(cfg: DictConfig) -> dict:
-    """The job's config (everything but ``hydra``) resolved, failing on any ``???``."""
-    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    return OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
 
 
 def run_dir(overrides: Sequence[str] = ()) -> str:

@@ -16,12 +16,14 @@ import torch
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-from runs import compose_with_hydra, hydra_conf_single_thread
+from omegaconf import DictConfig
+from runs import compose_with_hydra, hydra_conf_single_thread, job_config
 
 import sst.config  # registers the ${sst.hash:...} resolver
 import sst.models
 import sst.sparsity
+from sst.build import loop_settings
+from sst.loop import step_plan
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = CONF / "experiment"
@@ -74,11 +76,6 @@ def preset(name: str, *overrides: str) -> DictConfig:
     return compose_cfg([f"experiment={name}", *overrides])
 
 
-def job_config(cfg: DictConfig) -> dict:
-    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    return OmegaConf.to_container(job, resolve=True, throw_on_missing=True)
-
-
 def sweep_params(cfg: DictConfig) -> dict[str, list]:
     """hydra.sweeper.params parsed as the basic sweeper parses them."""
     params = cfg.hydra.sweeper.get("params") or {}
@@ -95,22 +92,20 @@ def sweep_cells(name: str) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def steps_per_epoch(dataset_size: int, trainer: DictConfig) -> int:
-    """As sst.build: micro-batches with drop_last, grouped by grad_accumulation."""
-    micro = trainer.batch_size // trainer.grad_accumulation
-    return dataset_size // micro // trainer.grad_accumulation
+def plan(cfg: DictConfig, dataset_size: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps), computed as sst.build does: micro-batches
+    with drop_last, grouped by grad_accumulation."""
+    micro = cfg.trainer.batch_size // cfg.trainer.grad_accumulation
+    return step_plan(dataset_size // micro, loop_settings(cfg.trainer))
 
 
 def total_steps(cfg: DictConfig, dataset_size: int) -> int:
-    full = cfg.trainer.epochs * steps_per_epoch(dataset_size, cfg.trainer)
-    return min(full, cfg.trainer.max_steps) if cfg.trainer.max_steps else full
+    return plan(cfg, dataset_size)[1]
 
 
 def lr_factors(cfg: DictConfig, dataset_size: int) -> tuple:
-    per_epoch = steps_per_epoch(dataset_size, cfg.trainer)
-    schedule = instantiate(
-        cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=total_steps(cfg, dataset_size)
-    )
+    per_epoch, total = plan(cfg, dataset_size)
+    schedule = instantiate(cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=total)
     return schedule, per_epoch
 
 
