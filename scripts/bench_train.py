@@ -39,6 +39,7 @@ from torch import nn
 
 import sst
 from sst import models
+from sst.runlog import git_commit
 from sst.sparsity import SET, RigL, SparsityMethod, SRigL, Static
 
 METHODS = ("dense", "floor", "static", "set", "rigl", "srigl")
@@ -115,16 +116,13 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def git_commit() -> str:
+def sst_commit() -> str:
+    """The short commit of the checkout, flagged when sst/ has uncommitted changes."""
+    head = git_commit()
+    if head is None:
+        return "unknown"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        head = subprocess.run(
-            ["git", "-C", root, "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "sst"],
             capture_output=True,
@@ -133,25 +131,28 @@ def git_commit() -> str:
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + (" (sst/ modified)" if dirty else "")
+        dirty = "unknown"
+    return head[:7] + (" (sst/ modified)" if dirty else "")
 
 
 def loadavg() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def machine_info(device: torch.device) -> list[str]:
+def usable_cores() -> int:
     try:
-        usable = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:
-        usable = os.cpu_count() or 1
+        return os.cpu_count() or 1
+
+
+def machine_info(device: torch.device) -> list[str]:
     lines = [
-        f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores, {usable} usable)",
+        f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores, {usable_cores()} usable)",
         f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
         f"Python {platform.python_version()}, sst {getattr(sst, '__version__', '?')}",
         f"- device: {device}",
-        f"- sst commit: {git_commit()}",
+        f"- sst commit: {sst_commit()}",
     ]
     if hasattr(os, "getloadavg"):
         lines.append(f"- load average at start (1/5/15 min): {loadavg()}")
@@ -341,6 +342,34 @@ def bench_training(name: str, methods: list[str], plan: Plan, args, device) -> l
     return runs
 
 
+@dataclass(frozen=True)
+class Amortised:
+    """A method's cost at delta_T against the dense step (percentages of the dense step)."""
+
+    step_ms: float  # step + (capture + update) / delta_T
+    by_step: float  # step_ms / dense step - 1
+    by_hooks: float  # (hooks + (capture + update) / delta_T) / dense step
+    noise: float  # 2 standard errors of the step-time difference
+
+
+def amortised(run: Run, dense_steps: list[float], delta_t: int) -> Amortised:
+    dense_ms = median(dense_steps)
+    capture = median(run.capture_ms) if run.capture_ms else 0.0
+    update = median(run.update_ms) if run.update_ms else 0.0
+    extra = (capture + update) / delta_t
+    step_ms = median(run.step_ms) + extra
+    return Amortised(
+        step_ms=step_ms,
+        by_step=100 * (step_ms / dense_ms - 1),
+        by_hooks=100 * (median(run.hooks_ms) + extra) / dense_ms,
+        noise=200 * diff_se(dense_steps, run.step_ms) / dense_ms,
+    )
+
+
+def update_met(run: Run, target_s: float) -> bool:
+    return median(run.update_ms) / 1000 < target_s
+
+
 def training_table(name: str, runs: list[Run], plan: Plan, delta_t: int) -> list[str]:
     dense = next((r for r in runs if r.name == "dense"), None)
     dense_steps = dense.step_ms if dense else []
@@ -363,20 +392,16 @@ def training_table(name: str, runs: list[Run], plan: Plan, delta_t: int) -> list
                 "| " + " | ".join([*row, "—", "—", "—", "—", "—", f"{step:.3f}", "—", "—"]) + " |"
             )
             continue
-        capture = median(run.capture_ms) if run.capture_ms else 0.0
-        update = median(run.update_ms) if run.update_ms else 0.0
-        amortised = step + (capture + update) / delta_t
-        via_hooks = (hooks + (capture + update) / delta_t) / dense_ms
+        cost = amortised(run, dense_steps, delta_t)
         row += [
-            f"{100 * (step / dense_ms - 1):+.1f}% "
-            f"{pm(200 * diff_se(dense_steps, run.step_ms) / dense_ms)}",
+            f"{100 * (step / dense_ms - 1):+.1f}% {pm(cost.noise)}",
             f"{hooks:.3f}",
             f"{100 * hooks / dense_ms:.2f}%",
-            f"{capture:.2f}" if run.capture_ms else "—",
-            f"{update:.2f}" if run.update_ms else "—",
-            f"{amortised:.3f}",
-            f"{100 * (amortised / dense_ms - 1):+.1f}%",
-            f"{100 * via_hooks:+.2f}%",
+            f"{median(run.capture_ms):.2f}" if run.capture_ms else "—",
+            f"{median(run.update_ms):.2f}" if run.update_ms else "—",
+            f"{cost.step_ms:.3f}",
+            f"{cost.by_step:+.1f}%",
+            f"{cost.by_hooks:+.2f}%",
         ]
         lines.append("| " + " | ".join(row) + " |")
     return lines
@@ -440,7 +465,7 @@ def resnet50_table(runs: list[Run], plan: Plan, target_s: float) -> list[str]:
     for run in runs:
         update = median(run.update_ms)
         capture = f"{median(run.capture_ms):.1f}" if run.method.needs_dense_grad else "—"
-        met = "met" if update / 1000 < target_s else "MISSED"
+        met = "met" if update_met(run, target_s) else "MISSED"
         lines.append(
             f"| {run.name} | {capture} | {update:.1f} ({iqr(run.update_ms):.1f}) | "
             f"{min(run.update_ms):.1f} | {max(run.update_ms):.1f} | {met} |"
@@ -491,11 +516,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA device is visible")
     device = torch.device(args.device)
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
-    torch.set_num_threads(args.threads or usable)
+    torch.set_num_threads(args.threads or usable_cores())
 
     started = time.perf_counter()
     out = ["## Machine", "", *machine_info(device), ""]
@@ -514,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
             runs = bench_resnet50(methods, plan, args, device)
             out += [*resnet50_table(runs, plan, args.target_update_s), ""]
             for run in runs:
-                ok = median(run.update_ms) / 1000 < args.target_update_s
+                ok = update_met(run, args.target_update_s)
                 verdicts.append(
                     f"- resnet50 {run.name} update {median(run.update_ms):.0f} ms: "
                     f"{'met' if ok else 'MISSED'} (< {args.target_update_s:g} s)"
@@ -527,19 +548,15 @@ def main(argv: list[str] | None = None) -> None:
         for run in runs:
             if run.name not in ("rigl", "srigl") or dense is None:
                 continue
-            dense_ms = median(dense.step_ms)
-            extra = (median(run.capture_ms) + median(run.update_ms)) / args.delta_t
-            by_step = 100 * ((median(run.step_ms) + extra) / dense_ms - 1)
-            by_hooks = 100 * (median(run.hooks_ms) + extra) / dense_ms
-            noise = 200 * diff_se(dense.step_ms, run.step_ms) / dense_ms
+            cost = amortised(run, dense.step_ms, args.delta_t)
             # The verdict uses the direct measurement (hooks + update); the step-time
             # difference is the cross-check, with its noise (2 standard errors).
-            ok = by_hooks < args.target_pct
+            ok = cost.by_hooks < args.target_pct
             verdicts.append(
                 f"- {name} {run.name} amortised overhead @ΔT={args.delta_t}: "
-                f"{by_hooks:+.2f}% (hooks + update): {'met' if ok else 'MISSED'} "
-                f"(< {args.target_pct:g}%); step-time cross-check {by_step:+.1f}% "
-                f"{pm(noise)}"
+                f"{cost.by_hooks:+.2f}% (hooks + update): {'met' if ok else 'MISSED'} "
+                f"(< {args.target_pct:g}%); step-time cross-check {cost.by_step:+.1f}% "
+                f"{pm(cost.noise)}"
             )
         del runs
     if verdicts:
