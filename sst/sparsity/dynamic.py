@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from .drop_grow import drop_and_grow
-from .mask_ops import as_float
 from .method import SparsityMethod
 from .schedules import DROP_FRACTION_SCHEDULES, is_update_step
 
@@ -139,11 +138,14 @@ class DynamicSparsity(SparsityMethod):
 
     def after_step(self) -> None:
         self.step += 1
-        self.apply_masks()
+        self.mask_set.apply()
         self._count_train_macs(dense_grad=self._dense_grad_step)
-        if self.is_update_step(self.step) and not self._skipped:
-            self.update_topology(self.step)
+        self.update(self.step)
         self._skipped = False
+
+    def update(self, step: int) -> None:
+        if self.is_update_step(step) and not self._skipped:
+            self.update_topology(step)
 
     # ----------------------------------------------------------------- topology
     def grow_scores(
@@ -184,25 +186,18 @@ class DynamicSparsity(SparsityMethod):
             )
         start = time.perf_counter()
         fraction = self.drop_fraction(step)
-        grown = []
+        new_masks = {}
         for name, weight in self.weights.items():
             if self.needs_dense_grad and name not in self.dense_grads:
                 continue
             old = self.masks[name].bool()
-            new = self.update_layer(name, weight, old, self.dense_grads.get(name), fraction)
-            survived = as_float(old & new, weight.dtype)
-            weight.mul_(survived)
-            self._mask_optimizer_state(weight, survived)
-            self.masks[name] = as_float(new, weight.dtype)
-            self.ever_active[name] |= new
-            grown.append((name, torch.count_nonzero(new & ~old)))
+            new_masks[name] = self.update_layer(
+                name, weight, old, self.dense_grads.get(name), fraction
+            )
         self.dense_grads.clear()
         self.nonfinite_grad_steps = 0
-        self._topology_changed()
-        # one read from the device for the grown counts of all layers
-        device = grown[0][1].device if grown else torch.device("cpu")
-        grown_total = int(torch.stack([c.to(device) for _, c in grown]).sum()) if grown else 0
-        active_total = sum(self.active_counts[name] for name, _ in grown)
+        grown_total = self.mask_set.set(new_masks)
+        active_total = sum(self.active_counts[name] for name in new_masks)
         if any(w.is_cuda for w in self.weights.values()):
             torch.cuda.synchronize()
         self.last_update = {

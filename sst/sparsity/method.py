@@ -1,13 +1,18 @@
-"""The sparsity engine: layer choice, per-layer densities, masks and their enforcement.
+"""The sparsity engine's policy side: which layers, how dense, which masks, when they change.
 
 A method is optimizer-like and knows nothing of the training loop::
 
     method = RigL(model, optimizer, density=0.1, total_steps=T)
     loss.backward(); method.before_step(); optimizer.step(); method.after_step()
 
-``before_step`` keeps the dense gradient when a coming update needs it, then masks the
-gradients; ``after_step`` re-applies the masks to the weights and, on update steps, changes
-the topology. Masks are explicit state (``state_dict``), never inferred from zeros.
+``before_step`` masks the gradients (a dynamic method first keeps the dense gradient);
+``after_step`` re-applies the masks to the weights and calls the policy's ``update(step)``.
+The masks themselves and their enforcement live in a ``MaskSet`` (``masks.py``); a policy
+decides the first masks (``initial_masks``), changes them (``update``, through
+``self.mask_set.set``), and may add a forward-time mask (``forward_mask``).
+
+A new method is a subclass that overrides some of ``initial_masks``, ``update``,
+``forward_mask``, ``stages`` and ``state_dict``/``load_state_dict`` for its own state.
 """
 
 from __future__ import annotations
@@ -19,34 +24,41 @@ from torch import nn
 
 from . import distributions
 from .flops import weight_layer_macs
-from .layers import matching, select_layers, unwrap, weight_owner
-from .mask_ops import as_float
+from .layers import matching, select_layers, unwrap
+from .masks import SUPPORTED_OPTIMIZERS, MaskSet, check_optimizer
+from .stages import Stage, single_stage
 from .structure import Structure
 
-# Optimizers whose state is elementwise per parameter, so masking it is exact.
-SUPPORTED_OPTIMIZERS = (
-    "SGD",
-    "Adam",
-    "AdamW",
-    "NAdam",
-    "RAdam",
-    "Adamax",
-    "RMSprop",
-    "Adagrad",
-    "Adadelta",
-)
+__all__ = ["SUPPORTED_OPTIMIZERS", "Dense", "SparsityMethod", "Static", "magnitude_masks"]
+
+
+def magnitude_masks(
+    weights: Mapping[str, torch.Tensor], layer_density: Mapping[str, float], structure: Structure
+) -> dict[str, torch.Tensor]:
+    """Per layer, the largest |w| that the structure allows at the layer's density:
+    int(numel * density) weights (unstructured), k = int(numel * density) // n_out per
+    neuron (constant fan-in), N per group of M (N:M). Boolean, weight-shaped."""
+    return {
+        name: structure.top_mask(
+            w.detach().abs().float(), structure.capacity(w.shape, layer_density[name])
+        )
+        for name, w in weights.items()
+    }
 
 
 class SparsityMethod:
-    """Static sparsity at a global ``density``: a random mask of the chosen structure and
-    distribution, kept fixed. Subclasses change the topology (``DynamicSparsity``).
+    """Sparsity at a global ``density``, with masks of the chosen structure and
+    distribution. This base class never changes its masks (``Static``).
 
     Args:
         model: any ``nn.Module`` (DDP / compiled wrappers are unwrapped).
         optimizer: the optimizer over the model's parameters; its per-weight state is zeroed
             where weights are inactive. None for mask-only use.
         density: fraction of the candidate layers' weights kept, in (0, 1].
-        distribution: one of ``distributions.DISTRIBUTIONS``.
+        total_steps: optimizer steps of the run (needed by methods with a schedule).
+        distribution: one of ``distributions.DISTRIBUTIONS``. ``global_magnitude`` keeps
+            the largest |w| under one threshold over all free layers; every other
+            distribution sets per-layer densities and the first masks are random.
         structure: ``unstructured``, ``constant_fanin`` or ``nm`` (with ``n``, ``m``).
         layer_types / include / exclude: which layers are candidates (regexes on names).
         dense_first / dense_last: keep the first / last candidate layer dense (counted in
@@ -85,11 +97,7 @@ class SparsityMethod:
     ) -> None:
         if not 0.0 < density <= 1.0:
             raise ValueError(f"density={density} is out of range: allowed values are in (0, 1]")
-        if optimizer is not None and type(optimizer).__name__ not in SUPPORTED_OPTIMIZERS:
-            raise ValueError(
-                f"optimizer {type(optimizer).__name__} is not supported: its state cannot be "
-                f"masked safely; supported optimizers are {SUPPORTED_OPTIMIZERS}"
-            )
+        check_optimizer(optimizer)
         self.model = unwrap(model)
         self.optimizer = optimizer
         self.density = density
@@ -105,39 +113,92 @@ class SparsityMethod:
         dense = ([names[0]] if dense_first else []) + ([names[-1]] if dense_last else [])
         fixed = {}
         for pattern, value in (densities or {}).items():
-            for name in matching(names, [pattern], "densities"):
+            for name in matching(names, [str(pattern)], "densities"):
                 fixed[name] = float(value)
         self.distribution = distribution
         self.layer_density = self._distribute(distribution, density, dense, fixed, erk_power)
-        self.weights = {n: p for n, p in self.candidates.items() if self.layer_density[n] < 1.0}
-        self._owners = {n: weight_owner(self.model, n) for n in self.weights}
-        for name, weight in self.weights.items():
+        weights = {n: p for n, p in self.candidates.items() if self.layer_density[n] < 1.0}
+        for name, weight in weights.items():
             self.structure.check_layer(name, weight.shape, self.layer_density[name])
-
-        self.masks: dict[str, torch.Tensor] = {}
-        self.capacity: dict[str, int] = {}
-        for name, weight in self.weights.items():
-            self.capacity[name] = self.structure.capacity(weight.shape, self.layer_density[name])
-            mask = self.structure.random_mask(
-                weight.shape, self.layer_density[name], self.generator
-            )
-            self.masks[name] = as_float(mask, weight.dtype).to(weight.device)
-        self.ever_active = {n: m.bool() for n, m in self.masks.items()}
-        self._weight_list = list(self.weights.values())
-        self._topology_changed()
+        # kept weights per unit of the structure when every unit is alive
+        self.capacity = {
+            n: self.structure.capacity(w.shape, self.layer_density[n]) for n, w in weights.items()
+        }
+        self.weights = weights
+        self.mask_set = MaskSet(self.model, weights, self.initial_masks(), optimizer)
         if sparse_init:
             self._sparse_reinit()
-        self.apply_masks()
-        for name, weight in self.weights.items():  # an optimizer that already has state
-            self._mask_optimizer_state(weight, self.masks[name].bool())
-
+            self.mask_set.apply()
         self.macs = (
             weight_layer_macs(self.model, example_input) if example_input is not None else None
         )
         self.train_macs = 0.0
         self.last_update: dict[str, float] = {}
+        if type(self).forward_mask is not SparsityMethod.forward_mask:
+            self.mask_set.attach_forward_mask(self.forward_mask)
 
-    # ----------------------------------------------------------------- construction
+    # ----------------------------------------------------------------- the policy
+    def initial_masks(self) -> dict[str, torch.Tensor]:
+        """The first boolean masks: the largest |w| under ``global_magnitude``, else
+        uniformly random masks of the structure at each layer's density."""
+        if self.distribution == "global_magnitude":
+            return magnitude_masks(self.weights, self.layer_density, self.structure)
+        return {
+            name: self.structure.random_mask(w.shape, self.layer_density[name], self.generator)
+            for name, w in self.weights.items()
+        }
+
+    def update(self, step: int) -> None:
+        """Called after optimizer step ``step`` (1-based) once the masks are re-applied;
+        a policy that changes the topology calls ``self.mask_set.set`` here."""
+
+    def forward_mask(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
+        """A factor the layer's weight is multiplied by inside each training forward pass
+        (not stored, not seen by the optimizer); None leaves the layer as it is. Policies
+        that override it get it attached at construction."""
+        return None
+
+    def stages(self, steps_per_stage: int) -> list[Stage]:
+        """The training stages this method asks the loop for, when the trainer's settings
+        give ``steps_per_stage`` optimizer steps: one stage for every method but the
+        multi-round ones (LR rewinding)."""
+        return single_stage(steps_per_stage)
+
+    def on_stage_start(self, stage: Stage) -> None:
+        """Called by the loop before the first step of every stage."""
+
+    # ----------------------------------------------------------------- the loop's calls
+    def before_step(self) -> None:
+        """Call after backward (and after AMP unscaling), before ``optimizer.step()``."""
+        self.mask_set.mask_gradients()
+
+    def after_step(self) -> None:
+        """Call after ``optimizer.step()``."""
+        self.step += 1
+        self.mask_set.apply()
+        self._count_train_macs(dense_grad=False)
+        self.update(self.step)
+
+    # ----------------------------------------------------------------- views of the masks
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Layer name -> 0/1 mask in the weight's dtype (the ``MaskSet``'s, not a copy)."""
+        return self.mask_set.masks
+
+    @property
+    def active_counts(self) -> dict[str, int]:
+        return self.mask_set.kept_counts()
+
+    def apply_masks(self) -> None:
+        self.mask_set.apply()
+
+    def mask_gradients(self) -> None:
+        self.mask_set.mask_gradients()
+
+    def check_weights_current(self) -> None:
+        self.mask_set.check_weights_current()
+
+    # ----------------------------------------------------------------- construction helpers
     def _distribute(self, distribution, density, dense, fixed, power) -> dict[str, float]:
         shapes = {n: tuple(p.shape) for n, p in self.candidates.items()}
         if self.structure.kind == "nm":
@@ -184,122 +245,57 @@ class SparsityMethod:
             noise = torch.randn(rows.shape, generator=self.generator).to(weight.device)
             weight.copy_((noise * std).view(weight.shape).to(weight.dtype))
 
-    # ----------------------------------------------------------------- enforcement
-    # Both run every step: on a small model their Python cost is comparable to the kernels',
-    # so they use the aligned lists kept by _topology_changed and one fused call each.
-    def apply_masks(self) -> None:
-        """weight *= mask for every masked layer."""
-        if self._mask_list:
-            with torch.no_grad():
-                torch._foreach_mul_(self._weight_list, self._mask_list)
-
-    def mask_gradients(self) -> None:
-        """grad *= mask for every masked layer that has a gradient."""
-        grads = [p.grad for p in self._weight_list]
-        if any(g is None for g in grads):
-            pairs = [(g, m) for g, m in zip(grads, self._mask_list, strict=True) if g is not None]
-            grads, masks = [g for g, _ in pairs], [m for _, m in pairs]
-        else:
-            masks = self._mask_list
-        if grads:
-            torch._foreach_mul_(grads, masks)
-
-    @torch.no_grad()
-    def _mask_optimizer_state(self, weight: torch.Tensor, keep: torch.Tensor) -> None:
-        if self.optimizer is None:
-            return
-        for key, value in self.optimizer.state.get(weight, {}).items():
-            if not torch.is_tensor(value) or value.numel() <= 1:
-                continue
-            if value.shape != weight.shape:
-                raise RuntimeError(
-                    f"optimizer state {key!r} of shape {tuple(value.shape)} is not elementwise "
-                    f"for a weight of shape {tuple(weight.shape)}: it cannot be masked"
-                )
-            value.mul_(keep.to(value.dtype))
-
-    def before_step(self) -> None:
-        """Call after backward (and after AMP unscaling), before ``optimizer.step()``."""
-        self.mask_gradients()
-
-    def after_step(self) -> None:
-        """Call after ``optimizer.step()``."""
-        self.step += 1
-        self.apply_masks()
-        self._count_train_macs(dense_grad=False)
-
-    def check_weights_current(self) -> None:
-        """Raises if a masked weight is no longer the model's parameter: its masks would
-        silently stop applying. Checked at every update, metrics call and state_dict."""
-        for name, (module, attr) in self._owners.items():
-            if getattr(module, attr) is not self.weights[name]:
-                raise RuntimeError(
-                    f"the model's weight {name!r} was replaced after the sparsity method was "
-                    "built (by load_state_dict(assign=True), or by assigning a new parameter "
-                    "or module), so its mask no longer applies: build the method once the "
-                    "model's parameters are final"
-                )
-
     # ----------------------------------------------------------------- accounting
-    def _topology(self) -> dict:
-        """Everything derived from the masks, read from the device once per topology change,
-        so that per-step work and logging between updates never synchronise with it."""
-        if self._topology_cache is None:
-            # masks hold 0/1, so a float32 row sum is the exact count (and 10x faster than
-            # count_nonzero on the CPU)
-            per_neuron = {
-                n: m.reshape(m.shape[0], -1).sum(dim=1, dtype=torch.float32).long()
-                for n, m in self.masks.items()
-            }
-            counts = {n: int(c.sum().item()) for n, c in per_neuron.items()}
-            stats = self._layer_stats(counts, per_neuron)
-            cache = {"active_counts": counts, "layer_stats": stats, "macs": None}
-            if self.macs is not None:
-                dense = sum(self.macs.values())
-                saved = sum(
-                    self.macs.get(n, 0.0) * (1.0 - c / self.masks[n].numel())
-                    for n, c in counts.items()
-                )
-                cache["macs"] = (dense - saved, dense)
-            cache["metrics"] = self._topology_metrics(counts, stats)
-            self._topology_cache = cache
-        return self._topology_cache
-
-    def _topology_changed(self) -> None:
-        """Call after any change to ``self.masks``: drops the cached metrics and rebuilds
-        the mask list of the per-step calls (aligned with ``_weight_list``)."""
-        self._topology_cache: dict | None = None
-        self._mask_list = [self.masks[n] for n in self.weights]
-
-    @property
-    def active_counts(self) -> dict[str, int]:
-        return self._topology()["active_counts"]
-
-    def _sparse_macs(self) -> tuple[float, float]:
+    def _sparse_macs(self) -> tuple[float, float] | None:
         """(sparse, dense) per-sample MACs of all weight layers under the current masks."""
-        return self._topology()["macs"]
+        if self.macs is None:
+            return None
+        counts = self.active_counts
+        dense = sum(self.macs.values())
+        saved = sum(
+            self.macs.get(n, 0.0) * (1.0 - c / self.masks[n].numel()) for n, c in counts.items()
+        )
+        return dense - saved, dense
 
     def _count_train_macs(self, dense_grad: bool) -> None:
         """RigL paper, appendix H: a step costs 3 f_S (forward, input and weight gradients);
         a step that needs the dense gradient costs 2 f_S + f_D."""
-        if self.macs is None:
+        macs = self._cached("macs", self._sparse_macs)
+        if macs is None:
             return
-        sparse, dense = self._sparse_macs()
+        sparse, dense = macs
         self.train_macs += 2 * sparse + (dense if dense_grad else sparse)
 
+    def _cached(self, key: str, compute):
+        """A value derived from the masks, computed once per topology (the mask set drops
+        its count cache on every change, and this cache follows it)."""
+        counts = self.mask_set.neuron_counts()
+        cache = getattr(self, "_derived", None)
+        if cache is None or cache[0] is not counts:
+            cache = (counts, {})
+            self._derived = cache
+        if key not in cache[1]:
+            cache[1][key] = compute()
+        return cache[1][key]
+
     # ----------------------------------------------------------------- observability
-    def _ablated(self, name: str) -> int:
+    def ablated_neurons(self, name: str) -> int:
+        """Output neurons of layer ``name`` that the policy removed (SRigL)."""
         return 0
 
-    def _layer_stats(
-        self, counts: dict[str, int], per_neuron: dict[str, torch.Tensor]
-    ) -> list[dict]:
+    def layer_stats(self) -> list[dict]:
+        """One row per candidate layer: name, shape, density, fan-in (mean active weights
+        of the living neurons), active and ablated neurons."""
+        return [dict(row) for row in self._cached("layer_stats", self._layer_stats)]
+
+    def _layer_stats(self) -> list[dict]:
+        per_neuron = self.mask_set.neuron_counts()
+        counts = self.active_counts
         rows = []
         for name, weight in self.candidates.items():
             n_out = weight.shape[0]
             if name in self.masks:
-                alive = per_neuron[name] > 0
-                active_neurons = int(alive.sum().item())
+                active_neurons = int((per_neuron[name] > 0).sum().item())
                 fan_in = counts[name] / active_neurons if active_neurons else 0.0
                 density = counts[name] / weight.numel()
             else:
@@ -311,17 +307,13 @@ class SparsityMethod:
                     "density": density,
                     "fan_in": fan_in,
                     "active_neurons": active_neurons,
-                    "ablated_neurons": self._ablated(name),
+                    "ablated_neurons": self.ablated_neurons(name),
                 }
             )
         return rows
 
-    def layer_stats(self) -> list[dict]:
-        """One row per candidate layer: name, shape, density, fan-in (mean active weights
-        of the living neurons), active and ablated neurons."""
-        return [dict(row) for row in self._topology()["layer_stats"]]
-
-    def _topology_metrics(self, counts: dict[str, int], stats: list[dict]) -> dict[str, float]:
+    def _topology_metrics(self) -> dict[str, float]:
+        counts = self.active_counts
         candidate_total = sum(p.numel() for p in self.candidates.values())
         inactive = sum(self.masks[n].numel() - c for n, c in counts.items())
         all_params = sum(p.numel() for p in self.model.parameters())
@@ -329,64 +321,50 @@ class SparsityMethod:
             "sparsity/masked_layers": inactive / candidate_total,
             "sparsity/all_params": inactive / all_params,
         }
-        if self.masks:
-            ever = sum(int(torch.count_nonzero(m).item()) for m in self.ever_active.values())
-            out["itop_rate"] = ever / sum(m.numel() for m in self.masks.values())
-        for row in stats:
+        itop = self.mask_set.itop_rate()
+        if itop is not None:
+            out["itop_rate"] = itop
+        for row in self._cached("layer_stats", self._layer_stats):
             name = row["layer"]
             for key in ("density", "fan_in", "active_neurons", "ablated_neurons"):
                 out[f"{key}/{name}"] = row[key]
+        macs = self._cached("macs", self._sparse_macs)
+        if macs is not None:
+            out["flops/inference_rel"] = macs[0] / macs[1]
         return out
 
     def metrics(self) -> dict[str, float]:
         """Global and per-layer metrics. Between topology updates they come from a cache,
         so calling this at every log step costs no device synchronisation."""
         self.check_weights_current()
-        topology = self._topology()
-        out = dict(topology["metrics"])
-        if topology["macs"] is not None:
-            sparse, dense = topology["macs"]
-            out["flops/inference_rel"] = sparse / dense
-            if self.step:
-                out["flops/train_rel"] = self.train_macs / (3 * dense * self.step)
+        out = dict(self._cached("metrics", self._topology_metrics))
+        macs = self._cached("macs", self._sparse_macs)
+        if macs is not None and self.step:
+            out["flops/train_rel"] = self.train_macs / (3 * macs[1] * self.step)
         out.update(self.last_update)
         return out
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """A snapshot: its tensors are copies, so later training never changes it (on the
-        CPU ``.cpu()`` alone would hand out the live tensors, which grow in place)."""
-        self.check_weights_current()
+        """A snapshot: its tensors are copies, so later training never changes it."""
         return {
+            **self.mask_set.state_dict(),
             "step": self.step,
-            "masks": {n: m.bool().cpu() for n, m in self.masks.items()},
-            "ever_active": {n: m.to("cpu", copy=True) for n, m in self.ever_active.items()},
             "generator": self.generator.get_state(),
             "train_macs": self.train_macs,
             "last_update": dict(self.last_update),
         }
 
-    @torch.no_grad()
     def load_state_dict(self, state: Mapping) -> None:
-        if set(state["masks"]) != set(self.masks):
-            raise ValueError(
-                f"checkpoint masks cover layers {sorted(state['masks'])}, this method masks "
-                f"{sorted(self.masks)}: was it saved with other sparsity settings?"
-            )
+        self.mask_set.load_state_dict(state)
         self.step = int(state["step"])
-        for name, mask in state["masks"].items():
-            weight = self.weights[name]
-            self.masks[name] = as_float(mask.bool(), weight.dtype).to(weight.device)
-            self.ever_active[name] = state["ever_active"][name].to(weight.device, copy=True)
         self.generator.set_state(state["generator"])
         self.train_macs = float(state["train_macs"])
         self.last_update = dict(state["last_update"])
-        self._topology_changed()
-        self.apply_masks()
 
 
 class Static(SparsityMethod):
-    """Static sparse training: the initial random mask is kept for the whole run."""
+    """Static sparse training: the initial mask is kept for the whole run."""
 
 
 class Dense(SparsityMethod):

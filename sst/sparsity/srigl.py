@@ -151,7 +151,7 @@ class SRigL(DynamicSparsity):
         self.ablated[name] = ablated
         return new_mask
 
-    def _ablated(self, name: str) -> int:
+    def ablated_neurons(self, name: str) -> int:
         return int(self.ablated[name].sum().item()) if name in self.ablated else 0
 
     def state_dict(self) -> dict:

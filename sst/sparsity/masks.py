@@ -1,0 +1,246 @@
+"""Masks and their enforcement, apart from the policy that decides them.
+
+A ``MaskSet`` owns one 0/1 mask per masked weight and everything that keeps the weights
+true to it: the fused per-step ``weight *= mask`` and ``grad *= mask``, the optimizer-state
+surgery when the topology changes, the guard that a masked weight is still the model's
+parameter, the counts and metrics derived from the masks (cached between topology
+changes), and the masks' part of a checkpoint. A sparsity method (``method.py``) is the
+policy: it decides the first masks and how they change, and hands new masks to ``set``.
+
+Optional forward-time masks (targeted dropout) multiply a weight only inside the forward
+pass of a training step, through forward hooks: the stored weights are never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .layers import weight_owner
+from .mask_ops import as_float
+
+# Optimizers whose state is elementwise per parameter, so masking it is exact.
+SUPPORTED_OPTIMIZERS = (
+    "SGD",
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "RAdam",
+    "Adamax",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+)
+
+ForwardMask = Callable[[str, torch.Tensor], "torch.Tensor | None"]
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer | None) -> None:
+    if optimizer is not None and type(optimizer).__name__ not in SUPPORTED_OPTIMIZERS:
+        raise ValueError(
+            f"optimizer {type(optimizer).__name__} is not supported: its state cannot be "
+            f"masked safely; supported optimizers are {SUPPORTED_OPTIMIZERS}"
+        )
+
+
+class MaskSet:
+    """The masks of the named ``weights`` of ``model`` and their enforcement.
+
+    Args:
+        model: the (unwrapped) model the weights belong to.
+        weights: layer name -> weight of every masked layer.
+        masks: layer name -> boolean mask of the same shape: the first topology. The
+            weights are multiplied by it at once.
+        optimizer: its per-weight state is zeroed wherever a weight is not kept (None for
+            mask-only use).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weights: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        check_optimizer(optimizer)
+        if set(masks) != set(weights):
+            raise ValueError(f"masks for {sorted(masks)} but weights {sorted(weights)}")
+        self.model = model
+        self.optimizer = optimizer
+        self.weights = dict(weights)
+        self._owners = {n: weight_owner(model, n) for n in self.weights}
+        self._weight_list = list(self.weights.values())
+        self.masks: dict[str, torch.Tensor] = {}
+        self.ever_active: dict[str, torch.Tensor] = {}
+        self._forward_hooks: list = []
+        self._swapped: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for name, weight in self.weights.items():
+                keep = masks[name].to(weight.device, torch.bool)
+                self.masks[name] = as_float(keep, weight.dtype)
+                self.ever_active[name] = keep.clone()
+                self._mask_optimizer_state(weight, keep)  # an optimizer that has state
+        self._changed()
+        self.apply()
+
+    # ----------------------------------------------------------------- per step
+    # Both run every step: on a small model their Python cost is comparable to the kernels',
+    # so they use the aligned lists kept by _changed and one fused call each.
+    def apply(self) -> None:
+        """weight *= mask for every masked layer."""
+        if self._mask_list:
+            with torch.no_grad():
+                torch._foreach_mul_(self._weight_list, self._mask_list)
+
+    def mask_gradients(self) -> None:
+        """grad *= mask for every masked layer that has a gradient."""
+        grads = [p.grad for p in self._weight_list]
+        if any(g is None for g in grads):
+            pairs = [(g, m) for g, m in zip(grads, self._mask_list, strict=True) if g is not None]
+            grads, masks = [g for g, _ in pairs], [m for _, m in pairs]
+        else:
+            masks = self._mask_list
+        if grads:
+            torch._foreach_mul_(grads, masks)
+
+    # ----------------------------------------------------------------- topology changes
+    @torch.no_grad()
+    def set(self, new_masks: Mapping[str, torch.Tensor]) -> int:
+        """Replaces the masks of the named layers by the boolean ``new_masks``.
+
+        Weights and optimizer state are zeroed wherever a weight is not kept (dropped, or
+        newly grown: a new connection starts at 0 with zero state). Returns the number of
+        newly active weights, read from the device once for all layers.
+        """
+        self.check_weights_current()
+        grown = []
+        for name, new in new_masks.items():
+            weight = self.weights[name]
+            old = self.masks[name].bool()
+            new = new.to(weight.device, torch.bool)
+            survived = as_float(old & new, weight.dtype)
+            weight.mul_(survived)
+            self._mask_optimizer_state(weight, survived)
+            self.masks[name] = as_float(new, weight.dtype)
+            self.ever_active[name] |= new
+            grown.append(torch.count_nonzero(new & ~old))
+        self._changed()
+        if not grown:
+            return 0
+        return int(torch.stack([c.to(grown[0].device) for c in grown]).sum())
+
+    @torch.no_grad()
+    def _mask_optimizer_state(self, weight: torch.Tensor, keep: torch.Tensor) -> None:
+        if self.optimizer is None:
+            return
+        for key, value in self.optimizer.state.get(weight, {}).items():
+            if not torch.is_tensor(value) or value.numel() <= 1:
+                continue
+            if value.shape != weight.shape:
+                raise RuntimeError(
+                    f"optimizer state {key!r} of shape {tuple(value.shape)} is not elementwise "
+                    f"for a weight of shape {tuple(weight.shape)}: it cannot be masked"
+                )
+            value.mul_(keep.to(value.dtype))
+
+    def _changed(self) -> None:
+        """After any change to ``masks``: drops the cached counts and rebuilds the mask list
+        of the per-step calls (aligned with ``_weight_list``)."""
+        self._counts: dict[str, torch.Tensor] | None = None
+        self._mask_list = [self.masks[n] for n in self.weights]
+
+    def check_weights_current(self) -> None:
+        """Raises if a masked weight is no longer the model's parameter: its mask would
+        silently stop applying. Checked at every topology change, metrics call and
+        state_dict."""
+        for name, (module, attr) in self._owners.items():
+            if name in self._swapped:
+                continue
+            if getattr(module, attr) is not self.weights[name]:
+                raise RuntimeError(
+                    f"the model's weight {name!r} was replaced after the sparsity method was "
+                    "built (by load_state_dict(assign=True), or by assigning a new parameter "
+                    "or module), so its mask no longer applies: build the method once the "
+                    "model's parameters are final"
+                )
+
+    # ----------------------------------------------------------------- counts
+    def neuron_counts(self) -> dict[str, torch.Tensor]:
+        """Layer name -> active weights per output neuron (int64), cached until the next
+        topology change so that logging between updates never synchronises the device."""
+        if self._counts is None:
+            # masks hold 0/1, so a float32 row sum is the exact count (and 10x faster than
+            # count_nonzero on the CPU)
+            self._counts = {
+                n: m.reshape(m.shape[0], -1).sum(dim=1, dtype=torch.float32).long()
+                for n, m in self.masks.items()
+            }
+        return self._counts
+
+    def kept_counts(self) -> dict[str, int]:
+        """Layer name -> number of active (kept) weights."""
+        return {n: int(c.sum().item()) for n, c in self.neuron_counts().items()}
+
+    def itop_rate(self) -> float | None:
+        """Fraction of the masked weights that were ever active (Liu et al. 2021, ITOP)."""
+        if not self.masks:
+            return None
+        ever = sum(int(torch.count_nonzero(m).item()) for m in self.ever_active.values())
+        return ever / sum(m.numel() for m in self.masks.values())
+
+    # ----------------------------------------------------------------- forward-time masks
+    def attach_forward_mask(self, source: ForwardMask) -> None:
+        """During a training-mode forward pass, each masked layer computes with
+        ``weight * source(name, weight)`` (when ``source`` returns a tensor) instead of its
+        weight; the stored weight, its mask and the optimizer step are untouched, and the
+        gradient reaches the weight through the product. Evaluation passes use the weight."""
+        self.detach_forward_mask()
+        for name, (module, attr) in self._owners.items():
+
+            def swap_in(mod, _args, name=name, attr=attr):
+                if not mod.training or name in self._swapped:
+                    return
+                weight = mod._parameters[attr]
+                factor = source(name, weight)
+                if factor is not None:
+                    self._swapped[name] = weight
+                    mod._parameters[attr] = weight * factor
+
+            def swap_out(mod, _args, _output, name=name, attr=attr):
+                weight = self._swapped.pop(name, None)
+                if weight is not None:
+                    mod._parameters[attr] = weight
+
+            self._forward_hooks.append(module.register_forward_pre_hook(swap_in))
+            self._forward_hooks.append(module.register_forward_hook(swap_out, always_call=True))
+
+    def detach_forward_mask(self) -> None:
+        for handle in self._forward_hooks:
+            handle.remove()
+        self._forward_hooks.clear()
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """Masks (boolean) and ever-active sets as CPU copies: a snapshot that later
+        training never changes."""
+        self.check_weights_current()
+        return {
+            "masks": {n: m.bool().cpu() for n, m in self.masks.items()},
+            "ever_active": {n: m.to("cpu", copy=True) for n, m in self.ever_active.items()},
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping) -> None:
+        if set(state["masks"]) != set(self.masks):
+            raise ValueError(
+                f"checkpoint masks cover layers {sorted(state['masks'])}, this method masks "
+                f"{sorted(self.masks)}: was it saved with other sparsity settings?"
+            )
+        for name, mask in state["masks"].items():
+            weight = self.weights[name]
+            self.masks[name] = as_float(mask.bool(), weight.dtype).to(weight.device)
+            self.ever_active[name] = state["ever_active"][name].to(weight.device, copy=True)
+        self._changed()
+        self.apply()
