@@ -7,11 +7,15 @@ from typing import Any
 
 import torch
 
+from .sparsity.stages import Stage
+
 
 class Hook:
     """Every method is optional. Calls come in this order for each optimizer step:
     ``loss`` (per micro-batch) -> backward -> ``before_optimizer_step`` (gradients are
     accumulated and unscaled, not yet clipped) -> optimizer step -> ``after_optimizer_step``.
+    ``on_stage_start`` comes before the first step of each training stage, ``on_epoch_end``
+    after the last step of each epoch.
     """
 
     name = "hook"
@@ -29,6 +33,9 @@ class Hook:
 
     def on_epoch_end(self, epoch: int) -> None:
         pass
+
+    def on_stage_start(self, stage: Stage) -> None:
+        """Before the first optimizer step of every stage (``sst.sparsity.stages``)."""
 
     def metrics(self) -> dict[str, float]:
         return {}
@@ -56,6 +63,9 @@ class SparsityHook(Hook):
 
     def after_optimizer_step(self) -> None:
         self.method.after_step()
+
+    def on_stage_start(self, stage: Stage) -> None:
+        self.method.on_stage_start(stage)
 
     def metrics(self) -> dict[str, float]:
         return self.method.metrics()

@@ -1,4 +1,9 @@
-"""The training loop: closed, counted in optimizer steps, extended only through hooks."""
+"""The training loop: closed, counted in optimizer steps, extended only through hooks.
+
+A run is one or more stages (``sst.sparsity.stages``); each optimizer step takes the LR of
+its stage's schedule, and the duties that run on a cadence (train records, evaluation,
+checkpoints, preemption) live in ``sst.events``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,20 +24,18 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import dist
+from .events import Boundary, Checkpointing, Evaluation, Preemption, TrainRecords
 from .hooks import Hook
 from .runlog import RunLog
+from .sparsity.stages import Stage, check_stages, single_stage, stage_at
 
 log = logging.getLogger(__name__)
 
 AMP_MODES = ("none", "bf16", "fp16")
 
 
-class Preempted(Exception):
-    """Raised after the checkpoint was saved on SIGTERM / SIGUSR1."""
-
-
 class NonFiniteLoss(Exception):
-    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+    """The loss became NaN or infinite; no checkpoint is written from then on."""
 
 
 @dataclass
@@ -116,10 +119,11 @@ def _to_device(inputs, targets, device, channels_last):
 
 
 class Loop:
-    """Trains ``model`` for ``settings.epochs`` epochs (or ``max_steps`` optimizer steps).
+    """Trains ``model`` through ``stages`` (default: one stage of the trainer's steps).
 
-    ``lr_multiplier(step)`` gives the LR factor of each param group's ``initial_lr``.
-    The run folder holds ``checkpoints/last.pt``; ``fit`` resumes from it when present.
+    ``lr_multiplier(step)`` gives the LR factor of each param group's ``initial_lr`` at a
+    step of the schedule; each stage says which schedule step a global step uses. The run
+    folder holds ``checkpoints/last.pt``; ``fit`` resumes from it when present.
     """
 
     def __init__(
@@ -137,6 +141,8 @@ class Loop:
         run_dir: str | Path | None = None,
         hooks: Sequence[Hook] = (),
         run_info: dict[str, Any] | None = None,
+        stages: Sequence[Stage] | None = None,
+        model_meta: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -150,7 +156,17 @@ class Loop:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.hooks = list(hooks)
         self.run_info = run_info or {}
-        self.steps_per_epoch, self.total_steps = step_plan(len(train_loader), settings)
+        self.model_meta = model_meta or {}
+        self.steps_per_epoch, steps = step_plan(len(train_loader), settings)
+        self.stages = list(stages) if stages is not None else single_stage(steps)
+        check_stages(self.stages)
+        self.total_steps = self.stages[-1].end
+        self.events = [
+            TrainRecords(settings.log_every),
+            Evaluation(settings.eval_every_epochs),
+            Checkpointing(settings.checkpoint_every_epochs),
+            Preemption(),
+        ]
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.amp)
@@ -161,31 +177,48 @@ class Loop:
         self.step = 0
         self.epoch = 0
         self.step_in_epoch = 0
+        self.stage_started = -1  # index of the last stage whose start hooks ran
+        self.stage_results: list[dict[str, Any]] = []
         self.best_acc = -math.inf
         self.last_eval: dict[str, float] = {}
         self.elapsed = 0.0
-        self._stop_signal: int | None = None
+        self.stop_signal: int | None = None
+        self.saved_step: int | None = None
+        self._start = time.perf_counter()
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._loss_sum = torch.zeros((), device=device)  # train loss since the last record
         self._loss_steps = 0
+        self._lr = 0.0
+        self._progress: tqdm | None = None
         self._postfix: dict[str, str] = {}
-        self._postfix_eval: dict[str, str] = {}
 
     # ----------------------------------------------------------------- state
     @property
     def checkpoint_path(self) -> Path | None:
         return self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
 
+    @property
+    def stage(self) -> Stage:
+        """The stage of the step about to be taken."""
+        return stage_at(self.stages, self.step)
+
     def state_dict(self) -> dict[str, Any]:
+        """The checkpoint: the sparsity method's state sits under the top-level key
+        ``sparsity``, what rebuilds the model under ``model_meta``."""
+        hooks = {h.name: h.state_dict() for h in self.hooks}
         return {
             "model": self.model.state_dict(),
+            "model_meta": self.model_meta,
+            "sparsity": hooks.pop("sparsity", None),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "hooks": {h.name: h.state_dict() for h in self.hooks},
+            "hooks": hooks,
             "rng": ckpt.rng_state(),
             "step": self.step,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
+            "stage_started": self.stage_started,
+            "stage_results": list(self.stage_results),
             "best_acc": self.best_acc,
             "last_eval": dict(self.last_eval),
             "elapsed": self.elapsed + time.perf_counter() - self._start,
@@ -197,12 +230,15 @@ class Loop:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        hooks = {"sparsity": state["sparsity"], **state["hooks"]}
         for hook in self.hooks:
-            hook.load_state_dict(state["hooks"][hook.name])
+            hook.load_state_dict(hooks[hook.name])
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
+        self.stage_started = state["stage_started"]
+        self.stage_results = list(state["stage_results"])
         self.best_acc = state["best_acc"]
         self.last_eval = dict(state["last_eval"])
         self.elapsed = state["elapsed"]
@@ -214,6 +250,7 @@ class Loop:
         self._check_finite()
         if self.checkpoint_path is not None and dist.is_main():
             ckpt.save_atomic(self.state_dict(), self.checkpoint_path)
+        self.saved_step = self.step
         dist.barrier()
 
     def _check_finite(self) -> None:
@@ -223,9 +260,22 @@ class Loop:
                 f"good checkpoint is kept (lower the learning rate or enable trainer.grad_clip)"
             )
 
+    def resume(self) -> bool:
+        """Loads ``checkpoints/last.pt`` if the run folder has one."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        # RNG states must stay CPU tensors; model and optimizer copy to their devices
+        self.load_state_dict(ckpt.load(path, map_location="cpu"))
+        self.saved_step = self.step
+        if self.run_log is not None and dist.is_main():
+            self.run_log.truncate_after(self.step)
+        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        return True
+
     # ----------------------------------------------------------------- signals
     def _on_signal(self, signum, _frame) -> None:
-        self._stop_signal = signum
+        self.stop_signal = signum
 
     @contextlib.contextmanager
     def _signal_handlers(self):
@@ -240,14 +290,14 @@ class Loop:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    # ----------------------------------------------------------------- training
+    # ----------------------------------------------------------------- one training step
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _set_lr(self) -> float:
-        factor = self.lr_multiplier(self.step)
+        factor = self.lr_multiplier(self.stage.schedule_step(self.step))
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         return self.optimizer.param_groups[0]["lr"]
@@ -264,7 +314,15 @@ class Loop:
         self.scaler.scale(loss / self.settings.grad_accumulation).backward()
         return loss.detach()
 
-    def _optimizer_step(self) -> None:
+    def train_step(self, micro_batches) -> None:
+        """One optimizer step over ``grad_accumulation`` micro-batches."""
+        accumulation = self.settings.grad_accumulation
+        self._lr = self._set_lr()
+        for _ in range(accumulation):
+            inputs, targets = next(micro_batches)
+            loss = self._micro_batch(inputs, targets)
+            self._loss_sum += loss / accumulation
+            self._nonfinite |= ~torch.isfinite(loss)
         self.scaler.unscale_(self.optimizer)
         for hook in self.hooks:
             hook.before_optimizer_step()
@@ -277,7 +335,9 @@ class Loop:
             hook.after_optimizer_step()
         self.step += 1
         self.step_in_epoch += 1
+        self._loss_steps += 1
 
+    # ----------------------------------------------------------------- records
     def _log(self, metrics: dict[str, float]) -> None:
         if self.run_log is not None and dist.is_main():
             epoch = self.epoch + self.step_in_epoch / self.steps_per_epoch
@@ -289,46 +349,92 @@ class Loop:
             out.update(hook.metrics())
         return out
 
-    def _end_of_epoch(self) -> None:
-        epoch_done = self.epoch + 1
-        finished = self.step >= self.total_steps
-        if epoch_done % self.settings.eval_every_epochs == 0 or finished:
-            self.last_eval = evaluate(
-                self.model,
-                self.test_loader,
-                self.device,
-                self.num_classes,
-                self._autocast,
-                self.settings.channels_last,
-            )
-            self.best_acc = max(self.best_acc, self.last_eval["test/acc"])
-            self._log({**self.last_eval, "test/best_acc": self.best_acc, **self._hook_metrics()})
-            log.info("epoch %d step %d: %s", epoch_done, self.step, _short(self.last_eval))
-        for hook in self.hooks:
-            hook.on_epoch_end(self.epoch)
-        self.epoch = epoch_done
-        self.step_in_epoch = 0
-        if epoch_done % self.settings.checkpoint_every_epochs == 0 or finished:
-            self.save_checkpoint()
+    def _stage_fields(self) -> dict[str, float]:
+        return {"stage": self.stage_at_last_step().index} if len(self.stages) > 1 else {}
 
-    def resume(self) -> bool:
-        """Loads ``checkpoints/last.pt`` if the run folder has one."""
-        path = self.checkpoint_path
-        if path is None or not path.exists():
-            return False
-        # RNG states must stay CPU tensors; model and optimizer copy to their devices
-        self.load_state_dict(ckpt.load(path, map_location="cpu"))
-        if self.run_log is not None and dist.is_main():
-            self.run_log.truncate_after(self.step)
-        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
-        return True
+    def stage_at_last_step(self) -> Stage:
+        return stage_at(self.stages, max(self.step - 1, 0))
+
+    def record_train(self) -> None:
+        """Mean train loss since the last record, the LR, and the hooks' metrics."""
+        self._check_finite()
+        mean_loss = self._loss_sum.item() / self._loss_steps
+        self._postfix["loss"] = f"{mean_loss:.4f}"
+        self._postfix["lr"] = f"{self._lr:.3g}"
+        if self._progress is not None:
+            self._progress.set_postfix(self._postfix, refresh=False)
+        record = {"train/loss": mean_loss, "train/lr": self._lr, **self._stage_fields()}
+        self._log({**record, **self._hook_metrics()})
+        self._loss_sum.zero_()
+        self._loss_steps = 0
+
+    def evaluate_and_record(self, stage_end: bool = False) -> None:
+        """Test metrics now; at a stage's end also a row of ``stage_results``."""
+        self.last_eval = evaluate(
+            self.model,
+            self.test_loader,
+            self.device,
+            self.num_classes,
+            self._autocast,
+            self.settings.channels_last,
+        )
+        self.best_acc = max(self.best_acc, self.last_eval["test/acc"])
+        metrics = self._hook_metrics()
+        self._log(
+            {**self.last_eval, "test/best_acc": self.best_acc, **self._stage_fields(), **metrics}
+        )
+        if stage_end and len(self.stages) > 1:
+            self.stage_results.append(
+                {
+                    "stage": self.stage_at_last_step().index,
+                    "step": self.step,
+                    "test_acc": self.last_eval["test/acc"],
+                    "sparsity_masked_layers": metrics.get("sparsity/masked_layers"),
+                }
+            )
+        self._postfix["test_acc"] = f"{self.last_eval['test/acc']:.2f}"
+        if self._progress is not None:
+            self._progress.set_postfix(self._postfix)
+        log.info("epoch %d step %d: %s", self.epoch, self.step, _short(self.last_eval))
+
+    # ----------------------------------------------------------------- the run
+    def _micro_batches(self) -> Iterator:
+        """Micro-batches from the current position on, epoch after epoch."""
+        accumulation = self.settings.grad_accumulation
+        while True:
+            self.train_loader.set_epoch(self.epoch, skip_batches=self.step_in_epoch * accumulation)
+            if self._progress is not None:
+                self._progress.set_description(f"epoch {self.epoch + 1}/{self._total_epochs()}")
+            epoch = self.epoch
+            for batch in self.train_loader:
+                yield batch
+                if self.epoch != epoch:  # the epoch closed early (a stage ended)
+                    break
+
+    def _total_epochs(self) -> int:
+        return sum(math.ceil(s.steps / self.steps_per_epoch) for s in self.stages)
+
+    def _start_stage_if_due(self) -> None:
+        stage = self.stage
+        if self.stage_started < stage.index:
+            for hook in self.hooks:
+                hook.on_stage_start(stage)
+            self.stage_started = stage.index
+
+    def _boundary(self) -> Boundary:
+        """What the step just taken closed; an epoch closes at the end of its batches and
+        at the end of every stage."""
+        stage_end = self.step == self.stage_at_last_step().end
+        run_end = self.step >= self.total_steps
+        epoch_end = self.step_in_epoch >= self.steps_per_epoch or stage_end or run_end
+        return Boundary(epoch=epoch_end, stage=stage_end, run=run_end)
 
     def fit(self) -> dict[str, Any]:
         """Trains to the end and returns the summary (also written to ``summary.json``)."""
         self._start = time.perf_counter()
         self.resume()
         self.model.train()
-        progress = tqdm(
+        self._progress = tqdm(
             total=self.total_steps,
             initial=self.step,
             unit="step",
@@ -337,44 +443,23 @@ class Loop:
         )
         try:
             with self._signal_handlers():
+                micro_batches = self._micro_batches()
                 while self.step < self.total_steps:
-                    self._train_epoch(progress)
+                    self._start_stage_if_due()
+                    self.train_step(micro_batches)
+                    self._progress.update()
+                    boundary = self._boundary()
+                    if boundary.epoch:
+                        for hook in self.hooks:
+                            hook.on_epoch_end(self.epoch)
+                        self.epoch += 1
+                        self.step_in_epoch = 0
+                    for event in self.events:
+                        event.after_step(self, boundary)
         finally:
-            progress.close()
+            self._progress.close()
+            self._progress = None
         return self._summary()
-
-    def _train_epoch(self, progress: tqdm) -> None:
-        accumulation = self.settings.grad_accumulation
-        remaining = min(self.steps_per_epoch - self.step_in_epoch, self.total_steps - self.step)
-        self.train_loader.set_epoch(self.epoch, skip_batches=self.step_in_epoch * accumulation)
-        batches = iter(self.train_loader)
-        progress.set_description(f"epoch {self.epoch + 1}/{self.settings.epochs}")
-        for _ in range(remaining):
-            lr = self._set_lr()
-            for _ in range(accumulation):
-                inputs, targets = next(batches)
-                loss = self._micro_batch(inputs, targets)
-                self._loss_sum += loss / accumulation
-                self._nonfinite |= ~torch.isfinite(loss)
-            self._optimizer_step()
-            self._loss_steps += 1
-            progress.update()
-            if self.step % self.settings.log_every == 0:
-                self._check_finite()
-                mean_loss = self._loss_sum.item() / self._loss_steps
-                self._postfix = {"loss": f"{mean_loss:.4f}", "lr": f"{lr:.3g}"}
-                progress.set_postfix(self._postfix | self._postfix_eval, refresh=False)
-                self._log({"train/loss": mean_loss, "train/lr": lr, **self._hook_metrics()})
-                self._loss_sum.zero_()
-                self._loss_steps = 0
-            if self._stop_signal is not None:
-                self.save_checkpoint()
-                raise Preempted(f"signal {self._stop_signal}: checkpoint saved at step {self.step}")
-        if self.step_in_epoch >= self.steps_per_epoch or self.step >= self.total_steps:
-            self._end_of_epoch()
-            if "test/acc" in self.last_eval:
-                self._postfix_eval = {"test_acc": f"{self.last_eval['test/acc']:.2f}"}
-                progress.set_postfix(self._postfix | self._postfix_eval)
 
     def _summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {
@@ -389,6 +474,8 @@ class Loop:
         }
         if "test/acc_top5" in self.last_eval:
             summary["final_test_acc_top5"] = self.last_eval["test/acc_top5"]
+        if len(self.stages) > 1:
+            summary["stages"] = list(self.stage_results)
         for hook in self.hooks:
             summary.update(hook.summary())
         return summary
