@@ -1,0 +1,116 @@
+"""A run's identity: which settings make two runs the same run, and its folder's name.
+
+The same command always finds the same folder (so a relaunch resumes, or skips a finished
+run) and two runs that can compute different results never share one. The identity is the
+canonical JSON of the run's result-changing config groups with
+
+- the settings named in ``NOT_IDENTITY`` left out (how a run is watched, not what it
+  computes: progress bar, workers, device, ...);
+- the settings named in ``AS_WRITTEN`` taken as written, not as resolved: a data root set
+  through an environment variable (``${oc.env:SST_DATA,data}/cifar10``) is the same run
+  wherever the variable points, a root written out names the data;
+- the settings named in ``NEUTRAL`` left out while they hold their neutral value.
+
+``NEUTRAL`` is how sst grows without moving finished runs: a setting added after runs exist,
+whose default reproduces the old behaviour, is listed there with that default, so every run
+that does not change it keeps its identity. ``tests/test_identity.py`` pins the identity of
+a few configurations; a change that moves them fails there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# The config groups (and top-level keys) that can change a run's results, in hash order.
+IDENTITY_KEYS = (
+    "model",
+    "dataset",
+    "sparsity",
+    "distill",
+    "optimizer",
+    "lr_schedule",
+    "trainer",
+    "seed",
+)
+
+NOT_IDENTITY = frozenset(
+    {
+        "trainer.progress_bar",
+        "trainer.log_every",
+        "trainer.checkpoint_every_epochs",
+        "trainer.num_workers",
+        "trainer.device",
+        "trainer.eval_batch_size",
+        "dataset.download",
+    }
+)
+AS_WRITTEN = frozenset({"dataset.root"})
+# dotted path -> the value at which a later-added setting reproduces the behaviour that runs
+# made before it existed had
+NEUTRAL: dict[str, Any] = {}
+
+_MISSING = object()
+
+
+def _canonical(node: Any, written: Any, path: str) -> Any:
+    if isinstance(node, dict):
+        written = written if isinstance(written, dict) else {}
+        out = {}
+        for key in sorted(node):
+            child = f"{path}.{key}" if path else str(key)
+            value = node[key]
+            if child in NOT_IDENTITY:
+                continue
+            if child in NEUTRAL and value == NEUTRAL[child]:
+                continue
+            if child in AS_WRITTEN:
+                out[key] = written.get(key, value)
+            else:
+                out[key] = _canonical(value, written.get(key), child)
+        return out
+    if isinstance(node, list):
+        written = written if isinstance(written, list) else [None] * len(node)
+        return [_canonical(v, w, path) for v, w in zip(node, written, strict=True)]
+    return node
+
+
+def identity(cfg: DictConfig | dict) -> list[Any]:
+    """The canonical, hashable form of a run's result-changing settings."""
+    parts = []
+    for key in IDENTITY_KEYS:
+        node = cfg[key]
+        if isinstance(node, (DictConfig, ListConfig)):
+            written = OmegaConf.to_container(node, resolve=False)
+            node = OmegaConf.to_container(node, resolve=True)
+        else:
+            written = node
+        parts.append(_canonical(node, written, key if isinstance(node, dict) else ""))
+    return parts
+
+
+def config_hash(cfg: DictConfig | dict) -> str:
+    """8 hex digits of the sha256 of ``identity(cfg)``."""
+    text = json.dumps(identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def run_folder_name(cfg: DictConfig | dict) -> str:
+    """``<name>-<hash>``: the run's folder under ``<output_dir>/runs/``."""
+    return f"{cfg['name']}-{config_hash(cfg)}"
+
+
+def _run_folder_resolver(*, _root_: DictConfig) -> str:
+    return run_folder_name(_root_)
+
+
+def register_resolvers() -> None:
+    """``${sst.run_folder:}`` in ``conf/config.yaml`` names the run folder."""
+    if not OmegaConf.has_resolver("sst.run_folder"):
+        OmegaConf.register_new_resolver("sst.run_folder", _run_folder_resolver)
+
+
+register_resolvers()
