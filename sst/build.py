@@ -17,10 +17,11 @@ from torch import nn
 from .checkpoint import seed_everything
 from .config import ConfigError
 from .data import make_loader
-from .distill import DistillHook, teacher_checkpoint
+from .distill import DistillHook, load_teacher
 from .hooks import Hook, SparsityHook
 from .loop import Loop, LoopSettings, step_plan
 from .runlog import RunLog, git_commit
+from .settings import check_config
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -71,13 +72,11 @@ def loop_settings(trainer: DictConfig) -> LoopSettings:
         raise ConfigError(str(error)) from error
 
 
-def build_hooks(
-    cfg: DictConfig, model, optimizer, total_steps: int, data, device: torch.device
-) -> list[Hook]:
-    """The loop's hooks: distillation (when enabled) and the sparsity method, which is
-    always there (``sparsity=dense`` for none)."""
+def build_method(cfg: DictConfig, model, optimizer, total_steps: int, data, device):
+    """The sparsity method (``sparsity=dense`` when none), sized for a stage of
+    ``total_steps`` optimizer steps."""
     example = torch.zeros(1, *data.input_shape, device=device)
-    method = make(
+    return make(
         "sparsity",
         cfg.sparsity,
         model=model,
@@ -86,16 +85,17 @@ def build_hooks(
         seed=cfg.seed,
         example_input=example,
     )
+
+
+def build_hooks(cfg: DictConfig, method, device: torch.device) -> list[Hook]:
+    """The loop's hooks: distillation (when enabled) and the sparsity method."""
     hooks: list[Hook] = [SparsityHook(method)]
     if cfg.distill.enabled:
         # RuntimeError: teacher weights that do not fit the teacher's architecture
         with config_errors("distill", also=(RuntimeError,)):
-            model_cfg, weights = teacher_checkpoint(cfg.distill.teacher_run)
-            teacher = instantiate(
-                model_cfg, num_classes=data.num_classes, input_shape=tuple(data.input_shape)
+            teacher = place_model(
+                load_teacher(cfg.distill.teacher_run), device, cfg.trainer.channels_last
             )
-            teacher.load_state_dict(weights)
-            teacher = place_model(teacher, device, cfg.trainer.channels_last)
             hook = DistillHook(
                 teacher.eval().requires_grad_(False),
                 temperature=cfg.distill.temperature,
@@ -131,6 +131,7 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
         )
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
+    check_config(cfg)
     trainer = cfg.trainer
     settings = loop_settings(trainer)
     seed_everything(cfg.seed, deterministic=trainer.deterministic)
@@ -165,11 +166,17 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
         pin_memory=device.type == "cuda",
     )
     optimizer = make("optimizer", cfg.optimizer, params=model.parameters())
-    per_epoch, total_steps = step_plan(len(train_loader), settings)
+    per_epoch, stage_steps = step_plan(len(train_loader), settings)
     lr_multiplier = make(
-        "lr_schedule", cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=total_steps
+        "lr_schedule", cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=stage_steps
     )
-    hooks = build_hooks(cfg, model, optimizer, total_steps, data, device)
+    method = build_method(cfg, model, optimizer, stage_steps, data, device)
+    hooks = build_hooks(cfg, method, device)
+    model_meta = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "num_classes": data.num_classes,
+        "input_shape": list(data.input_shape),
+    }
 
     config = OmegaConf.to_container(cfg, resolve=True)
     info = run_info(cfg, choices)
@@ -187,6 +194,8 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
         run_dir=run_dir,
         hooks=hooks,
         run_info=info,
+        stages=method.stages(stage_steps),
+        model_meta=model_meta,
     )
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .files import atomic_write
+
 
 def rng_state() -> dict[str, Any]:
     """Every RNG a run draws from, in types that ``weights_only`` loading accepts."""
@@ -61,19 +63,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
-    """Writes to a temporary file beside ``path`` and renames it over ``path``, so a crash
-    mid-write never destroys the previous checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``torch.save`` through ``atomic_write``: a crash mid-write never destroys the
+    previous checkpoint."""
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

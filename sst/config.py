@@ -1,63 +1,92 @@
-"""Config helpers: the resolvers that name run folders, and config errors."""
+"""Config errors and the check that every key of a composed config is a real setting.
+
+Hydra refuses an unknown key on the command line, but a preset (``experiment=...``) may add
+any key, and a misspelled one (``trainer.epochz``) would be silently ignored. ``check_keys``
+compares every group's keys with the settings the group accepts: the keyword arguments of
+its ``_target_`` (followed through ``**kwargs`` to the base classes), or the fields of its
+schema in ``sst.settings``; an unknown key is an error that names the close matches.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import difflib
+import inspect
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from hydra.utils import get_object
+from omegaconf import DictConfig
 
-# Settings that change how a run is watched, not what it computes: left out of the run's
-# identity, so changing them resumes the same run folder.
-NOT_IDENTITY = {
-    "progress_bar",
-    "log_every",
-    "checkpoint_every_epochs",
-    "num_workers",
-    "device",
-    "eval_batch_size",
-    "download",
-}
-# Settings that enter the identity as written, not as resolved. A data root set through an
-# environment variable (``${oc.env:SST_DATA,data}/cifar10``) is the same run wherever the
-# variable points (node-local scratch on a cluster); a root written out
-# (``dataset=imagefolder dataset.root=/data/flowers``) names the data and tells runs apart.
-AS_WRITTEN = {"root"}
+from . import identity as _identity  # noqa: F401  (registers the run-folder resolver)
+
+HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the setting and the allowed values."""
 
 
-def _plain(node: Any, written: Any = None) -> Any:
-    """``node`` as plain data for hashing; ``written`` is the same node unresolved."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        written = OmegaConf.to_container(node, resolve=False)
-        node = OmegaConf.to_container(node, resolve=True)
-    if isinstance(node, dict):
-        written = written if isinstance(written, dict) else {}
-        return {
-            k: written.get(k, v) if k in AS_WRITTEN else _plain(v, written.get(k))
-            for k, v in sorted(node.items())
-            if k not in NOT_IDENTITY
-        }
-    if isinstance(node, list):
-        written = written if isinstance(written, list) else [None] * len(node)
-        return [_plain(v, w) for v, w in zip(node, written, strict=True)]
-    return node
+def unknown_key_error(path: str, known: Iterable[str]) -> ConfigError:
+    """The error for a setting that does not exist, with the close matches."""
+    group, _, key = path.rpartition(".")
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    prefix = f"{group}." if group else ""
+    hint = f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+    return ConfigError(
+        f"{path} is not a setting.{hint} The settings of {group or 'the run'} are: "
+        f"{', '.join(known)}"
+    )
 
 
-def config_hash(*nodes: Any) -> str:
-    """8 hex digits identifying a run's settings: the same command gives the same folder, so
-    relaunching it resumes (or skips a finished run), and different settings never share one."""
-    text = json.dumps([_plain(n) for n in nodes], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+def accepted_keywords(target: Callable) -> set[str] | None:
+    """Keyword arguments ``target`` accepts; None when it takes arbitrary ``**kwargs`` that
+    no base class accounts for (then any key may be right)."""
+    functions = (
+        [c.__init__ for c in inspect.getmro(target)] if inspect.isclass(target) else [target]
+    )
+    names: set[str] = set()
+    for function in functions:
+        if function is object.__init__:
+            break
+        try:
+            parameters = inspect.signature(function).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        open_ended = False
+        for parameter in parameters:
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                open_ended = True
+            elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+                names.add(parameter.name)
+        if not open_ended:
+            return names - {"self"}
+    return None
 
 
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("sst.hash"):
-        OmegaConf.register_new_resolver("sst.hash", config_hash)
+def check_group_keys(group: str, node: DictConfig, schema_fields: set[str] | None) -> None:
+    """Raises ``ConfigError`` for a key of ``node`` that its target or schema does not take."""
+    keys = {str(k) for k in node if str(k) not in HYDRA_KEYS}
+    if "_target_" in node:
+        try:
+            known = accepted_keywords(get_object(node._target_))
+        except Exception:  # an unimportable target is reported when it is instantiated
+            return
+    else:
+        known = schema_fields
+    if known is None:
+        return
+    for key in sorted(keys - known):
+        raise unknown_key_error(f"{group}.{key}", known)
 
 
-register_resolvers()
+def check_keys(cfg: DictConfig, schemas: dict[str, Any], top_level: Iterable[str]) -> None:
+    """Every group of ``cfg`` against its target or its dataclass schema in ``schemas``,
+    and the top-level keys against ``top_level`` plus the groups."""
+    groups = {str(k) for k in cfg if isinstance(cfg[k], DictConfig)}
+    for key in sorted({str(k) for k in cfg} - groups - set(top_level)):
+        raise unknown_key_error(key, set(top_level) | groups)
+    for group in sorted(groups):
+        schema = schemas.get(group)
+        fields = set(schema.__dataclass_fields__) if schema is not None else None
+        check_group_keys(group, cfg[group], fields)

@@ -12,12 +12,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .checkpoint import load
 from .hooks import Hook
-from .runlog import finished_summary
+from .runs import load_run
 
 
 def kd_loss(
@@ -38,21 +36,12 @@ def kd_loss(
     return (1.0 - weight) * hard_loss + weight * temperature**2 * soft
 
 
-def teacher_checkpoint(run_dir: str | Path) -> tuple[DictConfig, dict[str, Any]]:
-    """(model config, model weights) of a finished sst run (``summary.json`` says so): its
-    ``.hydra/config.yaml`` names the architecture, its ``checkpoints/last.pt`` holds the
-    weights."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / ".hydra" / "config.yaml"
-    checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    for path in (config_path, checkpoint_path):
-        if not path.exists():
-            raise FileNotFoundError(
-                f"distill.teacher_run={str(run_dir)!r} is not a finished sst run: {path} is missing"
-            )
-    if finished_summary(run_dir) is None:
-        raise ValueError(f"distill.teacher_run={str(run_dir)!r} has not finished training")
-    return OmegaConf.load(config_path).model, load(checkpoint_path)["model"]
+def load_teacher(run_dir: str | Path) -> nn.Module:
+    """The trained model of a finished sst run (``sst.runs.load_run``)."""
+    try:
+        return load_run(run_dir).model
+    except (FileNotFoundError, ValueError) as error:
+        raise type(error)(f"distill.teacher_run={str(run_dir)!r}: {error}") from error
 
 
 class DistillHook(Hook):

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 import string
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from .files import write_json_atomic, write_text_atomic
+from .runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 LOGGER_KINDS = ("wandb", "none")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -47,28 +49,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's ``summary.json`` if the run finished, else None."""
-    path = Path(run_dir) / "summary.json"
-    if path.exists():
-        summary = json.loads(path.read_text())
-        if summary.get("finished"):
-            return summary
-    return None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 class RunLog:
     """Writes a run's metrics to ``metrics.jsonl`` and, with ``kind="wandb"``, to W&B.
 
     Args:
         run_dir: the run's folder.
-        config: the resolved config as a plain dict (sent to W&B as its config).
+        config: the resolved config as a plain dict: written to ``config.json`` and sent to
+            W&B as its config.
         kind: ``wandb`` or ``none``.
         mode: W&B mode, ``online``, ``offline`` (default: no account, no network) or
             ``disabled``.
@@ -95,8 +82,9 @@ class RunLog:
             raise ValueError(f"logger.mode={mode!r} is unknown: allowed values are {WANDB_MODES}")
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.summary_path = self.run_dir / "summary.json"
+        self.metrics_path = self.run_dir / METRICS_FILE
+        self.summary_path = self.run_dir / SUMMARY_FILE
+        write_json_atomic(self.run_dir / CONFIG_FILE, config)
         self.wandb_run = None
         self.wandb_mode = mode if kind == "wandb" else "disabled"
         self.run_id = run_id
@@ -136,9 +124,7 @@ class RunLog:
                 continue
             if record["step"] <= step:
                 kept.append(line)
-        tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def log(self, metrics: dict[str, float], *, step: int, epoch: float) -> None:
         record = {"step": step, "epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}

@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 
 from . import config as _config  # noqa: F401  (registers the run-folder resolvers)
 from .build import build
-from .loop import Preempted
-from .runlog import finished_summary
+from .events import Preempted
+from .runs import finished_summary
 
 log = logging.getLogger("sst")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from runs import QUICK, compose_run
 
 from sst.build import build
@@ -50,8 +49,6 @@ def test_student_trains_from_a_teacher_run(tmp_path):
         [*dense, "logger=none", "sparsity=dense"], tmp_path / "teacher"
     )
     run(cfg, teacher_dir, choices)
-    (teacher_dir / ".hydra").mkdir()
-    OmegaConf.save(cfg, teacher_dir / ".hydra" / "config.yaml")  # as sst-train's Hydra does
     cfg, run_dir, choices = compose_run(
         [*QUICK, "logger=none", "distill=kd", f"distill.teacher_run={teacher_dir}"],
         tmp_path / "student",
@@ -76,12 +73,12 @@ def test_missing_teacher_run_names_the_setting(tmp_path):
 
 def test_a_teacher_that_cannot_be_built_fails_as_a_distill_setting(tmp_path):
     teacher_dir = tmp_path / "teacher"
-    (teacher_dir / ".hydra").mkdir(parents=True)
-    (teacher_dir / "checkpoints").mkdir()
-    torch.save({"model": {}}, teacher_dir / "checkpoints" / "last.pt")
+    (teacher_dir / "checkpoints").mkdir(parents=True)
+    bad_model = {"_target_": "sst.models.mlp", "hidden": [0]}
+    meta = {"model": bad_model, "num_classes": 10, "input_shape": [1, 8, 8]}
+    torch.save({"model": {}, "model_meta": meta, "step": 1}, teacher_dir / "checkpoints/last.pt")
     (teacher_dir / "summary.json").write_text('{"finished": true}')
-    bad_model = {"model": {"_target_": "sst.models.mlp", "hidden": [0]}}
-    OmegaConf.save(OmegaConf.create(bad_model), teacher_dir / ".hydra" / "config.yaml")
+    (teacher_dir / "config.json").write_text("{}")
     cfg, run_dir, choices = compose_run(
         [*QUICK, "logger=none", "distill=kd", f"distill.teacher_run={teacher_dir}"], tmp_path
     )

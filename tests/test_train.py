@@ -17,7 +17,8 @@ import sst.train as train_module
 from sst.build import build
 from sst.config import ConfigError
 from sst.hooks import Hook
-from sst.loop import NonFiniteLoss, Preempted
+from sst.events import Preempted
+from sst.loop import NonFiniteLoss
 from sst.wandb_file import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ def test_default_command_trains_digits_and_skips_when_finished(tmp_path):
         assert (run_dir / name).exists(), name
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert state["step"] == summary["steps"]
-    assert set(state["hooks"]["sparsity"]["masks"]) == {"1", "3", "5"}
+    assert set(state["sparsity"]["masks"]) == {"1", "3", "5"}
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     assert "run already finished, skipping" in again.stdout
@@ -75,7 +76,7 @@ def run_with(monkeypatch, cfg, run_dir, choices, hooks=()):
 
 def final_state(run_dir):
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
-    return state["model"], state["hooks"]["sparsity"]["masks"], state["optimizer"]
+    return state["model"], state["sparsity"]["masks"], state["optimizer"]
 
 
 def test_resume_after_signal_and_after_crash_matches_uninterrupted(tmp_path, monkeypatch):

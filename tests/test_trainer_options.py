@@ -39,7 +39,7 @@ def test_option_combination_trains(tmp_path, options):
     assert summary["finished"]
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert state["step"] == summary["steps"]
-    masks = state["hooks"]["sparsity"]["masks"]
+    masks = state["sparsity"]["masks"]
     for name, mask in masks.items():
         weight = state["model"][f"{name}.weight"]
         assert torch.all(weight[~mask] == 0), name

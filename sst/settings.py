@@ -1,0 +1,164 @@
+"""Typed schemas of the config groups that have no ``_target_``, and the type check of
+every setting before anything is built.
+
+A value of the wrong type (``trainer.epochs=ten``, ``sparsity.density=abc``) is reported with
+the setting's path and the type it needs, before the first step; groups with a ``_target_``
+are checked against the type hints of its signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
+
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .config import ConfigError, check_keys
+
+TOP_LEVEL = ("seed", "output_dir", "name", "group")
+
+
+@dataclass
+class TrainerSettings:
+    """``conf/trainer/*.yaml``."""
+
+    epochs: int
+    max_steps: int | None
+    batch_size: int
+    eval_batch_size: int
+    grad_accumulation: int
+    label_smoothing: float
+    grad_clip: float | None
+    amp: str
+    channels_last: bool
+    deterministic: bool
+    device: str
+    num_workers: int
+    log_every: int
+    eval_every_epochs: int
+    checkpoint_every_epochs: int
+    progress_bar: bool
+
+
+@dataclass
+class LoggerSettings:
+    """``conf/logger/*.yaml``."""
+
+    kind: str
+    mode: str = "offline"
+    project: str = "sst"
+    entity: str | None = None
+    tags: list[str] | None = None
+
+
+@dataclass
+class DistillSettings:
+    """``conf/distill/*.yaml``."""
+
+    enabled: bool
+    teacher_run: str | None = None
+    temperature: float = 4.0
+    weight: float = 0.9
+
+
+SCHEMAS = {"trainer": TrainerSettings, "logger": LoggerSettings, "distill": DistillSettings}
+
+
+def describe(hint: Any) -> str:
+    """A type hint in words, for error messages."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(a) for a in typing.get_args(hint))
+    names = {int: "an integer", float: "a number", bool: "true/false", str: "a string"}
+    if hint in names:
+        return names[hint]
+    if hint is type(None):
+        return "null"
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        return "a list"
+    if origin in (dict, Mapping) or hint is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def matches(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a type hint (numbers are not strings, bools are not
+    numbers; hints this check does not know accept anything)."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        return isinstance(value, (list, tuple, ListConfig))
+    if origin in (dict, Mapping) or hint is dict:
+        return isinstance(value, (dict, DictConfig))
+    return True
+
+
+def check_value(path: str, value: Any, hint: Any) -> None:
+    if not matches(value, hint):
+        raise ConfigError(f"{path}={value!r} has the wrong type: it must be {describe(hint)}")
+
+
+def target_hints(target: Callable) -> dict[str, Any]:
+    """Parameter name -> type hint of ``target`` (a class: its ``__init__`` and those of its
+    bases that it forwards ``**kwargs`` to)."""
+    functions = (
+        [c.__init__ for c in inspect.getmro(target)] if inspect.isclass(target) else [target]
+    )
+    hints: dict[str, Any] = {}
+    for function in functions:
+        if function is object.__init__:
+            break
+        try:
+            found = typing.get_type_hints(function)
+        except Exception:  # hints that do not evaluate are not checked
+            found = {}
+        for name, hint in found.items():
+            hints.setdefault(name, hint)
+    return hints
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Keys and value types of every group of a composed config (see module docstring)."""
+    check_keys(cfg, SCHEMAS, TOP_LEVEL)
+    for group, schema in SCHEMAS.items():
+        if group not in cfg:
+            continue
+        hints = typing.get_type_hints(schema)
+        required = {
+            f.name for f in fields(schema) if f.default is MISSING and f.default_factory is MISSING
+        }
+        node = cfg[group]
+        for name in required - {str(k) for k in node}:
+            raise ConfigError(f"{group}.{name} is missing")
+        for key in node:
+            check_value(f"{group}.{key}", OmegaConf.select(node, str(key)), hints[str(key)])
+    for group in cfg:
+        node = cfg[group]
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        try:
+            hints = target_hints(get_object(node._target_))
+        except Exception:  # an unimportable target is reported when it is instantiated
+            continue
+        for key in node:
+            if str(key) in hints:
+                check_value(f"{group}.{key}", node[key], hints[str(key)])
