@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_object
@@ -90,3 +91,48 @@ def check_keys(cfg: DictConfig, schemas: dict[str, Any], top_level: Iterable[str
         schema = schemas.get(group)
         fields = set(schema.__dataclass_fields__) if schema is not None else None
         check_group_keys(group, cfg[group], fields)
+
+
+def check_command_line(args: list[str], config_dir: str) -> None:
+    """Raises ``ConfigError`` for a ``key=value`` argument whose key is no setting of the
+    config that the command's group choices compose, naming the close matches (Hydra alone
+    says only that the key is "not in struct"). Arguments this check cannot judge (sweeps
+    over groups, ``+``/``~`` overrides, Hydra's own keys, syntax errors) are left to Hydra.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from omegaconf import OmegaConf
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [a for a in args if "=" in a and not a.startswith("-")]
+        )
+    except Exception:
+        return
+    groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}
+    group_args, keys = [], []
+    for override in overrides:
+        key = override.key_or_group
+        if override.type is not OverrideType.CHANGE or key.startswith("hydra"):
+            continue
+        if key in groups or "/" in key or "@" in key:
+            if override.is_sweep_override():
+                return
+            group_args.append(override.input_line)
+        else:
+            keys.append(key)
+    if not keys:
+        return
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose("config", overrides=group_args)
+    except Exception:
+        return
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        if not isinstance(node, DictConfig):
+            raise unknown_key_error(parent, [str(k) for k in cfg])
+        if leaf not in node:
+            raise unknown_key_error(key, [str(k) for k in node])

@@ -16,8 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from . import config as _config  # noqa: F401  (registers the run-folder resolvers)
 from .build import build
+from .config import ConfigError, check_command_line
 from .events import Preempted
 from .runs import finished_summary
 
@@ -70,7 +70,7 @@ def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     try:
@@ -78,6 +78,17 @@ def main(cfg: DictConfig) -> float | None:
     except Preempted:
         sys.exit(124)
     return summary.get("final_test_acc")
+
+
+def main() -> None:
+    """``sst-train``: a misspelled setting on the command line fails with its close
+    matches before Hydra composes; then Hydra runs the job (or the sweep)."""
+    try:
+        check_command_line(sys.argv[1:], CONFIG_DIR)
+    except ConfigError as error:
+        print(f"sst: {error}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
 
 
 if __name__ == "__main__":
