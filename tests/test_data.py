@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -14,13 +15,12 @@ from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 
 from sst.data import (
-    DATASETS,
     DataSplits,
     EpochLoader,
     cifar10,
     cifar100,
     digits,
-    find_cifar10_jpeg,
+    find_split_root,
     imagefolder,
     imagenet,
     make_loader,
@@ -79,17 +79,7 @@ def _make_tar(path: Path, files: dict[str, bytes]) -> Path:
 # ---------------------------------------------------------------- registry / container
 
 
-def test_registry_names_builders() -> None:
-    assert set(DATASETS) == {
-        "digits",
-        "synthetic",
-        "cifar10",
-        "cifar100",
-        "imagefolder",
-        "imagenet",
-    }
-    assert DATASETS["digits"] is digits
-    assert DATASETS["imagenet"] is imagenet
+def test_data_splits_are_frozen() -> None:
     splits = digits()
     with pytest.raises(dataclasses.FrozenInstanceError):
         splits.name = "other"  # type: ignore[misc]
@@ -407,25 +397,41 @@ def test_unpack_once_redoes_an_interrupted_extraction(tmp_path: Path) -> None:
         unpack_once(tmp_path / "absent.tar.gz", cache)
 
 
-def test_find_cifar10_jpeg_from_env(tmp_path: Path, monkeypatch) -> None:
+def test_find_split_root_in_an_archive_or_a_folder(tmp_path: Path, monkeypatch) -> None:
     archive = _make_tar(
         tmp_path / "jpeg.tar.gz", {"inner/train/a/0.txt": b"x", "inner/test/a/0.txt": b"y"}
     )
     monkeypatch.setenv("SST_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SST_CIFAR10_JPEG", str(archive))
-    found = find_cifar10_jpeg()
+    found = find_split_root(archive)
     assert found == tmp_path / "cache" / "jpeg" / "inner"
-    monkeypatch.setenv("SST_CIFAR10_JPEG", str(found))  # an unpacked folder works as-is
-    assert find_cifar10_jpeg() == found
-    monkeypatch.setenv("SST_CIFAR10_JPEG", str(tmp_path / "missing.tar.gz"))
-    assert find_cifar10_jpeg() is None
+    assert find_split_root(found) == found  # an unpacked folder works as-is
+    assert find_split_root(tmp_path / "missing.tar.gz") is None
+    assert find_split_root(archive, test_dir="val") is None
+
+
+def test_imagefolder_reads_a_packed_archive(tmp_path: Path, monkeypatch) -> None:
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(png, format="PNG")
+    files = {
+        f"cifar/{split}/{c}/{i}.png": png.getvalue()
+        for split in ("train", "test")
+        for c in ("cat", "dog")
+        for i in range(2)
+    }
+    archive = _make_tar(tmp_path / "tiny.tar.gz", files)
+    monkeypatch.setenv("SST_CACHE_DIR", str(tmp_path / "cache"))
+    splits = imagefolder(str(archive), image_size=8, transform="cifar", test_dir="test")
+    assert (len(splits.train), len(splits.test), splits.num_classes) == (4, 4, 2)
+    with pytest.raises(FileNotFoundError, match=r"train/ and val/ folders inside the archive"):
+        imagefolder(str(archive), image_size=8, transform="cifar", test_dir="val")
 
 
 @pytest.mark.slow
 def test_real_cifar10_jpeg_archive() -> None:
-    root = find_cifar10_jpeg()
+    source = os.environ.get("SST_CIFAR10_JPEG")
+    root = find_split_root(source) if source else None
     if root is None:
-        pytest.skip("CIFAR-10 JPEG archive not available")
+        pytest.skip("set SST_CIFAR10_JPEG to the CIFAR-10 JPEG archive or folder")
     splits = imagefolder(
         str(root), image_size=32, transform="cifar", normalize=False, test_dir="test"
     )

@@ -1,4 +1,4 @@
-"""Unpack dataset archives once into a cache, and locate the CIFAR-10 JPEG copy."""
+"""Unpack dataset archives once into a cache, and find the split folders inside."""
 
 from __future__ import annotations
 
@@ -89,11 +89,11 @@ def unpack_once(archive: str | Path, cache_dir: str | Path) -> Path:
     return target
 
 
-def _split_root(folder: Path) -> Path | None:
-    """The folder (``folder`` or one level below) that holds ``train/`` and ``test/``."""
+def _split_root(folder: Path, train_dir: str, test_dir: str) -> Path | None:
+    """The folder (``folder`` or one level below) that holds both split folders."""
     candidates = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]
     for candidate in candidates:
-        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+        if (candidate / train_dir).is_dir() and (candidate / test_dir).is_dir():
             return candidate
     return None
 
@@ -103,22 +103,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SST_CACHE_DIR") or "~/.cache/sst").expanduser()
 
 
-def default_cifar10_jpeg() -> Path:
-    """``../shared/data/cifar10-jpeg.tar.gz`` relative to the repository root."""
-    repo_root = Path(__file__).resolve().parents[2]
-    return repo_root.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-
-
-def find_cifar10_jpeg() -> Path | None:
-    """Folder with ``train/`` and ``test/`` of the CIFAR-10 JPEG copy, or None if absent.
-
-    Looks at ``$SST_CIFAR10_JPEG`` (a .tar.gz or an unpacked folder), else the
-    shared archive; archives are unpacked once into :func:`cache_dir`.
-    """
-    env = os.environ.get("SST_CIFAR10_JPEG")
-    source = Path(env).expanduser() if env else default_cifar10_jpeg()
+def find_split_root(
+    source: str | Path, train_dir: str = "train", test_dir: str = "test"
+) -> Path | None:
+    """The folder holding ``train_dir/`` and ``test_dir/`` of an image-folder data set given
+    as a folder or as a ``.tar.gz``/``.tar`` archive (unpacked once into ``cache_dir()``);
+    None when ``source`` does not exist or holds no such pair."""
+    source = Path(source).expanduser()
     if source.is_dir():
-        return _split_root(source)
+        return _split_root(source, train_dir, test_dir)
     if source.is_file():
-        return _split_root(unpack_once(source, cache_dir()))
+        return _split_root(unpack_once(source, cache_dir()), train_dir, test_dir)
     return None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torchvision import datasets
 
+from .archive import find_split_root
 from .errors import missing_data
 from .splits import DataSplits
 from .transforms import CIFAR10_STATS, IMAGENET_STATS, cifar_transform, imagenet_transform
@@ -56,7 +57,13 @@ def imagefolder(
         raise ValueError(
             f"dataset.transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}"
         )
-    base = _folder(Path(root).expanduser())
+    base = Path(root).expanduser()
+    if base.is_file():  # a packed .tar.gz / .tar: unpacked once into the cache folder
+        found = find_split_root(base, train_dir, test_dir)
+        if found is None:
+            raise missing_data(f"{train_dir}/ and {test_dir}/ folders inside the archive", base)
+        base = found
+    base = _folder(base)
     train_path, test_path = _folder(base / train_dir), _folder(base / test_dir)
     train, test = _load(train_path, train_tf), _load(test_path, test_tf)
     if train.classes != test.classes:
