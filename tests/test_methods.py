@@ -346,12 +346,12 @@ def test_srigl_protects_the_output_layer_only_when_it_is_sparse(tiny_net):
     assert SRigL(tiny_net, opt, density=0.3, protected=[], **KW).protected == set()
 
 
-def test_active_counts_are_exact_for_half_precision_weights():
+def test_kept_counts_are_exact_for_half_precision_weights():
     model = torch.nn.Sequential(torch.nn.Linear(1000, 700)).to(torch.bfloat16)
     method = Static(model, density=0.5, distribution="uniform")
-    assert method.active_counts == {"0": 350_000}
+    assert method.kept_counts == {"0": 350_000}
     half = torch.nn.Sequential(torch.nn.Linear(1000, 700)).half()
-    assert Static(half, density=0.5, distribution="uniform").active_counts == {"0": 350_000}
+    assert Static(half, density=0.5, distribution="uniform").kept_counts == {"0": 350_000}
 
 
 def test_nm_groups_run_along_input_channels_of_a_conv(tiny_net):

@@ -212,6 +212,7 @@ def test_a_crash_still_finishes_the_wandb_run_and_keeps_the_logs(tmp_path, monke
     assert any("test/acc" in row for row in read_metrics(run_dir))
 
 
+@pytest.mark.slow
 def test_sigusr1_to_a_real_process_checkpoints_and_the_relaunch_resumes(tmp_path):
     """What SLURM does before preemption: the process saves, exits 124; the relaunch of the
     same command resumes from the saved step and finishes."""

@@ -75,6 +75,7 @@ def sst_train(*args: str) -> str:
     ).stdout
 
 
+@pytest.mark.slow
 def test_cli_help_and_cfg_show_the_options():
     help_text = sst_train("--help")
     for group in ("sparsity:", "model:", "dataset:", "experiment:", "launcher:"):

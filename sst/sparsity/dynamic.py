@@ -197,7 +197,7 @@ class DynamicSparsity(SparsityMethod):
         self.dense_grads.clear()
         self.nonfinite_grad_steps = 0
         grown_total = self.mask_set.set(new_masks)
-        active_total = sum(self.active_counts[name] for name in new_masks)
+        active_total = sum(self.kept_counts[name] for name in new_masks)
         if any(w.is_cuda for w in self.weights.values()):
             torch.cuda.synchronize()
         self.last_update = {

@@ -186,7 +186,7 @@ class SparsityMethod:
         return self.mask_set.masks
 
     @property
-    def active_counts(self) -> dict[str, int]:
+    def kept_counts(self) -> dict[str, int]:
         return self.mask_set.kept_counts()
 
     def apply_masks(self) -> None:
@@ -250,7 +250,7 @@ class SparsityMethod:
         """(sparse, dense) per-sample MACs of all weight layers under the current masks."""
         if self.macs is None:
             return None
-        counts = self.active_counts
+        counts = self.kept_counts
         dense = sum(self.macs.values())
         saved = sum(
             self.macs.get(n, 0.0) * (1.0 - c / self.masks[n].numel()) for n, c in counts.items()
@@ -290,7 +290,7 @@ class SparsityMethod:
 
     def _layer_stats(self) -> list[dict]:
         per_neuron = self.mask_set.neuron_counts()
-        counts = self.active_counts
+        counts = self.kept_counts
         rows = []
         for name, weight in self.candidates.items():
             n_out = weight.shape[0]
@@ -313,7 +313,7 @@ class SparsityMethod:
         return rows
 
     def _topology_metrics(self) -> dict[str, float]:
-        counts = self.active_counts
+        counts = self.kept_counts
         candidate_total = sum(p.numel() for p in self.candidates.values())
         inactive = sum(self.masks[n].numel() - c for n, c in counts.items())
         all_params = sum(p.numel() for p in self.model.parameters())

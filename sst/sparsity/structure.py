@@ -24,7 +24,14 @@ STRUCTURES = ("unstructured", "constant_fanin", "nm")
 
 
 def layer_budget(numel: int, density: float) -> int:
-    """int(numel * density), robust to float error (0.29 * 100 is 28.999...)."""
+    """A layer's budget: the number of weights it keeps at ``density``,
+    int(numel * density), robust to float error (0.29 * 100 is 28.999...).
+
+    Vocabulary used throughout sst: a layer's *budget* is its target number of kept
+    weights; a unit's *capacity* is the kept weights one unit of the structure holds when
+    every unit is alive (``Structure.capacity``); *kept counts* are the kept weights a mask
+    holds now (``MaskSet.kept_counts``).
+    """
     return int(numel * density + 1e-6)
 
 
