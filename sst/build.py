@@ -136,6 +136,11 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
     settings = loop_settings(trainer)
     seed_everything(cfg.seed, deterministic=trainer.deterministic)
     device = pick_device(trainer.device)
+    if settings.amp == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"trainer.amp=fp16 needs a CUDA device (the device is {device.type}): "
+            "use trainer.amp=bf16 or trainer.amp=none"
+        )
     if trainer.batch_size < 1 or trainer.batch_size % settings.grad_accumulation:
         raise ConfigError(
             f"trainer.batch_size={trainer.batch_size} must be a positive multiple of "
@@ -180,7 +185,8 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
 
     config = OmegaConf.to_container(cfg, resolve=True)
     info = run_info(cfg, choices)
-    run_log = make_run_log(cfg, run_dir, {**config, "choices": choices, **info})
+    record = {**config, "choices": choices, "overrides": command_line_overrides(), **info}
+    run_log = make_run_log(cfg, run_dir, record)
     return Loop(
         model=model,
         optimizer=optimizer,
@@ -197,6 +203,15 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
         stages=method.stages(stage_steps),
         model_meta=model_meta,
     )
+
+
+def command_line_overrides() -> list[str] | None:
+    """The overrides of the ``sst-train`` command that launched this job (None from Python)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)
 
 
 def make_run_log(cfg: DictConfig, run_dir: str | Path, config: dict[str, Any]) -> RunLog:

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(
+    path: str | Path, write: Callable[[IO[bytes]], None], *, keep_previous: Path | None = None
+) -> None:
     """Calls ``write`` on a temporary file beside ``path``, flushes it to disk (fsync) and
-    renames it over ``path``: readers see the old file or the new one, never a part."""
+    renames it over ``path``: readers see the old file or the new one, never a part.
+    ``keep_previous``: the file ``path`` held is renamed there first (kept as a fallback)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -20,9 +23,18 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Temporary files that ``atomic_write`` left beside ``path`` when its process was killed
+    mid-write (its own cleanup never ran)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.tmp-*"))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -255,21 +255,29 @@ class Loop:
 
     def _check_finite(self) -> None:
         if bool(self._nonfinite):
+            if self.saved_step is not None and self.checkpoint_path is not None:
+                kept = f"the last good checkpoint (step {self.saved_step}) is kept"
+            else:
+                kept = "no checkpoint had been written yet"
             raise NonFiniteLoss(
-                f"the training loss became NaN/inf before step {self.step}: stopping; the last "
-                f"good checkpoint is kept (lower the learning rate or enable trainer.grad_clip)"
+                f"the training loss became NaN/inf before step {self.step}: stopping; {kept} "
+                "(lower the learning rate or enable trainer.grad_clip)"
             )
 
     def resume(self) -> bool:
-        """Loads ``checkpoints/last.pt`` if the run folder has one."""
-        path = self.checkpoint_path
-        if path is None or not path.exists():
+        """Loads the newest readable checkpoint (``last.pt``, else ``prev.pt``) if the run
+        folder has one, and brings the run's records back to its step."""
+        if self.checkpoint_path is None:
             return False
+        found = ckpt.load_latest(self.checkpoint_path)
+        if found is None:
+            return False
+        state, path = found
         # RNG states must stay CPU tensors; model and optimizer copy to their devices
-        self.load_state_dict(ckpt.load(path, map_location="cpu"))
+        self.load_state_dict(state)
         self.saved_step = self.step
         if self.run_log is not None and dist.is_main():
-            self.run_log.truncate_after(self.step)
+            self.run_log.resume_at(self.step)
         log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
         return True
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .files import write_json_atomic, write_text_atomic
 from .runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from .wandb_file import read_history
 
 LOGGER_KINDS = ("wandb", "none")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -125,6 +126,47 @@ class RunLog:
             if record["step"] <= step:
                 kept.append(line)
         write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
+
+    def resume_at(self, step: int) -> int:
+        """Brings the records of a resumed run to ``step``: ``metrics.jsonl`` loses what
+        came after it (the run logs those steps again), and W&B gets again the records up
+        to ``step`` that an earlier session of the run logged to ``metrics.jsonl`` but never
+        to W&B (a hard kill loses the steps since W&B's last flush). Returns how many
+        records were sent again."""
+        self.truncate_after(step)
+        if self.wandb_run is None:
+            return 0
+        logged = self.wandb_steps()
+        last = max(logged) if logged else -1
+        missing = [r for r in self._records() if last < r["step"] <= step]
+        for record in missing:
+            metrics = {k: v for k, v in record.items() if k not in ("step", "epoch")}
+            self.wandb_run.log({**metrics, "epoch": record["epoch"]}, step=record["step"])
+        return len(missing)
+
+    def wandb_steps(self) -> set[int]:
+        """History steps that earlier sessions of this run wrote to their local W&B logs
+        (``wandb/*/run-<id>.wandb``, offline and online runs alike)."""
+        current = Path(self.wandb_run.dir).parent if self.wandb_run is not None else None
+        steps: set[int] = set()
+        for path in sorted(self.run_dir.glob(f"wandb/*/run-{self.run_id}.wandb")):
+            if current is not None and path.parent == current:
+                continue
+            for row in read_history(path):
+                if "_step" in row:
+                    steps.add(int(row["_step"]))
+        return steps
+
+    def _records(self) -> list[dict[str, Any]]:
+        records = []
+        for line in (
+            self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
+        ):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
 
     def log(self, metrics: dict[str, float], *, step: int, epoch: float) -> None:
         record = {"step": step, "epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}

@@ -69,6 +69,21 @@ class DistillSettings:
 
 SCHEMAS = {"trainer": TrainerSettings, "logger": LoggerSettings, "distill": DistillSettings}
 
+# Settings whose targets do not check them clearly: (type, lowest, highest) with the lowest
+# allowed and the highest excluded (None: unbounded).
+RANGES: dict[str, tuple[Any, float | None, float | None]] = {
+    "optimizer.lr": (float, 0.0, None),
+    "optimizer.weight_decay": (float, 0.0, None),
+    "optimizer.momentum": (float, 0.0, 1.0),
+    "optimizer.eps": (float, 0.0, None),
+}
+
+
+def check_range(path: str, value: Any, lowest: float | None, highest: float | None) -> None:
+    if (lowest is not None and value < lowest) or (highest is not None and value >= highest):
+        allowed = f"in [{lowest:g}, {highest:g})" if highest is not None else f">= {lowest:g}"
+        raise ConfigError(f"{path}={value!r} is out of range: allowed values are {allowed}")
+
 
 def describe(hint: Any) -> str:
     """A type hint in words, for error messages."""
@@ -162,3 +177,8 @@ def check_config(cfg: DictConfig) -> None:
         for key in node:
             if str(key) in hints:
                 check_value(f"{group}.{key}", node[key], hints[str(key)])
+    for path, (hint, lowest, highest) in RANGES.items():
+        value = OmegaConf.select(cfg, path, default=None)
+        if value is not None:
+            check_value(path, value, hint)
+            check_range(path, value, lowest, highest)

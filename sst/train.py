@@ -8,6 +8,7 @@ sst-train -m experiment=srigl_resnet18_cifar10   # a paper table as a sweep
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 from .build import build
 from .config import ConfigError, check_command_line
 from .events import Preempted
+from .runlock import RunFolderBusy, RunLock
 from .runs import finished_summary
 
 log = logging.getLogger("sst")
@@ -33,6 +35,23 @@ def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = N
     if done is not None:
         print(f"sst: run already finished, skipping: {run_dir}")
         return done
+    if not is_main_process():
+        return train(cfg, run_dir, choices)
+    try:
+        with RunLock(run_dir):
+            done = finished_summary(run_dir)  # finished while this process waited to start
+            return done if done is not None else train(cfg, run_dir, choices)
+    except RunFolderBusy as busy:
+        raise ConfigError(str(busy)) from None
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process launch (torchrun / SLURM set RANK), or a single process."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None) -> dict:
+    """Builds the run and fits it; the W&B run is finished however the fit ends."""
     loop = build(cfg, run_dir, choices)
     run_log = loop.run_log
     try:
@@ -77,6 +96,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
         summary = run(cfg, hydra_cfg.runtime.output_dir, choices)
     except Preempted:
         sys.exit(124)
+    except ConfigError as error:  # a setting that cannot run: its message says which
+        print(f"sst: {error}", file=sys.stderr)
+        sys.exit(2)
     return summary.get("final_test_acc")
 
 

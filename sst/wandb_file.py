@@ -3,8 +3,10 @@
 The file is W&B's LevelDB-style log: a 7-byte header (b":W&B", magic 0xBEE1, version 0),
 then 32 KiB blocks of chunks, each with a 7-byte header (CRC32C, little-endian length, type:
 1 full, 2 first, 3 middle, 4 last); a record is a serialized ``wandb_internal_pb2.Record``.
-Used to check offline runs and to build tables from runs that were never synced. W&B's
-service may still be writing after ``run.finish()``; ``wandb.teardown()`` waits for it.
+A resumed run reads the steps its earlier sessions logged, to send W&B what a hard kill lost
+(``RunLog.resume_at``); tests read offline runs back. A log whose writer was killed ends in a
+cut record: reading stops there. W&B's service may still be writing after ``run.finish()``;
+``wandb.teardown()`` waits for it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def read_chunks(path: str | Path) -> Iterator[bytes]:
             pos += room
             continue
         start = pos + CHUNK_HEADER.size
+        if start + length > len(data):  # the tail of a log whose writer was killed
+            return
         chunk = data[start : start + length]
         pos = start + length
         if kind == FULL:
@@ -51,17 +55,30 @@ def read_chunks(path: str | Path) -> Iterator[bytes]:
             pending = b""
 
 
-def read_run(path: str | Path) -> dict[str, Any]:
-    """A run's config, history rows, summary, and exit code (None if it never finished)."""
+def _records(path: str | Path) -> Iterator[Any]:
     from wandb.proto import wandb_internal_pb2
 
+    for raw in read_chunks(path):
+        record = wandb_internal_pb2.Record()
+        try:
+            record.ParseFromString(raw)
+        except Exception:  # a record cut short by a kill: the log ends here
+            return
+        yield record
+
+
+def read_history(path: str | Path) -> list[dict[str, Any]]:
+    """The history rows (``_step`` and the logged values) of a ``.wandb`` file."""
+    return read_run(path)["history"]
+
+
+def read_run(path: str | Path) -> dict[str, Any]:
+    """A run's config, history rows, summary, and exit code (None if it never finished)."""
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     exit_code: int | None = None
-    for raw in read_chunks(path):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
+    for record in _records(path):
         kind = record.WhichOneof("record_type")
         if kind in ("config", "run"):
             updates = record.config.update if kind == "config" else record.run.config.update

@@ -37,14 +37,24 @@ def test_default_command_trains_digits_and_skips_when_finished(tmp_path):
     assert summary["sparsity_masked_layers"] == pytest.approx(0.9, abs=0.01)
     assert summary["steps"] == 250 * (1437 // 128)
     assert {row["layer"] for row in summary["layers"]} == {"1", "3", "5"}
-    for name in (".hydra/config.yaml", "metrics.jsonl", "checkpoints/last.pt", "wandb_id.txt"):
+    for name in ("config.json", "metrics.jsonl", "checkpoints/last.pt", "wandb_id.txt"):
         assert (run_dir / name).exists(), name
+    assert not (run_dir / ".lock").exists()
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert state["step"] == summary["steps"]
     assert set(state["sparsity"]["masks"]) == {"1", "3", "5"}
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    before = folder_snapshot(run_dir)
+    # settings outside the identity find the same run: it is skipped, its folder untouched
+    again = subprocess.run(
+        [*cmd, "logger=none"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0
     assert "run already finished, skipping" in again.stdout
+    assert folder_snapshot(run_dir) == before
+
+
+def folder_snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
 
 
 class InterruptAt(Hook):
@@ -155,7 +165,7 @@ def test_resume_attaches_to_the_same_wandb_run(tmp_path, monkeypatch):
         ("trainer.device=tpu", r"trainer.device='tpu' is unknown: allowed values"),
         ("trainer.epochs=0", r"trainer.epochs=0 must be >= 1"),
         ("logger.mode=sometimes", r"logger.mode='sometimes' is unknown: allowed values"),
-        ("optimizer.lr=-1", r"optimizer: Invalid learning rate: -1"),
+        ("optimizer.lr=-1", r"optimizer.lr=-1 is out of range: allowed values are >= 0"),
         ("model.hidden=[0]", r"model: hidden=\[0\]: every hidden width must be >= 1"),
     ],
 )

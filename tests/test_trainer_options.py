@@ -78,6 +78,7 @@ def sst_train(*args: str) -> str:
 @pytest.mark.slow
 def test_cli_help_and_cfg_show_the_options():
     help_text = sst_train("--help")
+    assert help_text.startswith("sst-train: train a sparse neural network")
     for group in ("sparsity:", "model:", "dataset:", "experiment:", "launcher:"):
         assert group in help_text
     assert "sparsity: dense, rigl, set, srigl, static" in help_text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from torchvision import datasets
@@ -25,9 +26,22 @@ def _build(
     norm = stats if normalize else None
     train_tf = cifar_transform(True, augment=augment, stats=norm)
     test_tf = cifar_transform(False, stats=norm)
+    existed = root_path.exists()
     try:
         train = cls(str(root_path), train=True, transform=train_tf, download=download)
         test = cls(str(root_path), train=False, transform=test_tf, download=False)
+    except OSError as err:  # urllib's URLError, a refused connection, a full disk, ...
+        if not download:
+            raise
+        if not existed:
+            shutil.rmtree(root_path, ignore_errors=True)  # leave no empty or partial folder
+        raise missing_data(
+            name,
+            root_path / cls.base_folder,
+            f"dataset.download=true could not download it ({err}); on a machine without "
+            f"internet, download {name} elsewhere and put its {cls.base_folder} folder under "
+            "dataset.root",
+        ) from err
     except RuntimeError as err:
         if download or "not found" not in str(err).lower():
             raise

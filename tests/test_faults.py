@@ -1,0 +1,163 @@
+"""Bad input and faults as a new user meets them: each fails before the first step with a
+message that names the setting or the file, writes nothing that blocks a corrected
+relaunch, and loses no data already written."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+
+import pytest
+import torch
+import wandb
+from runs import QUICK, compose_run, read_metrics
+from test_train import InterruptAt, run_with
+
+import sst.train as train_module
+from sst.build import build
+from sst.checkpoint import CorruptCheckpoint, load_latest
+from sst.config import ConfigError
+from sst.events import Preempted
+from sst.loop import NonFiniteLoss
+from sst.runlock import RunLock
+from sst.wandb_file import read_history
+
+QUIET = [*QUICK, "logger=none"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "sparsity.density=abc",
+            r"sparsity\.density='abc' has the wrong type: it must be a number",
+        ),
+        (
+            "trainer.batch_size=abc",
+            r"trainer\.batch_size='abc' has the wrong type: it must be an integer",
+        ),
+        ("trainer.epochs=ten", r"trainer\.epochs='ten' has the wrong type: it must be an integer"),
+        ("trainer.epochs=1.5", r"trainer\.epochs=1\.5 has the wrong type: it must be an integer"),
+        ("optimizer.lr=fast", r"optimizer\.lr='fast' has the wrong type: it must be a number"),
+        (
+            "optimizer.momentum=1.5",
+            r"optimizer\.momentum=1\.5 is out of range: allowed values are in \[0, 1\)",
+        ),
+        (
+            "trainer.progress_bar=maybe",
+            r"trainer\.progress_bar='maybe' has the wrong type: it must be true/false",
+        ),
+        ("sparsity.structure=3", r"sparsity\.structure=3 has the wrong type: it must be a string"),
+        ("trainer.amp=fp16", r"trainer\.amp=fp16 needs a CUDA device"),
+    ],
+)
+def test_a_wrong_type_or_range_names_the_setting_before_anything_is_written(
+    tmp_path, override, message
+):
+    cfg, run_dir, choices = compose_run([*QUICK, "logger=wandb", override], tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        train_module.run(cfg, run_dir, choices)
+    assert not run_dir.exists() or not any(run_dir.iterdir())  # no W&B run, no checkpoint
+
+
+def test_a_layer_named_by_an_integer_takes_a_density(tmp_path):
+    cfg, run_dir, choices = compose_run([*QUIET, "sparsity.densities={1: 0.2}"], tmp_path)
+    loop = build(cfg, run_dir, choices)
+    assert loop.hooks[0].method.layer_density["1"] == 0.2
+
+
+def finished_checkpoint_run(tmp_path, monkeypatch, stop_at=30):
+    cfg, run_dir, choices = compose_run([*QUIET, "trainer.deterministic=true"], tmp_path)
+    with pytest.raises(Preempted):
+        run_with(monkeypatch, cfg, run_dir, choices, [InterruptAt(stop_at, "signal")])
+    return cfg, run_dir, choices
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, monkeypatch, caplog):
+    cfg, run_dir, choices = finished_checkpoint_run(tmp_path / "a", monkeypatch)
+    last, prev = run_dir / "checkpoints/last.pt", run_dir / "checkpoints/prev.pt"
+    assert torch.load(prev, weights_only=True)["step"] == 22  # the epoch-1 checkpoint
+    last.write_bytes(last.read_bytes()[:1000])  # a disk that filled up, a copy cut short
+    stale = run_dir / "checkpoints/.last.pt.tmp-99999"
+    stale.write_bytes(b"half a checkpoint")
+    summary = run_with(monkeypatch, cfg, run_dir, choices)
+    assert "cannot be read" in caplog.text and "previous checkpoint" in caplog.text
+    assert not stale.exists()
+    reference_cfg, reference_dir, reference_choices = compose_run(
+        [*QUIET, "trainer.deterministic=true"], tmp_path / "b"
+    )
+    reference = run_with(monkeypatch, reference_cfg, reference_dir, reference_choices)
+    assert summary["final_test_acc"] == reference["final_test_acc"]
+    assert read_metrics(run_dir) == read_metrics(reference_dir)
+
+
+def test_no_readable_checkpoint_names_the_files(tmp_path, monkeypatch):
+    cfg, run_dir, choices = finished_checkpoint_run(tmp_path, monkeypatch)
+    for name in ("last.pt", "prev.pt"):
+        (run_dir / "checkpoints" / name).write_bytes(b"")
+    with pytest.raises(CorruptCheckpoint, match=r"last\.pt \(EOFError.*prev\.pt .*Delete the run"):
+        run_with(monkeypatch, cfg, run_dir, choices)
+    assert load_latest(tmp_path / "nowhere" / "last.pt") is None
+
+
+def test_a_second_launch_into_a_busy_run_folder_is_refused(tmp_path):
+    cfg, run_dir, choices = compose_run(QUIET, tmp_path)
+    with RunLock(run_dir):
+        with pytest.raises(ConfigError, match=rf"in use by pid {os.getpid()} on host"):
+            train_module.run(cfg, run_dir, choices)
+        assert not (run_dir / "metrics.jsonl").exists()
+    (run_dir / ".lock").write_text("pid 1 on host gone since yesterday\n")  # a killed owner
+    assert train_module.run(cfg, run_dir, choices)["finished"]
+    assert not (run_dir / ".lock").exists()
+
+
+def test_nan_loss_without_a_checkpoint_says_so(tmp_path):
+    cfg, run_dir, choices = compose_run([*QUIET, "optimizer.lr=1e30"], tmp_path)
+    loop = build(cfg, run_dir, choices)
+    with pytest.raises(NonFiniteLoss, match="no checkpoint had been written yet"):
+        loop.fit()
+
+
+def test_a_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    root = tmp_path / "cifar10"
+    cfg, run_dir, choices = compose_run(
+        ["dataset=cifar10", "dataset.download=true", f"dataset.root={root}", "logger=none"],
+        tmp_path,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"could not download it .*put its cifar-10-batches-py folder under dataset\.root",
+    ):
+        build(cfg, run_dir, choices)
+    assert not root.exists()  # no empty folder left to confuse the next attempt
+
+
+def test_records_that_wandb_lost_are_sent_again_on_resume(tmp_path, monkeypatch):
+    cfg, run_dir, choices = compose_run([*QUICK, "logger=wandb"], tmp_path)
+    with pytest.raises(Preempted):
+        run_with(monkeypatch, cfg, run_dir, choices, [InterruptAt(40, "signal")])
+    wandb.teardown()
+    (first,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    # a hard kill: W&B's service never wrote the steps after its last flush
+    data = first.read_bytes()
+    first.write_bytes(data[: len(data) // 3])
+    kept = {row["_step"] for row in read_history(first)}
+    saved = read_metrics(run_dir)
+    assert {r["step"] for r in saved} - kept, "the cut must lose some records"
+    run_with(monkeypatch, cfg, run_dir, choices)
+    wandb.teardown()
+    history = {}
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        for row in read_history(path):
+            history.setdefault(row["_step"], {}).update(row)
+    for record in read_metrics(run_dir, drop=()):
+        assert record["step"] in history, record["step"]
+        for key, value in record.items():
+            if key != "step":
+                assert history[record["step"]][key] == pytest.approx(value), (record["step"], key)
+    assert json.loads((run_dir / "summary.json").read_text())["finished"]
