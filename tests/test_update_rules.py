@@ -2,10 +2,13 @@
 
 import pytest
 import torch
+from sklearn.datasets import load_digits
+from torch import nn
 
-from sst.sparsity import rigl, srigl
+from sst.sparsity import SRigL, rigl, srigl
 from sst.sparsity.mask_ops import as_float, row_counts, top_indices
 from sst.sparsity.srigl import ablation_threshold
+from sst.sparsity.structure import layer_budget
 
 
 def t(rows):
@@ -190,3 +193,112 @@ def test_top_indices_with_nan_in_the_sample():
     scores[::16][:40] = float("nan")  # on the sample's stride: the threshold itself is NaN
     expected = set(torch.topk(scores, 100).indices.tolist())
     assert set(top_indices(scores, 100).tolist()) == expected
+
+
+def test_srigl_threshold_uses_the_unablated_fan_in():
+    # 6 neurons x fan-in 12 at density 1/4: budget 18, k0 = 3, guard m = 18 // 12 = 1.
+    # Neurons 3-5 were ablated by an earlier update, so the survivors hold k' = 6 each.
+    weight = torch.zeros(6, 12)
+    weight[0, :6] = torch.tensor([1.0, 0.95, 0.9, 0.85, 0.8, 0.75])
+    weight[1, :6] = torch.tensor([0.7, 0.65, 0.6, 0.03, 0.02, 0.01])
+    weight[2, :6] = torch.tensor([0.09, 0.08, 0.07, 0.06, 0.05, 0.04])
+    mask = (weight != 0).float()
+    grad = torch.arange(72, dtype=torch.float32).reshape(6, 12) * 1e-5
+    grad[2, 6:8] = 1.0
+    grad[3, :3] = 0.9
+    grad[4, :4] = torch.tensor([0.8, 0.79, 0.78, 0.77])
+    new, ablated = srigl.update_mask(weight, mask, grad, 0.5, 0.5, density=0.25)
+    # n_drop = 9, n_keep = 9 (neuron 0's six weights and neuron 1's three largest); with the
+    # top 9 gradients the salient counts are 6, 3, 2, 3, 4, 0. Threshold
+    # max(1, int(0.5 * k0)) = 1 ablates neuron 5 only; the current fan-in 6 would give
+    # int(0.5 * 6) = 3 and ablate neuron 2 as well.
+    assert ablated.tolist() == [False, False, False, False, False, True]
+    assert new.sum(dim=1).tolist() == [3, 3, 3, 3, 3, 0]  # k' = 18 // 5
+    assert new[0, :6].int().tolist() == [1, 1, 1, 0, 0, 0]  # trimmed by magnitude
+    assert new[1, :6].int().tolist() == [1, 1, 1, 0, 0, 0]
+    assert new[2].nonzero().squeeze(1).tolist() == [6, 7, 11]  # salient grads, then grad
+    assert new[4, :4].int().tolist() == [1, 1, 1, 0]
+
+
+def test_srigl_survivors_keep_their_top_weights_when_a_neuron_with_large_weights_goes():
+    # 4 neurons x fan-in 8 at density 1/2: budget 16, k0 = 4, guard m = 2.
+    weight = torch.zeros(4, 8)
+    weight[0, :4] = torch.tensor([1.0, 0.9, 0.8, 0.7])
+    weight[1, :4] = torch.tensor([0.6, 0.5, 0.4, 0.35])
+    weight[2, :4] = torch.tensor([0.3, 0.25, 0.2, 0.15])
+    weight[3, :4] = torch.tensor([0.55, 0.45, 0.01, 0.02])
+    mask = (weight != 0).float()
+    grad = torch.arange(32, dtype=torch.float32).reshape(4, 8) * 1e-5
+    grad[0, 4:6] = torch.tensor([1.0, 0.99])
+    grad[1, 4:6] = torch.tensor([0.9, 0.89])
+    grad[2, 4:8] = torch.tensor([0.8, 0.79, 0.78, 0.77])
+    new, ablated = srigl.update_mask(weight, mask, grad, 0.5, 0.75, density=0.5)
+    # n_drop = 8, n_keep = 8: salient counts 4 + 2, 2 + 2, 0 + 4, 2 (neuron 3 holds the
+    # 0.55 and 0.45 of the top 8); threshold int(0.75 * 4) = 3 ablates neuron 3.
+    assert ablated.tolist() == [False, False, False, True]
+    # Neuron 3's four weights count toward the eight removals, so the survivors keep their
+    # own top 8 (neurons 0 and 1 whole) and lose only 4 (neuron 2's); a layer-wide drop
+    # would have taken neuron 1's 0.4 and 0.35 as well. Each survivor then grows to
+    # k' = 16 // 3 = 5 by gradient (neuron 2's largest remaining gradient is at position 3).
+    assert new.int().tolist() == [
+        [1, 1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 1, 1, 1, 1],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+    ]
+
+
+def test_srigl_drops_exact_zero_weights_first():
+    # 2 neurons x fan-in 6 at density 1/2: budget 6, k = 3. Three of the six active weights
+    # are exact zeros, so n_keep = 3 (not 6 - int(6 * 0.25) = 5) and n_drop = 3.
+    weight = t([[0.5, 0, 0, 0, 0, 0], [0.4, 0.3, 0, 0, 0, 0]])
+    mask = t([[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0]])
+    grad = t([[0, 0.01, 0.02, 0.9, 0.8, 0.03], [0, 0, 0.04, 0.05, 0.06, 0.7]])
+    for gamma_sal in (0.0, 0.3):
+        new, ablated = srigl.update_mask(weight, mask, grad, 0.25, gamma_sal, density=0.5)
+        assert not ablated.any()
+        # the zeros go; each neuron keeps its non-zero weights and regrows by gradient
+        assert new.int().tolist() == [[1, 0, 0, 1, 1, 0], [1, 1, 0, 0, 0, 1]]
+
+
+def test_srigl_ablation_does_not_cascade_over_updates():
+    torch.manual_seed(0)
+    digits = load_digits()
+    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(digits.target)
+    model = nn.Sequential(
+        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    steps, delta_t = 300, 20  # 11 updates before t_end = 225
+    method = SRigL(
+        model,
+        opt,
+        density=0.1,
+        gamma_sal=0.9,
+        total_steps=steps,
+        delta_t=delta_t,
+        distribution="uniform",
+    )
+    gen = torch.Generator().manual_seed(0)
+    history = []
+    for step in range(1, steps + 1):
+        batch = torch.randint(0, len(x), (64,), generator=gen)
+        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+        opt.zero_grad()
+        loss.backward()
+        method.before_step()
+        opt.step()
+        method.after_step()
+        if method.is_update_step(step):
+            history.append({n: int(a.sum()) for n, a in method.ablated.items()})
+    assert len(history) == 11
+    for name in ("0", "2"):  # the hidden layers (the output layer is protected)
+        counts = [h[name] for h in history]
+        assert counts[0] > 0, counts
+        # the salient counts hardly move, so neither does ablation (the cascade took it
+        # from about 50 and 77 to the guard within 4 updates)
+        assert max(counts) <= counts[0] + 5, (name, counts)
+        weight = method.weights[name]
+        guard = layer_budget(weight.numel(), 0.1) // weight[0].numel()
+        assert weight.shape[0] - counts[-1] >= 2 * (guard + 1), (name, counts)

@@ -55,38 +55,54 @@ def update_mask(
     protected: bool = False,
     ablation_denominator: str = "sparse",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SRigL update of one layer; returns (new boolean mask, ablated-neuron vector).
+    """One SRigL update of one layer (Lasby et al., ICLR 2024, section 4 and the SRigL
+    code's order); returns (new boolean mask, ablated-neuron vector).
 
-    1. n_drop = int(n_active * f), n_keep = n_active - n_drop.
+    With budget = int(numel * density), k0 = budget // n_out (the un-ablated constant
+    fan-in, fixed for the run) and m = budget // dense_fan_in:
+
+    1. n_drop = int(n_active * f), n_keep = n_active - n_drop. If fewer than n_keep active
+       weights are non-zero, n_keep = that count and n_drop = n_active - n_keep (exact
+       zeros are dropped first).
     2. A weight is salient if among the top n_keep |w| of the active weights or the top
        n_drop |dense grad| of the layer; count salient weights per output neuron.
-    3. Neurons with fewer salient weights than ``ablation_threshold`` are ablated
-       (never in a protected layer; gamma_sal = 0 turns ablation off). The threshold's
-       fan-in is the layer's current constant fan-in (``"sparse"``) or the dense fan-in
-       (``"dense"``); the guard keeps int(budget // dense_fan_in) + 1 neurons at least.
-    4. The budget int(numel * density) is shared by the survivors: k' = budget // n_alive.
-    5. Drop n_drop smallest |w| layer-wide, trim survivors to k', grow each survivor to k'
-       by largest |dense grad| among its positions not kept. New weights start at 0.
+    3. Neurons with fewer salient weights than ``ablation_threshold`` are ablated (never in
+       a protected layer; gamma_sal = 0 turns ablation off): max(1, int(gamma_sal * k0))
+       for ``"sparse"``, max(1, int(gamma_sal * dense_fan_in)) for ``"dense"``, lowered by
+       the guard so that at least m + 1 neurons live.
+    4. The survivors share the budget: k' = budget // (n_out - n_ablated).
+    5. Drop: the ablated neurons' weights go first and count toward the n_drop removals;
+       the n_keep largest non-zero |w| among the survivors' active weights are kept (all of
+       them if fewer). Trim each survivor to its k' largest kept |w|, then grow it back to
+       k' by largest |dense grad| among its positions not kept. New weights start at 0.
     """
     check_ablation_settings(gamma_sal, ablation_denominator)
     n_out = weight.shape[0]
     dense_fan_in = weight[0].numel()
     budget = layer_budget(weight.numel(), density)
     active = mask.bool()
-    n_drop = int(int(torch.count_nonzero(active).item()) * drop_fraction)
-    kept = drop_smallest(weight, active, n_drop)
+    n_active = int(torch.count_nonzero(active).item())
+    nonzero = active & (weight.detach() != 0)
+    n_nonzero = int(torch.count_nonzero(nonzero).item())
+    n_keep = min(n_active - int(n_active * drop_fraction), n_nonzero)
+    n_drop = n_active - n_keep
+    kept = drop_smallest(weight, nonzero, n_nonzero - n_keep)  # the top n_keep |w|
     grad_magnitude = dense_grad.abs().float()
     ablated = torch.zeros(n_out, dtype=torch.bool, device=weight.device)
     if gamma_sal > 0 and not protected:
         salient = kept | topk_mask(grad_magnitude, n_drop)
         counts = row_counts(salient.reshape(n_out, -1))
-        alive_now = max(int(active.reshape(n_out, -1).any(dim=1).count_nonzero().item()), 1)
-        fan_in = budget // alive_now if ablation_denominator == "sparse" else dense_fan_in
+        fan_in = budget // n_out if ablation_denominator == "sparse" else dense_fan_in
         threshold = ablation_threshold(gamma_sal, fan_in, counts, budget // dense_fan_in)
         ablated = counts < threshold
+        # The ablated neurons' weights count toward the n_drop removals, so the survivors
+        # keep their own top n_keep. Unchanged when no ablated neuron held a kept weight.
+        if bool(row_counts(kept.reshape(n_out, -1))[ablated].any()):
+            survivors = (nonzero.reshape(n_out, -1) & ~ablated.unsqueeze(1)).view(mask.shape)
+            n_survivors = int(torch.count_nonzero(survivors).item())
+            kept = drop_smallest(weight, survivors, n_survivors - n_keep)
     n_alive = n_out - int(torch.count_nonzero(ablated).item())
-    k = budget // n_alive
-    capacity = torch.where(ablated, 0, k)
+    capacity = torch.where(ablated, 0, budget // n_alive)
     structure = Structure("constant_fanin")
     new_mask = regrow(weight, kept, grad_magnitude, structure, capacity)
     return new_mask, ablated
