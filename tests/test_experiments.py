@@ -178,7 +178,37 @@ def test_preset_can_set_the_run_name() -> None:
     assert "gsal0.05" in cfg.group
 
 
-# ----------------------------------------------------------------------------- SRigL, CIFAR-10
+# ----------------------------------------------------------------------------- recipes
+# What a run of each preset does, measured on the objects it builds rather than read back
+# from its YAML: the optimizer's first step, the LR at given steps, the run's length and
+# the topology-update schedule. The expected values are the papers' (see the presets'
+# citations), so a preset that stops reproducing its paper fails here.
+def first_sgd_step(cfg: DictConfig) -> float:
+    """A weight of 1 with gradient 1 after one step of the preset's optimizer."""
+    weight = torch.nn.Parameter(torch.ones(1))
+    optimizer = instantiate(cfg.optimizer, params=[weight])
+    weight.grad = torch.ones(1)
+    optimizer.step()
+    return float(weight.item())
+
+
+def sgd_expected(lr: float, momentum: float, weight_decay: float, nesterov: bool) -> float:
+    """torch.optim.SGD's first step from w = 1, g = 1: g' = g + wd * w, buffer = g',
+    update = g' + momentum * buffer with Nesterov, buffer without."""
+    grad = 1.0 + weight_decay
+    return 1.0 - lr * (grad * (1 + momentum) if nesterov else grad)
+
+
+def stand_in_method(cfg: DictConfig, steps: int):
+    model = sst.models.mlp(10, (1, 4, 4))
+    method, _ = build_method(cfg, model, steps)
+    return method
+
+
+def update_steps(method, total: int) -> list[int]:
+    return [s for s in range(1, total + 1) if method.is_update_step(s)]
+
+
 @pytest.mark.parametrize(
     ("name", "model"),
     [
@@ -191,123 +221,88 @@ def test_srigl_cifar10_recipe(name: str, model: str) -> None:
     cfg = preset(name)
     choices = cfg.hydra.runtime.choices
     assert (choices.model, choices.dataset, choices.sparsity) == (model, "cifar10", "srigl")
-    assert cfg.sparsity._target_ == "sst.sparsity.SRigL"
-    assert cfg.sparsity.structure == "constant_fanin"
-    assert cfg.sparsity.gamma_sal == 0.3
-    assert cfg.sparsity.delta_t == 100
-    assert cfg.sparsity.alpha == 0.3
-    assert cfg.sparsity.t_end == 0.75
-    assert cfg.sparsity.distribution == "erk"
-    assert cfg.trainer.epochs == 250
-    assert cfg.trainer.batch_size * cfg.trainer.grad_accumulation == 128
-    assert cfg.optimizer._target_ == "torch.optim.SGD"
-    assert cfg.optimizer.lr == 0.1
-    assert cfg.optimizer.momentum == 0.9
-    assert cfg.optimizer.nesterov is True
-    assert cfg.optimizer.weight_decay == 5e-4
-    assert cfg.dataset.normalize is False
-    assert cfg.dataset.augment is True
-    assert cfg.lr_schedule._target_ == "sst.lr_schedules.step_decay"
-    assert (cfg.lr_schedule.gamma, cfg.lr_schedule.step_size_epochs) == (0.2, 77)
-    schedule, per_epoch = lr_factors(cfg, 50_000)
-    assert per_epoch == CIFAR_STEPS_PER_EPOCH
-    assert schedule(0) == 1.0
+    per_epoch, total = plan(cfg, 50_000)
+    assert (per_epoch, total) == (CIFAR_STEPS_PER_EPOCH, 250 * CIFAR_STEPS_PER_EPOCH)
+    assert first_sgd_step(cfg) == pytest.approx(sgd_expected(0.1, 0.9, 5e-4, nesterov=True))
+    schedule, _ = lr_factors(cfg, 50_000)
     assert schedule(77 * per_epoch - 1) == 1.0
     assert schedule(77 * per_epoch) == pytest.approx(0.2)
     assert schedule(154 * per_epoch) == pytest.approx(0.04)
+    method = stand_in_method(cfg, total)
+    assert isinstance(method, sst.sparsity.SRigL) and method.structure.kind == "constant_fanin"
+    updates = update_steps(method, total)
+    assert updates[0] == 100 and updates[-1] < 0.75 * total <= updates[-1] + 100
+    assert method.drop_fraction(0) == pytest.approx(0.3)
+    assert method.gamma_sal == 0.3  # the paper's CNN setting; swept by the study
 
 
-# ----------------------------------------------------------------------------- SRigL, ImageNet
 def test_srigl_resnet50_imagenet_recipe() -> None:
     cfg = preset("srigl_resnet50_imagenet")
     choices = cfg.hydra.runtime.choices
     assert (choices.model, choices.dataset, choices.sparsity) == ("resnet50", "imagenet", "srigl")
-    assert cfg.sparsity.delta_t == 800
-    assert cfg.sparsity.grad_accumulation == 8
-    assert cfg.sparsity.distribution == "erk"
-    assert cfg.sparsity.dense_first is True
-    assert cfg.sparsity.sparse_init is True
-    assert cfg.sparsity.gamma_sal == 0.3
-    assert cfg.trainer.batch_size == 512
-    assert cfg.trainer.grad_accumulation == 1
-    assert cfg.trainer.label_smoothing == 0.1
-    assert cfg.trainer.max_steps == 256_000
-    assert cfg.trainer.epochs == 104
-    assert total_steps(cfg, IMAGENET_TRAIN) == 256_000, "max_steps must decide the length"
-    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.2, 1e-4)
-    assert cfg.lr_schedule._target_ == "sst.lr_schedules.multistep"
-    assert list(cfg.lr_schedule.milestones_epochs) == [30, 70, 90]
-    assert (cfg.lr_schedule.gamma, cfg.lr_schedule.warmup_epochs) == (0.1, 5)
-    schedule, per_epoch = lr_factors(cfg, IMAGENET_TRAIN)
+    per_epoch, total = plan(cfg, IMAGENET_TRAIN)
+    assert total == 256_000 and per_epoch == IMAGENET_TRAIN // 512
+    assert first_sgd_step(cfg) == pytest.approx(sgd_expected(0.2, 0.9, 1e-4, nesterov=True))
+    schedule, _ = lr_factors(cfg, IMAGENET_TRAIN)
     assert schedule(0) < 0.01 and schedule(5 * per_epoch) == 1.0
     assert schedule(30 * per_epoch) == pytest.approx(0.1)
     assert schedule(90 * per_epoch) == pytest.approx(1e-3)
+    method = stand_in_method(cfg, total)
+    assert update_steps(method, 2000) == [800, 1600]
+    assert method.grad_accumulation == 8 and method._needs_dense_grad(793)
+    assert not method._needs_dense_grad(792)
+    first = next(iter(method.candidates))
+    assert first not in method.masks  # the first layer stays dense
 
 
 def test_srigl_vit_b16_imagenet_recipe() -> None:
     cfg = preset("srigl_vit_b16_imagenet")
     choices = cfg.hydra.runtime.choices
     assert (choices.model, choices.dataset, choices.sparsity) == ("vit_b_16", "imagenet", "srigl")
-    assert cfg.sparsity.gamma_sal == 0.95
-    assert cfg.sparsity.distribution == "uniform"
-    assert cfg.sparsity.delta_t == 100
-    assert "MultiheadAttention" in cfg.sparsity.layer_types
-    assert cfg.optimizer._target_ == "torch.optim.AdamW"
-    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.003, 0.3)
-    assert cfg.lr_schedule._target_ == "sst.lr_schedules.cosine"
-    assert cfg.lr_schedule.warmup_epochs == 16
-    assert cfg.trainer.label_smoothing == 0.11
-    assert cfg.trainer.grad_clip == 1.0
-    assert cfg.trainer.batch_size == 4096
-    assert cfg.trainer.grad_accumulation > 1, "batch 4096 is simulated"
-    assert cfg.trainer.batch_size % cfg.trainer.grad_accumulation == 0
-    assert total_steps(cfg, IMAGENET_TRAIN) == cfg.trainer.max_steps
-    schedule, per_epoch = lr_factors(cfg, IMAGENET_TRAIN)
+    per_epoch, total = plan(cfg, IMAGENET_TRAIN)
+    assert total == 46_918 and cfg.trainer.batch_size == 4096
+    optimizer = instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.ones(1))])
+    assert isinstance(optimizer, torch.optim.AdamW)
+    schedule, _ = lr_factors(cfg, IMAGENET_TRAIN)
     assert schedule(16 * per_epoch) == pytest.approx(1.0)
-    assert schedule(cfg.trainer.max_steps - 1) < 1e-3
+    assert schedule(total - 1) < 1e-3
+    method = stand_in_method(cfg, total)
+    assert method.gamma_sal == 0.95  # the paper's ViT setting
+    densities = set(method.layer_density.values())
+    assert len(densities) == 1, "uniform distribution"
 
 
-# ----------------------------------------------------------------------------- RigL
 def test_rigl_resnet50_imagenet_recipe() -> None:
     cfg = preset("rigl_resnet50_imagenet")
     choices = cfg.hydra.runtime.choices
     assert (choices.model, choices.dataset, choices.sparsity) == ("resnet50", "imagenet", "rigl")
-    assert cfg.sparsity.distribution == "erk"
-    assert (cfg.sparsity.delta_t, cfg.sparsity.alpha, cfg.sparsity.t_end) == (100, 0.3, 0.75)
-    assert cfg.sparsity.skip_optimizer_step is True
-    assert cfg.trainer.batch_size == 4096, "the paper's optimizer batch"
-    assert cfg.trainer.max_steps == 32_000
-    assert total_steps(cfg, IMAGENET_TRAIN) == 32_000
-    assert cfg.optimizer.lr == pytest.approx(0.1 * 4096 / 256)
-    assert cfg.optimizer.weight_decay == 1e-4
-    assert cfg.trainer.label_smoothing == 0.1
-    assert list(cfg.lr_schedule.milestones_epochs) == [30, 70, 90]
+    per_epoch, total = plan(cfg, IMAGENET_TRAIN)
+    assert total == 32_000 and cfg.trainer.batch_size == 4096, "the paper's optimizer batch"
+    assert first_sgd_step(cfg) == pytest.approx(sgd_expected(1.6, 0.9, 1e-4, nesterov=True))
+    schedule, _ = lr_factors(cfg, IMAGENET_TRAIN)
+    assert schedule(30 * per_epoch) == pytest.approx(0.1)
+    method = stand_in_method(cfg, total)
+    assert method.skip_optimizer_step and update_steps(method, 300) == [100, 200, 300]
+    assert method.drop_fraction(0) == pytest.approx(0.3)
 
-    uniform = preset("rigl_resnet50_imagenet", f"{DISTRIBUTION}=uniform")
-    assert uniform.sparsity.distribution == "uniform_uncompensated"
-    assert uniform.sparsity.dense_first is True
-    for method in ("set", "rigl"):
-        cell = preset("rigl_resnet50_imagenet", f"{METHOD}={method}")
-        assert cell.hydra.runtime.choices.sparsity == method
-        assert cell.sparsity.skip_optimizer_step is True
-        assert cell.sparsity.delta_t == 100
-    static = preset("rigl_resnet50_imagenet", f"{METHOD}=static")
-    assert static.sparsity._target_ == "sst.sparsity.Static"
-    assert "delta_t" not in static.sparsity and "skip_optimizer_step" not in static.sparsity
+    uniform = stand_in_method(preset("rigl_resnet50_imagenet", f"{DISTRIBUTION}=uniform"), total)
+    assert next(iter(uniform.candidates)) not in uniform.masks  # first layer dense, on top
+    assert set(uniform.layer_density.values()) == {0.1, 1.0}
+    for method_name in ("set", "rigl"):
+        cell = stand_in_method(preset("rigl_resnet50_imagenet", f"{METHOD}={method_name}"), total)
+        assert cell.skip_optimizer_step and update_steps(cell, 300) == [100, 200, 300]
+    static = stand_in_method(preset("rigl_resnet50_imagenet", f"{METHOD}=static"), total)
+    assert type(static) is sst.sparsity.Static
 
 
 def test_rigl_wrn22_2_cifar10_recipe() -> None:
     cfg = preset("rigl_wrn22_2_cifar10")
     choices = cfg.hydra.runtime.choices
     assert (choices.model, choices.dataset, choices.sparsity) == ("wrn22_2", "cifar10", "rigl")
-    assert cfg.sparsity.distribution == "erk"
-    assert cfg.trainer.epochs == 250
-    assert cfg.trainer.batch_size == 128
-    assert cfg.optimizer.momentum == 0.9
-    assert cfg.optimizer.nesterov is False
-    assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (0.1, 5e-4)
-    assert (cfg.lr_schedule.gamma, cfg.lr_schedule.step_size_epochs) == (0.2, 77)
-    schedule, per_epoch = lr_factors(cfg, 50_000)
+    per_epoch, total = plan(cfg, 50_000)
+    assert total == 250 * CIFAR_STEPS_PER_EPOCH
+    assert first_sgd_step(cfg) == pytest.approx(sgd_expected(0.1, 0.9, 5e-4, nesterov=False))
+    schedule, _ = lr_factors(cfg, 50_000)
     # "divided by 5 every 30k steps": the first drop lands within one epoch of step 30000.
     assert schedule(30_000 - per_epoch) == 1.0
     assert schedule(30_000 + per_epoch) == pytest.approx(0.2)
