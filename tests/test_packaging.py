@@ -5,6 +5,7 @@ the default job from a folder outside the checkout, and ``sst-table``/``sst-plot
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -48,11 +49,15 @@ def test_wheel_installs_and_runs_the_default_job(tmp_path: Path) -> None:
     this interpreter's site-packages through a ``.pth`` file (no download, and the wheel's
     own ``sst`` comes first on the path, never the checkout)."""
     wheels = tmp_path / "wheels"
+    build = ROOT / "build"  # setuptools builds in the tree: leave no stale copy behind
+    had_build = build.exists()
     subprocess.run(
         [*PIP, "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(wheels)],
         check=True,
         env=clean_env(),
     )
+    if not had_build:
+        shutil.rmtree(build, ignore_errors=True)
     (wheel,) = wheels.glob("sst-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "sst/conf/config.yaml" in names
