@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import plots
-from .results import DEFAULT_KEYS, METRICS, aggregate, collect, read_run
-from .table_cli import problem_notes
+from .results import DEFAULT_KEYS, METRICS, aggregate, read_run
+from .table_cli import gather, problem_notes
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -38,6 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     acc = command("accuracy", "accuracy vs sparsity per method", "run or sweep folders")
     acc.add_argument("--by", nargs="+", default=[], metavar="KEY", help="more series keys")
     acc.add_argument("--metric", choices=sorted(METRICS), default="final")
+    acc.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE", help="keep only")
     layers = command("layers", "per-layer density of runs", "run folders")
     layers.add_argument("--labels", nargs="+", help="legend labels, one per run")
     command("neurons", "active neurons per layer over training", "a run folder")
@@ -50,7 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def make_figure(args: argparse.Namespace):
     if args.command == "accuracy":
-        found = collect(args.runs)
+        found = gather(argparse.Namespace(paths=args.runs, wandb=None, where=args.where))
         for line in problem_notes(found.problems):
             print(line, file=sys.stderr)
         keys = list(dict.fromkeys([*DEFAULT_KEYS, *args.by]))

@@ -165,6 +165,28 @@ def wandb_runs(path: str, *, api: Any = None, filters: dict[str, Any] | None = N
     return Collection([r for r in runs if r.finished], [r for r in runs if not r.finished])
 
 
+def parse_where(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["dataset=digits", "sparsity.gamma_sal=0"]`` -> ``{"dataset": "digits",
+    "sparsity.gamma_sal": 0}`` (values read as YAML scalars)."""
+    import yaml
+
+    where = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--where {pair!r} must be KEY=VALUE, e.g. dataset=digits")
+        where[key] = yaml.safe_load(text)
+    return where
+
+
+def select(runs: Sequence[Run], where: dict[str, Any]) -> list[Run]:
+    """The runs whose value of every key of ``where`` equals the given one (numbers compared
+    as numbers: ``0`` matches ``0.0``)."""
+    from .papers import same_value
+
+    return [r for r in runs if all(same_value(r.value(k), v) for k, v in where.items())]
+
+
 # ----------------------------------------------------------------------------- aggregating
 @dataclass
 class Stat:

@@ -30,6 +30,8 @@ from .results import (
     Run,
     aggregate,
     collect,
+    parse_where,
+    select,
     wandb_runs,
 )
 from .tables import FORMATS, mean_std, number, percent, render
@@ -227,6 +229,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="final",
         help="final test accuracy (default) or the best seen during training",
     )
+    parser.add_argument(
+        "--where",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep only runs with these values, e.g. dataset=digits sparsity.gamma_sal=0",
+    )
     parser.add_argument("--format", choices=FORMATS, default="markdown")
     parser.add_argument(
         "--paper", metavar="NAME", help=f"a published table: {', '.join(paper_table_names())}"
@@ -238,13 +247,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def gather(args: argparse.Namespace) -> Collection:
+    """The runs of the paths (and of W&B with ``--wandb``), narrowed by ``--where``."""
     if args.wandb:
         found = wandb_runs(args.wandb)
         if args.paths:
             local = collect(args.paths)
             found = Collection(found.runs + local.runs, found.problems + local.problems)
+    else:
+        found = collect(args.paths or [DEFAULT_RUNS])
+    where = parse_where(getattr(args, "where", []))
+    if not where:
         return found
-    return collect(args.paths or [DEFAULT_RUNS])
+    problems = [r for r in found.problems if not r.config or select([r], where)]
+    return Collection(select(found.runs, where), problems)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -145,6 +145,19 @@ def test_cli_writes_file_and_rejects_bad_input(study: Path, tmp_path: Path, caps
     assert sst_table([str(empty)]) == 1
 
 
+def test_where_keeps_matching_runs(study: Path, capsys) -> None:
+    assert sst_table([str(study), "--where", "method=rigl", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(g["method"], g["n"]) for g in data["groups"]] == [("rigl", 2)]
+    assert [Path(p["run"]).name for p in data["not_finished"]] == ["crashed"]  # no config
+    assert sst_table([str(study), "--where", "sparsity=0.99", "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(g["method"], g["n"]) for g in data["groups"]] == [("srigl", 1)]
+    assert len(data["not_finished"]) == 2
+    assert sst_table([str(study), "--where", "method"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- paper tables
 def test_paper_table_is_filled_where_runs_exist(tmp_path: Path, capsys) -> None:
     root = tmp_path / "runs"
