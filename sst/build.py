@@ -185,7 +185,8 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
 
     config = OmegaConf.to_container(cfg, resolve=True)
     info = run_info(cfg, choices)
-    record = {**config, "choices": choices, "overrides": command_line_overrides(), **info}
+    # the groups as resolved, then the key settings that are not config keys of their own
+    record = {**info, **config, "choices": choices, "overrides": command_line_overrides()}
     run_log = make_run_log(cfg, run_dir, record)
     return Loop(
         model=model,

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The CPU study in one command: train every cell of experiment=cpu_study_digits (Static, SET,
+# RigL, SRigL at 90/95/99% sparsity, 3 seeds), SRigL without ablation (gamma_sal 0) and the
+# dense baseline, then write the table to docs/study.md and the figures to docs/figures/.
+# With CIFAR=1 it also runs experiment=cpu_study_cifar10 (ResNet-20 on a 5,000-image subset
+# of the CIFAR-10 JPEG copy in $SST_CIFAR10_JPEG) and adds its table and figure.
+# Finished runs are skipped and interrupted ones resume, so it can be rerun at any time.
+#   scripts/run_cpu_study.sh                 # OUT=outputs/cpu_study JOBS=2 by default
+#   CIFAR=1 SST_CIFAR10_JPEG=/data/cifar10-jpeg scripts/run_cpu_study.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-outputs/cpu_study}
+JOBS=${JOBS:-2}
+RUNS="$OUT/runs"
+
+study() {  # the preset's grid, SRigL without ablation, dense
+  local common=("experiment=$1" "output_dir=$OUT" trainer.progress_bar=false logger=none
+                launcher=joblib "hydra.launcher.n_jobs=$JOBS")
+  sst-train -m "${common[@]}"
+  sst-train -m "${common[@]}" sparsity=srigl sparsity.gamma_sal=0 sparsity.density=0.1,0.05,0.01
+  sst-train -m "${common[@]}" sparsity=dense sparsity.density=1.0
+}
+
+study cpu_study_digits
+if [[ "${CIFAR:-0}" == 1 ]]; then
+  study cpu_study_cifar10
+fi
+
+mkdir -p docs/figures
+datasets=(digits)
+[[ "${CIFAR:-0}" == 1 ]] && datasets+=(cifar10_jpeg)
+{
+  echo "<!-- written by scripts/run_cpu_study.sh from the runs in $RUNS; text: docs/study_notes.md -->"
+  cat docs/study_notes.md
+  for data in "${datasets[@]}"; do
+    figure="docs/figures/study_${data}"
+    sst-plot accuracy "$RUNS" --where "dataset=$data" --by sparsity.gamma_sal -o "$figure" --formats png >&2
+    echo
+    echo "## $data: \`sst-table $RUNS --where dataset=$data --by sparsity.gamma_sal\`"
+    echo
+    sst-table "$RUNS" --where "dataset=$data" --by sparsity.gamma_sal
+    echo
+    echo "![accuracy vs sparsity on $data](figures/study_${data}.png)"
+  done
+  # SRigL's neuron ablation at 99% sparsity: one run's active neurons and mask
+  run_99=$(python - "$RUNS" <<'PY'
+import sys
+from sst.results import collect
+for run in collect([sys.argv[1]]).runs:
+    cell = [run.value(k) for k in ("dataset", "method", "density", "sparsity.gamma_sal", "seed")]
+    if cell == ["digits", "srigl", 0.01, 0.3, 0]:
+        print(run.source)
+PY
+)
+  sst-plot neurons "$run_99" -o docs/figures/study_neurons_srigl99 --formats png >&2
+  sst-plot mask "$run_99" --layer 3 -o docs/figures/study_mask_srigl99 --formats png >&2
+  echo
+  echo "## SRigL at 99% sparsity on digits, seed 0: active neurons and the mask of layer 3"
+  echo
+  echo "![active neurons](figures/study_neurons_srigl99.png)"
+  echo "![mask of layer 3](figures/study_mask_srigl99.png)"
+} > docs/study.md
+echo "wrote docs/study.md and docs/figures/"
