@@ -73,10 +73,12 @@ class Checkpointing:
 
 class Preemption:
     """A SIGTERM / SIGUSR1 received during the step: save (unless this step was just
-    saved), then raise ``Preempted``."""
+    saved), then raise ``Preempted``. Under DDP the ranks first agree on the signal
+    (``Loop.stop_requested``), so all of them save and stop at the same step."""
 
     def after_step(self, loop: Loop, boundary: Boundary) -> None:
-        if loop.stop_signal is not None:
+        signum = loop.stop_requested()
+        if signum is not None:
             if loop.saved_step != loop.step:
                 loop.save_checkpoint()
-            raise Preempted(f"signal {loop.stop_signal}: checkpoint saved at step {loop.step}")
+            raise Preempted(f"signal {signum}: checkpoint saved at step {loop.step}")

@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from . import config as _config  # noqa: F401  (registers the run-folder resolvers)
+from . import dist
 from .build import build
 from .events import Preempted
 from .runs import finished_summary
@@ -31,7 +32,8 @@ def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = N
     run_dir = Path(run_dir)
     done = finished_summary(run_dir)
     if done is not None:
-        print(f"sst: run already finished, skipping: {run_dir}")
+        if dist.is_main():
+            print(f"sst: run already finished, skipping: {run_dir}")
         return done
     loop = build(cfg, run_dir, choices)
     run_log = loop.run_log
@@ -46,6 +48,8 @@ def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = N
         run_log.finish(exit_code=1)
         raise
     run_log.finish(exit_code=0)
+    if not dist.is_main():
+        return summary
     print(format_summary(summary, run_dir))
     if run_log.wandb_mode == "offline":
         print(f"  W&B (offline): wandb sync {run_dir}/wandb/offline-run-*")
@@ -70,7 +74,8 @@ def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
+    dist.quiet_logging()  # a rank other than 0 writes no train.log
     hydra_cfg = HydraConfig.get()
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     try:
@@ -78,6 +83,15 @@ def main(cfg: DictConfig) -> float | None:
     except Preempted:
         sys.exit(124)
     return summary.get("final_test_acc")
+
+
+def main() -> None:
+    """``sst-train``. Under torchrun every rank composes the same config and run folder;
+    ranks other than 0 tell Hydra not to write ``.hydra/`` there (under the submitit
+    launcher the rank is known only inside the task, and each task writes the same
+    ``.hydra/`` files)."""
+    sys.argv.extend(dist.hydra_overrides())
+    hydra_main()
 
 
 if __name__ == "__main__":
