@@ -22,7 +22,20 @@ log = logging.getLogger("sst.loop")
 
 
 class Preempted(Exception):
-    """Raised after the checkpoint was saved on SIGTERM / SIGUSR1."""
+    """Raised after the checkpoint was saved on a stop signal (``sst.loop.stop_signals``).
+
+    ``handler`` is the signal's handler from before the loop took the signal over (a
+    launcher's, e.g. submitit's requeue); ``hand_over`` calls it once the run has closed.
+    """
+
+    def __init__(self, message: str, signum: int | None = None, handler=None) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.handler = handler
+
+    def hand_over(self) -> None:
+        if self.handler is not None:
+            self.handler(self.signum, None)
 
 
 @dataclass(frozen=True)
@@ -81,4 +94,8 @@ class Preemption:
         if signum is not None:
             if loop.saved_step != loop.step:
                 loop.save_checkpoint()
-            raise Preempted(f"signal {signum}: checkpoint saved at step {loop.step}")
+            raise Preempted(
+                f"signal {signum}: checkpoint saved at step {loop.step}",
+                signum,
+                loop.previous_handler(signum),
+            )

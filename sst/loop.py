@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import dist
-from .events import Boundary, Checkpointing, Evaluation, Preemption, TrainRecords
+from .events import Boundary, Checkpointing, Evaluation, Preempted, Preemption, TrainRecords
 from .hooks import Hook
 from .runlog import RunLog, SilentRunLog
 from .sparsity.layers import unwrap
@@ -38,6 +39,19 @@ from .sparsity.stages import Stage, check_stages, single_stage, stage_at
 log = logging.getLogger(__name__)
 
 AMP_MODES = ("none", "bf16", "fp16")
+
+
+def stop_signals() -> list[int]:
+    """The signals that make the loop save and stop: SIGTERM (preemption), SIGUSR1 (SLURM's
+    time-limit warning) and, inside a submitit job, submitit's preemption signal (SIGUSR2
+    unless ``SUBMITIT_PREEMPT_SIGNAL`` names another), whose own handler requeues the job:
+    the loop hands the signal over to it once the checkpoint is saved
+    (``Preempted.hand_over``)."""
+    wanted = [signal.SIGTERM, getattr(signal, "SIGUSR1", None)]
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+        wanted.append(getattr(signal, f"SIG{name}", None))
+    return list(dict.fromkeys(s for s in wanted if s is not None))
 
 
 class NonFiniteLoss(Exception):
@@ -195,6 +209,7 @@ class Loop:
         self.elapsed = 0.0
         self.stop_signal: int | None = None  # a stop signal this process received
         self._stop_vote = dist.StopVote()
+        self._previous_handlers: dict[int, Any] = {}  # of the stop signals, during fit
         self.saved_step: int | None = None
         self._start = time.perf_counter()
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -300,16 +315,22 @@ class Loop:
 
     @contextlib.contextmanager
     def _signal_handlers(self):
-        wanted = [signal.SIGTERM, getattr(signal, "SIGUSR1", None)]
         previous = {}
         try:
-            for sig in filter(None, wanted):
+            for sig in stop_signals():
                 with contextlib.suppress(ValueError):  # not the main thread
                     previous[sig] = signal.signal(sig, self._on_signal)
+            self._previous_handlers = dict(previous)
             yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def previous_handler(self, signum: int) -> Callable | None:
+        """The handler of ``signum`` before the loop took it over, if it was a function
+        (submitit's requeue), else None."""
+        handler = self._previous_handlers.get(signum)
+        return handler if callable(handler) else None
 
     # ----------------------------------------------------------------- one training step
     def _autocast(self):
@@ -484,8 +505,11 @@ class Loop:
                         self.step_in_epoch = 0
                     for event in self.events:
                         event.after_step(self, boundary)
-        finally:
             self._stop_vote.close()
+        except Preempted:
+            self._stop_vote.close()  # every rank stopped at this step: its vote completes
+            raise
+        finally:
             self._progress.close()
             self._progress = None
         return self._summary()

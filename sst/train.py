@@ -80,7 +80,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     try:
         summary = run(cfg, hydra_cfg.runtime.output_dir, choices)
-    except Preempted:
+    except Preempted as stop:
+        stop.hand_over()  # e.g. submitit requeues the job, now that the checkpoint is saved
         sys.exit(124)
     return summary.get("final_test_acc")
 

@@ -8,6 +8,7 @@ The multi-process tests spawn ranks (``tests/ddp.py``) or run ``torchrun``; each
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,9 @@ from sst import dist
 from sst.build import build, per_rank_batch
 from sst.config import ConfigError
 from sst.data.loaders import make_loader
+from sst.events import Preempted
+from sst.hooks import Hook
+from sst.loop import stop_signals
 from sst.sparsity import RigL
 from sst.train import run
 
@@ -156,6 +160,41 @@ def test_mask_checksum_tells_apart_masks_that_differ_in_one_weight(tiny_net):
     after = method.mask_set.checksum()
     changed = (after != before).any(dim=1).tolist()
     assert changed == [name == "fc1" for name in method.masks]
+
+
+class SignalAt(Hook):
+    """Sends ``signum`` to this process after optimizer step ``step``."""
+
+    name = "signal"
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum, self.seen = step, signum, 0
+
+    def after_optimizer_step(self) -> None:
+        self.seen += 1
+        if self.seen == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_stop_signal_is_handed_to_the_launchers_handler_after_the_checkpoint(tmp_path, monkeypatch):
+    """submitit requeues the job in its own handler of its preemption signal (SIGUSR2): the
+    loop takes the signal over, saves, and hands it back once the run has closed."""
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    assert signal.SIGUSR2 in stop_signals()
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))
+    try:
+        cfg, run_dir, choices = compose_run([*TINY, "sparsity=rigl"], tmp_path)
+        loop = build(cfg, run_dir, choices)
+        loop.hooks.append(SignalAt(7, signal.SIGUSR2))
+        with pytest.raises(Preempted) as stopped:
+            loop.fit()
+        assert calls == []  # the loop held the signal until the checkpoint was saved
+        assert checkpoint(run_dir)["step"] == 7
+        stopped.value.hand_over()
+        assert calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def test_stop_vote_in_one_process_is_the_local_signal():
