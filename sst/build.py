@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,13 +13,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from . import dist
 from .checkpoint import seed_everything
 from .config import ConfigError
 from .data import make_loader
 from .distill import DistillHook, load_teacher
 from .hooks import Hook, SparsityHook
 from .loop import Loop, LoopSettings, step_plan
-from .runlog import RunLog, git_commit
+from .runlog import RunLog, SilentRunLog, git_commit
 from .settings import check_config
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -50,18 +50,66 @@ def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> 
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, launch: dist.Environment | None = None) -> torch.device:
+    """The device of ``trainer.device``; in a multi-process launch each rank takes the CUDA
+    device of its local rank (``cuda:<local_rank>``, modulo the visible devices)."""
+    launch = launch or dist.Environment()
     if name not in DEVICES:
         raise ConfigError(f"trainer.device={name!r} is unknown: allowed values are {DEVICES}")
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+            name = "cuda"
+        elif torch.backends.mps.is_available() and not launch.distributed:
+            name = "mps"
+        else:
+            name = "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is visible")
+    if name == "mps" and launch.distributed:
+        raise ConfigError(
+            f"trainer.device=mps cannot run {launch.world_size} processes (DDP): use cuda or cpu"
+        )
+    if name == "cuda" and launch.distributed:
+        return torch.device("cuda", launch.local_rank % torch.cuda.device_count())
     return torch.device(name)
+
+
+def per_rank_batch(batch_size: int, grad_accumulation: int, world_size: int) -> int:
+    """Samples per rank and micro-batch: ``trainer.batch_size`` is the global batch of an
+    optimizer step, split over ``world_size`` ranks and ``grad_accumulation`` micro-batches,
+    which must divide it."""
+    parts = grad_accumulation * world_size
+    if batch_size < 1 or batch_size % parts:
+        raise ConfigError(
+            f"trainer.batch_size={batch_size} (the global batch of an optimizer step) must be "
+            f"a positive multiple of trainer.grad_accumulation={grad_accumulation} x "
+            f"{world_size} processes (the world size) = {parts}"
+        )
+    return batch_size // parts
+
+
+def prepare_model(
+    model: nn.Module, device: torch.device, trainer: DictConfig, launch: dist.Environment
+) -> nn.Module:
+    """The model on its device; with ``trainer.sync_batchnorm`` in a multi-process run its
+    BatchNorm layers become SyncBatchNorm (statistics over the global batch)."""
+    model = place_model(model, device, trainer.channels_last)
+    if trainer.get("sync_batchnorm", False) and launch.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def check_launch(trainer: DictConfig, settings: LoopSettings, launch: dist.Environment) -> None:
+    """What a multi-process launch needs of the trainer settings, checked before the
+    process group starts (a refused rank must not leave the others waiting for it)."""
+    per_rank_batch(trainer.batch_size, settings.grad_accumulation, launch.world_size)
+    if trainer.get("sync_batchnorm", False) and launch.distributed:
+        device = pick_device(trainer.device, launch)
+        if device.type != "cuda":
+            raise ConfigError(
+                "trainer.sync_batchnorm=true needs CUDA devices: PyTorch's SyncBatchNorm does "
+                f"not run on {device.type}; set trainer.sync_batchnorm=false"
+            )
 
 
 def loop_settings(trainer: DictConfig) -> LoopSettings:
@@ -124,43 +172,40 @@ def run_info(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
 def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = None) -> Loop:
     """Composed config -> a ready ``Loop`` writing into ``run_dir``."""
     choices = choices or {}
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError(
-            "multi-process (DDP) training is not supported yet: launch sst-train as a single "
-            "process (WORLD_SIZE is set to more than 1)"
-        )
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
     check_config(cfg)
     trainer = cfg.trainer
     settings = loop_settings(trainer)
-    seed_everything(cfg.seed, deterministic=trainer.deterministic)
-    device = pick_device(trainer.device)
+    launch = dist.environment()
+    check_launch(trainer, settings, launch)
+    device = pick_device(trainer.device, launch)
     if settings.amp == "fp16" and device.type != "cuda":
         raise ConfigError(
             f"trainer.amp=fp16 needs a CUDA device (the device is {device.type}): "
             "use trainer.amp=bf16 or trainer.amp=none"
         )
-    if trainer.batch_size < 1 or trainer.batch_size % settings.grad_accumulation:
-        raise ConfigError(
-            f"trainer.batch_size={trainer.batch_size} must be a positive multiple of "
-            f"trainer.grad_accumulation={settings.grad_accumulation}"
-        )
+    dist.setup(launch, device)
+    # the same seed on every rank: the same initial weights and masks everywhere
+    seed_everything(cfg.seed, deterministic=trainer.deterministic)
 
-    data = make("dataset", cfg.dataset)
+    with dist.main_first():  # rank 0 downloads or unpacks, the others then read
+        data = make("dataset", cfg.dataset)
     model = make(
         "model", cfg.model, num_classes=data.num_classes, input_shape=tuple(data.input_shape)
     )
-    model = place_model(model, device, settings.channels_last)
-    micro_batch = trainer.batch_size // settings.grad_accumulation
+    model = prepare_model(model, device, trainer, launch)
+    # loaders yield global (micro-)batches, each rank its slice of every one
+    shards = {"rank": launch.rank, "world_size": launch.world_size}
     train_loader = make_loader(
         data.train,
-        batch_size=micro_batch,
+        batch_size=trainer.batch_size // settings.grad_accumulation,
         shuffle=True,
         seed=cfg.seed,
         num_workers=trainer.num_workers,
         pin_memory=device.type == "cuda",
         drop_last=True,
+        **shards,
     )
     test_loader = make_loader(
         data.test,
@@ -169,13 +214,18 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
         seed=cfg.seed,
         num_workers=trainer.num_workers,
         pin_memory=device.type == "cuda",
+        **shards,
     )
-    optimizer = make("optimizer", cfg.optimizer, params=model.parameters())
+    # DDP wraps the model; the optimizer steps its parameters (the model's own tensors) and
+    # the sparsity method masks the unwrapped model's weights
+    trained = dist.wrap(model, device)
+    optimizer = make("optimizer", cfg.optimizer, params=trained.parameters())
     per_epoch, stage_steps = step_plan(len(train_loader), settings)
     lr_multiplier = make(
         "lr_schedule", cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=stage_steps
     )
     method = build_method(cfg, model, optimizer, stage_steps, data, device)
+    method.mask_set.check_ranks = trainer.get("mask_check", True)
     hooks = build_hooks(cfg, method, device)
     model_meta = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -187,9 +237,9 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
     info = run_info(cfg, choices)
     # the groups as resolved, then the key settings that are not config keys of their own
     record = {**info, **config, "choices": choices, "overrides": command_line_overrides()}
-    run_log = make_run_log(cfg, run_dir, record)
+    run_log = make_run_log(cfg, run_dir, record) if dist.is_main() else SilentRunLog()
     return Loop(
-        model=model,
+        model=trained,
         optimizer=optimizer,
         lr_multiplier=lr_multiplier,
         train_loader=train_loader,

@@ -22,11 +22,20 @@ log = logging.getLogger("sst.loop")
 
 
 class Preempted(Exception):
-    """Raised after the checkpoint was saved on SIGTERM / SIGUSR1 / SIGUSR2 (``signum``)."""
+    """Raised after the checkpoint was saved on a stop signal (``sst.loop.stop_signals``).
 
-    def __init__(self, message: str, signum: int | None = None) -> None:
+    ``handler`` is the signal's handler from before the loop took the signal over (a
+    launcher's, e.g. submitit's requeue); ``hand_over`` calls it once the run has closed.
+    """
+
+    def __init__(self, message: str, signum: int | None = None, handler=None) -> None:
         super().__init__(message)
         self.signum = signum
+        self.handler = handler
+
+    def hand_over(self) -> None:
+        if self.handler is not None:
+            self.handler(self.signum, None)
 
 
 @dataclass(frozen=True)
@@ -76,14 +85,17 @@ class Checkpointing:
 
 
 class Preemption:
-    """A SIGTERM / SIGUSR1 / SIGUSR2 received during the step: save (unless this step was just
-    saved), then raise ``Preempted``."""
+    """A SIGTERM / SIGUSR1 received during the step: save (unless this step was just
+    saved), then raise ``Preempted``. Under DDP the ranks first agree on the signal
+    (``Loop.stop_requested``), so all of them save and stop at the same step."""
 
     def after_step(self, loop: Loop, boundary: Boundary) -> None:
-        if loop.stop_signal is not None:
+        signum = loop.stop_requested()
+        if signum is not None:
             if loop.saved_step != loop.step:
                 loop.save_checkpoint()
             raise Preempted(
-                f"signal {loop.stop_signal}: checkpoint saved at step {loop.step}",
-                signum=loop.stop_signal,
+                f"signal {signum}: checkpoint saved at step {loop.step}",
+                signum,
+                loop.previous_handler(signum),
             )

@@ -51,7 +51,8 @@ class Hook:
 
 
 class SparsityHook(Hook):
-    """Drives a ``sst.sparsity`` method from the loop."""
+    """Drives a ``sst.sparsity`` method from the loop; under DDP it also checks that the
+    ranks hold the same masks when a stage starts and after a resume."""
 
     name = "sparsity"
 
@@ -66,6 +67,7 @@ class SparsityHook(Hook):
 
     def on_stage_start(self, stage: Stage) -> None:
         self.method.on_stage_start(stage)
+        self._verify_ranks()
 
     def metrics(self) -> dict[str, float]:
         return self.method.metrics()
@@ -86,3 +88,10 @@ class SparsityHook(Hook):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state)
+        self._verify_ranks()
+
+    def _verify_ranks(self) -> None:
+        """Under DDP: every rank starts (a stage, or a resumed run) with the same masks."""
+        mask_set = self.method.mask_set
+        if mask_set.check_ranks:
+            mask_set.verify_ranks()

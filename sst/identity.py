@@ -11,6 +11,9 @@ canonical JSON of the run's result-changing config groups with
   wherever the variable points, a root written out names the data;
 - the settings named in ``NEUTRAL`` left out while they hold their neutral value.
 
+The number of processes (DDP world size) is not a setting: ``trainer.batch_size`` is the
+global batch, so a run resumed on another number of GPUs is the same run in the same folder.
+
 ``NEUTRAL`` is how sst grows without moving finished runs: a setting added after runs exist,
 whose default reproduces the old behaviour, is listed there with that default, so every run
 that does not change it keeps its identity. ``tests/test_identity.py`` pins the identity of
@@ -45,6 +48,7 @@ NOT_IDENTITY = frozenset(
         "trainer.num_workers",
         "trainer.device",
         "trainer.eval_batch_size",
+        "trainer.mask_check",
         "dataset.download",
     }
 )
@@ -54,6 +58,7 @@ AS_WRITTEN = frozenset({"dataset.root"})
 NEUTRAL: dict[str, Any] = {
     "dataset.train_subset": None,
     "dataset.test_subset": None,
+    "trainer.sync_batchnorm": False,
 }
 
 _MISSING = object()

@@ -3,6 +3,11 @@
 A run is one or more stages (``sst.sparsity.stages``); each optimizer step takes the LR of
 its stage's schedule, and the duties that run on a cadence (train records, evaluation,
 checkpoints, preemption) live in ``sst.events``.
+
+Under DDP (``sst.dist``) the loop trains the wrapped model (micro-batches before the last of
+a step under ``no_sync``) and keeps the unwrapped one for checkpoints and evaluation; every
+rank runs the same steps, rank 0 alone writes, test metrics and the logged train loss are
+reduced over all ranks, and the ranks agree on a stop signal before acting on it.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,14 +30,28 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from . import dist
-from .events import Boundary, Checkpointing, Evaluation, Preemption, TrainRecords
+from .events import Boundary, Checkpointing, Evaluation, Preempted, Preemption, TrainRecords
 from .hooks import Hook
-from .runlog import RunLog
+from .runlog import RunLog, SilentRunLog
+from .sparsity.layers import unwrap
 from .sparsity.stages import Stage, check_stages, single_stage, stage_at
 
 log = logging.getLogger(__name__)
 
 AMP_MODES = ("none", "bf16", "fp16")
+
+
+def stop_signals() -> list[int]:
+    """The signals that make the loop save and stop: SIGTERM (preemption), SIGUSR1 (SLURM's
+    time-limit warning) and, inside a submitit job, submitit's preemption signal (SIGUSR2
+    unless ``SUBMITIT_PREEMPT_SIGNAL`` names another), whose own handler requeues the job:
+    the loop hands the signal over to it once the checkpoint is saved
+    (``Preempted.hand_over``)."""
+    wanted = [signal.SIGTERM, getattr(signal, "SIGUSR1", None)]
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+        wanted.append(getattr(signal, f"SIG{name}", None))
+    return list(dict.fromkeys(s for s in wanted if s is not None))
 
 
 class NonFiniteLoss(Exception):
@@ -88,12 +108,13 @@ def step_plan(batches_per_epoch: int, settings: LoopSettings) -> tuple[int, int]
 def evaluate(
     model: nn.Module, loader, device: torch.device, num_classes: int, autocast, channels_last
 ) -> dict[str, float]:
-    """Test loss, top-1 and (with more than 10 classes) top-5 accuracy in percent."""
+    """Test loss, top-1 and (with more than 10 classes) top-5 accuracy in percent. Under
+    DDP each rank evaluates its shard of the test set (every example once, no padding) and
+    the sums and counts are all-reduced, so every rank returns the same metrics."""
     was_training = model.training
     model.eval()
-    total, loss_sum = 0, torch.zeros((), device=device)
-    correct1 = torch.zeros((), device=device)
-    correct5 = torch.zeros((), device=device)
+    sums = torch.zeros(4, dtype=torch.float32 if device.type == "mps" else torch.float64)
+    loss_sum, correct1, correct5, total = sums.to(device).unbind()
     for inputs, targets in loader:
         inputs, targets = _to_device(inputs, targets, device, channels_last)
         with autocast():
@@ -105,9 +126,12 @@ def evaluate(
         correct5 += hits.any(dim=1).sum()
         total += targets.numel()
     model.train(was_training)
-    out = {"test/loss": loss_sum.item() / total, "test/acc": 100.0 * correct1.item() / total}
+    loss, hits1, hits5, count = dist.all_reduce_sum(
+        torch.stack([loss_sum, correct1, correct5, total])
+    ).tolist()
+    out = {"test/loss": loss / count, "test/acc": 100.0 * hits1 / count}
     if num_classes > 10:
-        out["test/acc_top5"] = 100.0 * correct5.item() / total
+        out["test/acc_top5"] = 100.0 * hits5 / count
     return out
 
 
@@ -137,14 +161,15 @@ class Loop:
         num_classes: int,
         settings: LoopSettings,
         device: torch.device,
-        run_log: RunLog | None = None,
+        run_log: RunLog | SilentRunLog | None = None,
         run_dir: str | Path | None = None,
         hooks: Sequence[Hook] = (),
         run_info: dict[str, Any] | None = None,
         stages: Sequence[Stage] | None = None,
         model_meta: dict[str, Any] | None = None,
     ) -> None:
-        self.model = model
+        self.model = model  # what trains: the DDP wrapper in a multi-process run
+        self.module = unwrap(model)  # what is saved and evaluated
         self.optimizer = optimizer
         self.lr_multiplier = lr_multiplier
         self.train_loader = train_loader
@@ -182,7 +207,9 @@ class Loop:
         self.best_acc = -math.inf
         self.last_eval: dict[str, float] = {}
         self.elapsed = 0.0
-        self.stop_signal: int | None = None
+        self.stop_signal: int | None = None  # a stop signal this process received
+        self._stop_vote = dist.StopVote()
+        self._previous_handlers: dict[int, Any] = {}  # of the stop signals, during fit
         self.saved_step: int | None = None
         self._start = time.perf_counter()
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
@@ -207,7 +234,7 @@ class Loop:
         ``sparsity``, what rebuilds the model under ``model_meta``."""
         hooks = {h.name: h.state_dict() for h in self.hooks}
         return {
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "model_meta": self.model_meta,
             "sparsity": hooks.pop("sparsity", None),
             "optimizer": self.optimizer.state_dict(),
@@ -227,7 +254,7 @@ class Loop:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         hooks = {"sparsity": state["sparsity"], **state["hooks"]}
@@ -248,13 +275,17 @@ class Loop:
     def save_checkpoint(self) -> None:
         """Saves unless a non-finite loss was seen: the last good checkpoint stays."""
         self._check_finite()
+        if dist.world_size() > 1:
+            # rank 0 saves: its loss window becomes every rank's share of the global one
+            # (the share of each is the ranks' mean, so the logged mean does not change)
+            self._loss_sum = dist.all_reduce_sum(self._loss_sum.clone()) / dist.world_size()
         if self.checkpoint_path is not None and dist.is_main():
             ckpt.save_atomic(self.state_dict(), self.checkpoint_path)
         self.saved_step = self.step
         dist.barrier()
 
     def _check_finite(self) -> None:
-        if bool(self._nonfinite):
+        if dist.any_rank(self._nonfinite):
             if self.saved_step is not None and self.checkpoint_path is not None:
                 kept = f"the last good checkpoint (step {self.saved_step}) is kept"
             else:
@@ -285,23 +316,29 @@ class Loop:
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
 
+    def stop_requested(self) -> int | None:
+        """After a step: the stop signal every rank agrees on (one step after the first rank
+        received it, under DDP; at once in a single process), else None."""
+        return self._stop_vote.poll(self.stop_signal)
+
     @contextlib.contextmanager
     def _signal_handlers(self):
-        # SIGUSR1: the usual sbatch --signal=USR1@120; SIGUSR2: submitit's time-limit signal
-        wanted = [
-            signal.SIGTERM,
-            getattr(signal, "SIGUSR1", None),
-            getattr(signal, "SIGUSR2", None),
-        ]
         previous = {}
         try:
-            for sig in filter(None, wanted):
+            for sig in stop_signals():
                 with contextlib.suppress(ValueError):  # not the main thread
                     previous[sig] = signal.signal(sig, self._on_signal)
+            self._previous_handlers = dict(previous)
             yield
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def previous_handler(self, signum: int) -> Callable | None:
+        """The handler of ``signum`` before the loop took it over, if it was a function
+        (submitit's requeue), else None."""
+        handler = self._previous_handlers.get(signum)
+        return handler if callable(handler) else None
 
     # ----------------------------------------------------------------- one training step
     def _autocast(self):
@@ -331,9 +368,11 @@ class Loop:
         """One optimizer step over ``grad_accumulation`` micro-batches."""
         accumulation = self.settings.grad_accumulation
         self._lr = self._set_lr()
-        for _ in range(accumulation):
+        for micro in range(accumulation):
             inputs, targets = next(micro_batches)
-            loss = self._micro_batch(inputs, targets)
+            # DDP all-reduces the gradients once, in the last micro-batch's backward
+            with dist.no_sync(self.model, skip=micro < accumulation - 1):
+                loss = self._micro_batch(inputs, targets)
             self._loss_sum += loss / accumulation
             self._nonfinite |= ~torch.isfinite(loss)
         self.scaler.unscale_(self.optimizer)
@@ -369,9 +408,12 @@ class Loop:
         return stage_at(self.stages, max(self.step - 1, 0))
 
     def record_train(self) -> None:
-        """Mean train loss since the last record, the LR, and the hooks' metrics."""
+        """Mean train loss since the last record (over all ranks), the LR, and the hooks'
+        metrics."""
         self._check_finite()
-        mean_loss = self._loss_sum.item() / self._loss_steps
+        mean_loss = dist.all_reduce_sum(self._loss_sum.clone()).item() / (
+            self._loss_steps * dist.world_size()
+        )
         self._postfix["loss"] = f"{mean_loss:.4f}"
         self._postfix["lr"] = f"{self._lr:.3g}"
         if self._progress is not None:
@@ -383,8 +425,9 @@ class Loop:
 
     def evaluate_and_record(self, stage_end: bool = False) -> None:
         """Test metrics now; at a stage's end also a row of ``stage_results``."""
+        dist.broadcast_buffers(self.module)  # every rank evaluates rank 0's model
         self.last_eval = evaluate(
-            self.model,
+            self.module,
             self.test_loader,
             self.device,
             self.num_classes,
@@ -446,6 +489,7 @@ class Loop:
         """Trains to the end and returns the summary (also written to ``summary.json``)."""
         self._start = time.perf_counter()
         self.resume()
+        dist.check_same("the step to start from", self.step)
         self.model.train()
         self._progress = tqdm(
             total=self.total_steps,
@@ -469,6 +513,10 @@ class Loop:
                         self.step_in_epoch = 0
                     for event in self.events:
                         event.after_step(self, boundary)
+            self._stop_vote.close()
+        except Preempted:
+            self._stop_vote.close()  # every rank stopped at this step: its vote completes
+            raise
         finally:
             self._progress.close()
             self._progress = None

@@ -192,3 +192,23 @@ class RunLog:
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=exit_code)
             self.wandb_run = None
+
+
+class SilentRunLog:
+    """The run log of a rank other than 0 in a multi-process run: rank 0 alone writes the
+    run folder and logs to W&B, the others record nothing."""
+
+    run_id: str | None = None
+    wandb_mode = "disabled"
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def log(self, metrics: dict[str, float], *, step: int, epoch: float) -> None:
+        pass
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass

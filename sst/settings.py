@@ -44,6 +44,8 @@ class TrainerSettings:
     eval_every_epochs: int
     checkpoint_every_epochs: int
     progress_bar: bool
+    sync_batchnorm: bool = False
+    mask_check: bool = True
 
 
 @dataclass

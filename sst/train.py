@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from . import dist
 from .build import build
 from .config import ConfigError, check_command_line
 from .events import Preempted
@@ -46,7 +46,8 @@ def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = N
     run_dir = Path(run_dir)
     done = finished_summary(run_dir)
     if done is not None:
-        print(f"sst: run already finished, skipping: {run_dir}")
+        if dist.is_main():
+            print(f"sst: run already finished, skipping: {run_dir}")
         return done
     if not is_main_process():
         return train(cfg, run_dir, choices)
@@ -78,6 +79,8 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None) -> dic
         run_log.finish(exit_code=1)
         raise
     run_log.finish(exit_code=0)
+    if not dist.is_main():
+        return summary
     print(format_summary(summary, run_dir))
     if run_log.wandb_mode == "offline":
         print(f"  W&B (offline): wandb sync {run_dir}/wandb/offline-run-*")
@@ -101,26 +104,15 @@ def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
     )
 
 
-def pass_on(signum: int | None) -> None:
-    """Hands a stop signal that sst has answered (checkpoint saved) to the handler that was
-    installed before sst's, if any: a job wrapper such as submitit's, whose SIGUSR2 handler
-    requeues the job so that it resumes from the checkpoint (SLURM time limit, preemption).
-    With no such handler the caller exits 124."""
-    if signum is None:
-        return
-    handler = signal.getsignal(signum)
-    if callable(handler):
-        signal.raise_signal(signum)
-
-
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    dist.quiet_logging()  # a rank other than 0 writes no train.log
     hydra_cfg = HydraConfig.get()
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     try:
         summary = run(cfg, hydra_cfg.runtime.output_dir, choices)
     except Preempted as stop:
-        pass_on(stop.signum)
+        stop.hand_over()  # e.g. submitit requeues the job, now that the checkpoint is saved
         sys.exit(124)
     except ConfigError as error:  # a setting that cannot run: its message says which
         print(f"sst: {error}", file=sys.stderr)

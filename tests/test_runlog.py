@@ -1,14 +1,10 @@
-"""Run records: metrics.jsonl on resume, FLOP accounting of attention, DDP guard."""
+"""Run records: metrics.jsonl on resume, FLOP accounting of attention."""
 
 import json
 
-import pytest
 import torch
-from runs import QUICK, compose_run
 from torch import nn
 
-from sst.build import build
-from sst.config import ConfigError
 from sst.runlog import RunLog
 from sst.sparsity.flops import weight_layer_macs
 
@@ -38,10 +34,3 @@ def test_attention_projections_are_counted_also_when_called_with_keywords():
     macs = weight_layer_macs(Attend(), torch.zeros(2, 5, 16))
     # 5 tokens per sample through the 48x16 packed q/k/v and the 16x16 output projection
     assert macs == {"attn.in_proj_weight": 5 * 48 * 16, "attn.out_proj": 5 * 16 * 16, "fc": 48}
-
-
-def test_multi_process_launch_is_refused_until_ddp_lands(tmp_path, monkeypatch):
-    cfg, run_dir, choices = compose_run([*QUICK, "logger=none"], tmp_path)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="DDP"):
-        build(cfg, run_dir, choices)

@@ -3,6 +3,12 @@
 The order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees
 the same batches, and ``set_epoch(e, skip_batches=n)`` starts the epoch at batch
 ``n`` without loading the batches before it.
+
+Multi-process (DDP) runs shard every batch: with ``world_size`` W, ``batch_size`` is the
+global batch and rank r loads the r-th of W near-equal contiguous slices of it
+(``tensor_split``), so the W ranks together see exactly the batch that one process would,
+whatever W is (a run may resume on another number of processes), without padding: a last
+batch smaller than W leaves some ranks without a slice for it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, get_worker_info
 
 _EPOCH_MIX = 100_003
 _BATCH_MIX = 1_000_003
+_RANK_MIX = 1_000_000_007
 _SEED_MASK = (1 << 63) - 1
 
 
@@ -31,6 +38,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def batch_seed(seed: int, epoch: int, batch: int) -> int:
     """Seed of the augmentation RNG for one batch of one epoch."""
     return (epoch_seed(seed, epoch) * _BATCH_MIX + batch) & _SEED_MASK
+
+
+def shard_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """Seed of the augmentation RNG for rank ``rank``'s slice of one batch (rank 0's is
+    ``batch_seed``: a single process keeps its augmentations)."""
+    return (batch_seed(seed, epoch, batch) + rank * _RANK_MIX) & _SEED_MASK
+
+
+def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank ``rank``'s contiguous slice of a batch's indices: sizes differ by at most one,
+    the first ranks take the remainder."""
+    return indices.tensor_split(world_size)[rank] if world_size > 1 else indices
 
 
 def epoch_order(size: int, *, shuffle: bool, seed: int, epoch: int) -> torch.Tensor:
@@ -95,18 +114,36 @@ class _EpochPlan:
     shuffle: bool
     seed: int
     drop_last: bool
+    rank: int = 0
+    world_size: int = 1
     epoch: int = 0
     skip_batches: int = 0
 
     def num_batches(self) -> int:
+        """Batches of the whole epoch (global batches under DDP)."""
         if self.drop_last:
             return self.size // self.batch_size
         return math.ceil(self.size / self.batch_size)
 
+    def shard_size(self, batch: int) -> int:
+        """How many of batch ``batch``'s samples this rank loads."""
+        size = min(self.batch_size, self.size - batch * self.batch_size)
+        return size // self.world_size + (self.rank < size % self.world_size)
+
     def batch_indices(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(batch number, this rank's sample indices) of the epoch from ``skip_batches``
+        on; a batch that leaves this rank no sample is skipped."""
         order = epoch_order(self.size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch)
         for b in range(self.skip_batches, self.num_batches()):
-            yield b, order[b * self.batch_size : (b + 1) * self.batch_size]
+            indices = shard(
+                order[b * self.batch_size : (b + 1) * self.batch_size], self.rank, self.world_size
+            )
+            if indices.numel():
+                yield b, indices
+
+    def batches_left(self) -> int:
+        """Batches this rank yields from ``skip_batches`` to the epoch's end."""
+        return sum(self.shard_size(b) > 0 for b in range(self.skip_batches, self.num_batches()))
 
 
 class _EpochBatchSampler:
@@ -116,12 +153,12 @@ class _EpochBatchSampler:
         self.plan = plan
 
     def __len__(self) -> int:
-        return self.plan.num_batches() - self.plan.skip_batches
+        return self.plan.batches_left()
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         plan = self.plan
         for b, indices in plan.batch_indices():
-            seed = batch_seed(plan.seed, plan.epoch, b)
+            seed = shard_seed(plan.seed, plan.epoch, b, plan.rank)
             yield [(i, seed) for i in indices.tolist()]
 
 
@@ -129,7 +166,8 @@ class EpochLoader:
     """Iterable over ``(inputs, targets)`` batches of one epoch at a time.
 
     Call ``set_epoch`` before each epoch; ``len()`` is the number of batches in a
-    full epoch. TensorDatasets are batched by direct tensor indexing; any other
+    full epoch (global batches: under DDP, ``rank`` of ``world_size`` yields its slice of
+    each, see the module docstring). TensorDatasets are batched by direct tensor indexing; any other
     dataset goes through a torch DataLoader whose workers persist across epochs
     (``close()`` stops them). Random transforms run under a seed derived from
     (seed, epoch, batch), so augmentations repeat exactly on resume.
@@ -145,9 +183,13 @@ class EpochLoader:
         num_workers: int = 0,
         pin_memory: bool = False,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.dataset = dataset
@@ -159,6 +201,8 @@ class EpochLoader:
             shuffle=shuffle,
             seed=seed,
             drop_last=drop_last,
+            rank=rank,
+            world_size=world_size,
         )
         self._torch_loader: DataLoader | None = None
 
@@ -169,6 +213,14 @@ class EpochLoader:
     @property
     def seed(self) -> int:
         return self._plan.seed
+
+    @property
+    def rank(self) -> int:
+        return self._plan.rank
+
+    @property
+    def world_size(self) -> int:
+        return self._plan.world_size
 
     @property
     def epoch(self) -> int:
@@ -225,6 +277,8 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> EpochLoader:
     """Build an EpochLoader; see its docstring."""
     return EpochLoader(
@@ -235,4 +289,6 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=drop_last,
+        rank=rank,
+        world_size=world_size,
     )

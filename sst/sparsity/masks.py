@@ -9,6 +9,11 @@ policy: it decides the first masks and how they change, and hands new masks to `
 
 Optional forward-time masks (targeted dropout) multiply a weight only inside the forward
 pass of a training step, through forward hooks: the stored weights are never modified.
+
+Under DDP every rank holds its own ``MaskSet``; the masks must stay identical on every rank.
+Policies ensure it (shared seeds, globally reduced gradients, identical weights); the mask
+set verifies it after every topology change (``verify_ranks``: a checksum of the masks,
+one small all-reduce) and fails loudly on a divergence.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from .. import dist
 from .layers import weight_owner
 from .mask_ops import as_float
 
@@ -35,6 +41,15 @@ SUPPORTED_OPTIMIZERS = (
 )
 
 ForwardMask = Callable[[str, torch.Tensor], "torch.Tensor | None"]
+
+# Knuth's multiplicative hash of a flat position, kept to 32 bits: the position sums of a
+# layer stay below 2**63 for layers of up to 2**31 weights.
+_HASH_MULTIPLIER = 2654435761
+_HASH_BITS = (1 << 32) - 1
+
+
+class MaskDivergence(RuntimeError):
+    """The ranks of a multi-process run hold different masks."""
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer | None) -> None:
@@ -73,6 +88,8 @@ class MaskSet:
         self._owners = {n: weight_owner(model, n) for n in self.weights}
         self._weight_list = list(self.weights.values())
         self.masks: dict[str, torch.Tensor] = {}
+        # verify after every topology change that all ranks hold these masks (DDP only)
+        self.check_ranks = True
         self.ever_active: dict[str, torch.Tensor] = {}
         self._forward_hooks: list = []
         self._swapped: dict[str, torch.Tensor] = {}
@@ -127,6 +144,8 @@ class MaskSet:
             self.ever_active[name] |= new
             grown.append(torch.count_nonzero(new & ~old))
         self._changed()
+        if self.check_ranks:
+            self.verify_ranks()
         if not grown:
             return 0
         return int(torch.stack([c.to(grown[0].device) for c in grown]).sum())
@@ -165,6 +184,35 @@ class MaskSet:
                     "or module), so its mask no longer applies: build the method once the "
                     "model's parameters are final"
                 )
+
+    # ----------------------------------------------------------------- ranks
+    @torch.no_grad()
+    def checksum(self) -> torch.Tensor:
+        """Per masked layer (in order), int64 on the CPU: the number of active weights and
+        the sum of ``h(i) = (i * 2654435761) mod 2**32`` over their flat positions ``i``.
+        Equal masks give equal checksums; masks that differ in any weight almost surely do
+        not (moving one weight changes the hash sum unless two hashes collide)."""
+        rows = []
+        for name in self.weights:
+            active = self.masks[name].reshape(-1).nonzero().squeeze(1)
+            hashed = (active * _HASH_MULTIPLIER) & _HASH_BITS
+            rows.append(torch.stack([torch.tensor(active.numel()), hashed.sum().cpu()]))
+        return torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.int64)
+
+    def verify_ranks(self) -> None:
+        """Raises ``MaskDivergence`` naming the layers whose masks differ between ranks (one
+        all-reduce of the checksums on the CPU group; nothing in a single process)."""
+        if not dist.is_initialized():
+            return
+        differ = dist.differing(self.checksum()).any(dim=1)
+        if bool(differ.any()):
+            names = [n for n, d in zip(self.weights, differ.tolist(), strict=True) if d]
+            raise MaskDivergence(
+                f"rank {dist.rank()}: the masks of {names} differ between ranks; every rank "
+                "must compute the same topology (same seed, same sparsity settings, "
+                "deterministic kernels). trainer.mask_check=false (MaskSet.check_ranks = False) "
+                "turns this check off"
+            )
 
     # ----------------------------------------------------------------- counts
     def neuron_counts(self) -> dict[str, torch.Tensor]:

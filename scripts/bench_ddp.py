@@ -1,0 +1,259 @@
+"""Cost of multi-process (DDP) training on the CPU: 1 against 2 gloo processes.
+
+For the digits MLP (64 -> 256 -> 256 -> 10) and a small CNN (two 3x3 convs and a linear
+layer on 3x32x32 inputs), at a global batch of 128 (64 per rank with 2 processes), one
+intra-op thread per process (torchrun's default):
+
+1. the time of one training step (forward, cross-entropy, backward with DDP's gradient
+   all-reduce, SGD step) for ``dense`` (no sparsity method), ``rigl`` (RigL at density 0.1
+   ERK between mask updates: gradient masking and weight re-masking) and ``rigl+vote``
+   (the same plus the loop's per-step stop vote, ``sst.dist.StopVote``);
+2. the RigL mask update (``update_topology``, which includes the mask checksum and its
+   all-reduce) and, apart, the checksum (``MaskSet.checksum``) and its all-reduce
+   (``sst.dist.differing``); for scale, the checksum of ResNet-50's masks.
+
+Variants are interleaved across rounds and medians reported, so a noisy machine's drifts hit
+every variant alike. The ranks are forked processes; the numbers are rank 0's.
+
+    python scripts/bench_ddp.py            # full run (a few minutes on 2 CPU cores)
+    python scripts/bench_ddp.py --quick    # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sst import dist, models
+from sst.runlog import git_commit
+from sst.sparsity import RigL
+
+GLOBAL_BATCH = 128
+VARIANTS = ("dense", "rigl", "rigl+vote")
+NEVER = 10**9  # delta_t of the timed steps: no mask update among them
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    steps: int
+    updates: int
+    warmup: int
+
+
+PLANS = {
+    "mlp": (Plan(7, 100, 5, 20), Plan(2, 5, 1, 2)),
+    "cnn": (Plan(5, 10, 3, 3), Plan(1, 2, 1, 1)),
+}
+
+
+def make_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    torch.manual_seed(0)
+    if name == "mlp":
+        return models.mlp(num_classes=10, input_shape=(64,), hidden=[256, 256]), (64,)
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 8 * 8, 10),
+    )
+    return cnn, (3, 32, 32)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def median_ms(values: list[float]) -> float:
+    return 1000.0 * statistics.median(values)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------- one rank
+def rank_main(rank: int, world: int, port: int, model_name: str, plan: Plan, out) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    cpu = torch.device("cpu")
+    dist.setup(dist.Environment(rank, rank, world, "torchrun"), cpu)
+    try:
+        result = measure(rank, world, model_name, plan, cpu)
+        if rank == 0:
+            out.put(result)
+    finally:
+        dist.teardown()
+
+
+def measure(rank: int, world: int, model_name: str, plan: Plan, cpu: torch.device) -> dict:
+    per_rank = GLOBAL_BATCH // world
+    setups = {}
+    for variant in VARIANTS:
+        model, shape = make_model(model_name)
+        trained = dist.wrap(model, cpu)
+        optimizer = torch.optim.SGD(trained.parameters(), lr=0.01, momentum=0.9)
+        method = None
+        if variant != "dense":
+            method = RigL(model, optimizer, density=0.1, total_steps=NEVER, delta_t=NEVER)
+        vote = dist.StopVote() if variant == "rigl+vote" else None
+        setups[variant] = (trained, optimizer, method, vote)
+    gen = torch.Generator().manual_seed(rank)
+    inputs = torch.randn(per_rank, *shape, generator=gen)
+    targets = torch.randint(0, 10, (per_rank,), generator=gen)
+
+    def step(variant: str) -> None:
+        trained, optimizer, method, vote = setups[variant]
+        loss = F.cross_entropy(trained(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if method is not None:
+            method.before_step()
+        optimizer.step()
+        if method is not None:
+            method.after_step()
+        if vote is not None:
+            vote.poll(None)
+
+    for variant in VARIANTS:
+        for _ in range(plan.warmup):
+            step(variant)
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for r in range(plan.rounds):
+        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
+        for variant in order:
+            dist.barrier()
+            start = time.perf_counter()
+            for _ in range(plan.steps):
+                step(variant)
+            times[variant].append((time.perf_counter() - start) / plan.steps)
+    setups["rigl+vote"][3].close()
+
+    trained, optimizer, method, _ = setups["rigl"]
+    updates, local, reduce = [], [], []
+    for i in range(plan.updates):
+        loss = F.cross_entropy(trained(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        method._capture_dense_grads()
+        dist.barrier()
+        start = time.perf_counter()
+        method.update_topology(1000 + i)
+        updates.append(time.perf_counter() - start)
+        dist.barrier()
+        start = time.perf_counter()
+        checksum = method.mask_set.checksum()
+        local.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        dist.differing(checksum)
+        reduce.append(time.perf_counter() - start)
+    return {
+        "step_ms": {v: median_ms(t) for v, t in times.items()},
+        "update_ms": median_ms(updates),
+        "checksum_ms": median_ms(local),
+        "checksum_allreduce_ms": median_ms(reduce),
+        "layers": len(method.masks),
+    }
+
+
+def run_world(world: int, model_name: str, plan: Plan) -> dict:
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=rank_main, args=(r, world, port, model_name, plan, out))
+        for r in range(world)
+    ]
+    for proc in procs:
+        proc.start()
+    result = out.get(timeout=1800)
+    for proc in procs:
+        proc.join()
+        if proc.exitcode:
+            raise RuntimeError(f"a rank exited with code {proc.exitcode}")
+    return result
+
+
+def resnet50_checksum_ms(repeats: int) -> float:
+    torch.manual_seed(0)
+    model = models.resnet50(num_classes=1000, input_shape=(3, 224, 224))
+    method = RigL(model, None, density=0.1, total_steps=NEVER)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        method.mask_set.checksum()
+        times.append(time.perf_counter() - start)
+    return median_ms(times)
+
+
+def machine() -> list[str]:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(
+                line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        cpu = platform.processor() or cpu
+    commit = (git_commit() or "unknown")[:7]
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return [
+        f"- CPU: {cpu} ({os.cpu_count()} logical cores); no GPU",
+        f"- torch {torch.__version__} (gloo), Python {platform.python_version()}, "
+        f"sst commit {commit}",
+        f"- load average at start (1/5/15 min): {load}",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke test, not a measurement")
+    args = parser.parse_args()
+    lines = machine()
+    steps = ["", "| model | processes | batch per rank | variant | step (ms) | samples/s |"]
+    steps.append("|---|---|---|---|---|---|")
+    updates = ["", "| model | processes | masked layers | mask update (ms) | checksum (ms) | "]
+    updates[-1] += "checksum all-reduce (ms) |"
+    updates.append("|---|---|---|---|---|---|")
+    for model_name, plans in PLANS.items():
+        plan = plans[1] if args.quick else plans[0]
+        for world in (1, 2):
+            log(f"{model_name}, {world} process(es) ...")
+            result = run_world(world, model_name, plan)
+            for variant, ms in result["step_ms"].items():
+                rate = GLOBAL_BATCH / ms * 1000
+                steps.append(
+                    f"| {model_name} | {world} | {GLOBAL_BATCH // world} | {variant} | "
+                    f"{ms:.2f} | {rate:.0f} |"
+                )
+            reduce = f"{result['checksum_allreduce_ms']:.3f}" if world > 1 else "-"
+            updates.append(
+                f"| {model_name} | {world} | {result['layers']} | {result['update_ms']:.2f} | "
+                f"{result['checksum_ms']:.3f} | {reduce} |"
+            )
+    log("resnet50 checksum ...")
+    r50 = resnet50_checksum_ms(1 if args.quick else 5)
+    print("\n".join([*lines, *steps, *updates, "", f"ResNet-50 mask checksum: {r50:.1f} ms"]))
+
+
+if __name__ == "__main__":
+    main()
