@@ -8,7 +8,6 @@ sst-train -m experiment=srigl_resnet18_cifar10   # a paper table as a sweep
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = N
         if dist.is_main():
             print(f"sst: run already finished, skipping: {run_dir}")
         return done
-    if not is_main_process():
+    if not dist.is_main():  # rank 0 alone holds the run folder's lock
         return train(cfg, run_dir, choices)
     try:
         with RunLock(run_dir):
@@ -57,11 +56,6 @@ def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = N
             return done if done is not None else train(cfg, run_dir, choices)
     except RunFolderBusy as busy:
         raise ConfigError(str(busy)) from None
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a multi-process launch (torchrun / SLURM set RANK), or a single process."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
 
 
 def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None) -> dict:
