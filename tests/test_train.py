@@ -16,8 +16,8 @@ from runs import QUICK, compose_run, read_metrics
 import sst.train as train_module
 from sst.build import build
 from sst.config import ConfigError
-from sst.hooks import Hook
 from sst.events import Preempted
+from sst.hooks import Hook
 from sst.loop import NonFiniteLoss
 from sst.wandb_file import read_run
 
