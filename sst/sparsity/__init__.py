@@ -16,6 +16,7 @@ from .pruning import PruningMethod
 from .rigl import RigL
 from .set import SET
 from .srigl import SRigL
+from .targeted_dropout import TargetedDropout
 
 __all__ = [
     "GMP",
@@ -28,4 +29,5 @@ __all__ = [
     "SRigL",
     "SparsityMethod",
     "Static",
+    "TargetedDropout",
 ]
