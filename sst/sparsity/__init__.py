@@ -10,6 +10,7 @@ Library use, in any PyTorch loop::
 
 from .dynamic import DynamicSparsity
 from .gmp import GMP
+from .lr_rewinding import LRRewinding
 from .method import Dense, SparsityMethod, Static
 from .oneshot import OneShot
 from .pruning import PruningMethod
@@ -23,6 +24,7 @@ __all__ = [
     "SET",
     "Dense",
     "DynamicSparsity",
+    "LRRewinding",
     "OneShot",
     "PruningMethod",
     "RigL",
