@@ -20,6 +20,7 @@ from . import config as _config  # noqa: F401  (registers the run-folder resolve
 from .build import build
 from .events import Preempted
 from .runs import finished_summary
+from .teacher import ensure_teacher
 
 log = logging.getLogger("sst")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -33,6 +34,7 @@ def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = N
     if done is not None:
         print(f"sst: run already finished, skipping: {run_dir}")
         return done
+    ensure_teacher(cfg)  # a teacher named by overrides is trained first
     loop = build(cfg, run_dir, choices)
     run_log = loop.run_log
     try:
