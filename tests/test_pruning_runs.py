@@ -2,7 +2,9 @@
 folder, the final sparsity and what each method adds to the summary."""
 
 import os
+import re
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +111,19 @@ def test_a_kill_at_the_last_step_resumes_into_the_final_prune(tmp_path, monkeypa
     resumed = train_module.run(cfg, run_dir, choices)
     assert resumed["stages"] == reference["stages"]
     assert resumed["test_acc_before_prune"] == reference["test_acc_before_prune"]
+
+
+def test_readme_pruning_examples_run(capsys):
+    """The README's library examples of the pruning methods run as written."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Pruning methods and distillation", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 2
+    exec(compile(blocks[0], "README.md", "exec"), {})
+    printed = capsys.readouterr().out.split()
+    assert printed[0::2] == ["GMP", "OneShot", "TargetedDropout"]
+    assert [float(v) for v in printed[1::2]] == pytest.approx([0.9, 0.9, 0.9], abs=0.01)
+    exec(compile(blocks[1], "README.md", "exec"), {})
+    rounds = [line.split() for line in capsys.readouterr().out.strip().splitlines()]
+    assert [int(r[0]) for r in rounds] == [0, 1, 2, 3, 4]
+    assert [float(r[1]) for r in rounds] == pytest.approx([0, 0.2, 0.36, 0.488, 0.5], abs=1e-3)
