@@ -182,7 +182,8 @@ def build(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None =
 
     config = OmegaConf.to_container(cfg, resolve=True)
     info = run_info(cfg, choices)
-    run_log = make_run_log(cfg, run_dir, {**config, "choices": choices, **info})
+    # the groups as resolved, then the key settings that are not config keys of their own
+    run_log = make_run_log(cfg, run_dir, {**info, **config, "choices": choices})
     return Loop(
         model=model,
         optimizer=optimizer,

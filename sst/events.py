@@ -6,7 +6,7 @@ Order after a step (an epoch or stage that the step completed is already counted
 record (every ``log_every`` steps) -> at an epoch boundary: evaluation (every
 ``eval_every_epochs`` epochs, at the end of every stage and of the run), then the checkpoint
 (every ``checkpoint_every_epochs`` epochs, at every stage end and the run's) -> preemption (a
-pending SIGTERM/SIGUSR1: checkpoint unless one was just written, then stop).
+pending SIGTERM/SIGUSR1/SIGUSR2: checkpoint unless one was just written, then stop).
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ log = logging.getLogger("sst.loop")
 
 
 class Preempted(Exception):
-    """Raised after the checkpoint was saved on SIGTERM / SIGUSR1."""
+    """Raised after the checkpoint was saved on SIGTERM / SIGUSR1 / SIGUSR2 (``signum``)."""
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,14 @@ class Checkpointing:
 
 
 class Preemption:
-    """A SIGTERM / SIGUSR1 received during the step: save (unless this step was just
+    """A SIGTERM / SIGUSR1 / SIGUSR2 received during the step: save (unless this step was just
     saved), then raise ``Preempted``."""
 
     def after_step(self, loop: Loop, boundary: Boundary) -> None:
         if loop.stop_signal is not None:
             if loop.saved_step != loop.step:
                 loop.save_checkpoint()
-            raise Preempted(f"signal {loop.stop_signal}: checkpoint saved at step {loop.step}")
+            raise Preempted(
+                f"signal {loop.stop_signal}: checkpoint saved at step {loop.step}",
+                signum=loop.stop_signal,
+            )

@@ -51,7 +51,10 @@ NOT_IDENTITY = frozenset(
 AS_WRITTEN = frozenset({"dataset.root"})
 # dotted path -> the value at which a later-added setting reproduces the behaviour that runs
 # made before it existed had
-NEUTRAL: dict[str, Any] = {}
+NEUTRAL: dict[str, Any] = {
+    "dataset.train_subset": None,
+    "dataset.test_subset": None,
+}
 
 _MISSING = object()
 

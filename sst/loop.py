@@ -279,7 +279,12 @@ class Loop:
 
     @contextlib.contextmanager
     def _signal_handlers(self):
-        wanted = [signal.SIGTERM, getattr(signal, "SIGUSR1", None)]
+        # SIGUSR1: the usual sbatch --signal=USR1@120; SIGUSR2: submitit's time-limit signal
+        wanted = [
+            signal.SIGTERM,
+            getattr(signal, "SIGUSR1", None),
+            getattr(signal, "SIGUSR2", None),
+        ]
         previous = {}
         try:
             for sig in filter(None, wanted):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
 import string
 import subprocess
@@ -59,7 +60,9 @@ class RunLog:
         kind: ``wandb`` or ``none``.
         mode: W&B mode, ``online``, ``offline`` (default: no account, no network) or
             ``disabled``.
-        run_id: the W&B run id to attach to (resume); None creates one and stores it.
+        run_id: the W&B run id to attach to (resume); None takes the one stored in the run
+            folder, else ``WANDB_RUN_ID`` (set by a W&B sweep agent), else a new one, and
+            stores it.
     """
 
     def __init__(
@@ -94,6 +97,8 @@ class RunLog:
             id_file = self.run_dir / "wandb_id.txt"
             if self.run_id is None and id_file.exists():
                 self.run_id = id_file.read_text().strip()
+            if self.run_id is None:  # a W&B sweep agent names the run it started for us
+                self.run_id = os.environ.get("WANDB_RUN_ID") or None
             if self.run_id is None:
                 self.run_id = new_run_id()
             id_file.write_text(self.run_id + "\n")

@@ -67,7 +67,26 @@ class DistillSettings:
     weight: float = 0.9
 
 
-SCHEMAS = {"trainer": TrainerSettings, "logger": LoggerSettings, "distill": DistillSettings}
+@dataclass
+class SlurmSettings:
+    """``slurm:`` of ``conf/launcher/submitit_slurm.yaml``: the SLURM resources of sweep
+    jobs (read by the launcher, not by the run)."""
+
+    partition: str | None
+    gpus: int
+    cpus: int
+    mem_gb: int
+    time_min: int
+    array_parallelism: int
+    max_requeues: int
+
+
+SCHEMAS = {
+    "trainer": TrainerSettings,
+    "logger": LoggerSettings,
+    "distill": DistillSettings,
+    "slurm": SlurmSettings,
+}
 
 
 def describe(hint: Any) -> str:

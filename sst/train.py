@@ -8,6 +8,7 @@ sst-train -m experiment=srigl_resnet18_cifar10   # a paper table as a sweep
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,19 @@ from .runs import finished_summary
 from .teacher import ensure_teacher
 
 log = logging.getLogger("sst")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def config_dir() -> str:
+    """The configs: ``sst/conf`` inside an installed wheel (package data built from the
+    checkout's ``conf/``), else the checkout's ``conf/`` (source tree, editable install)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"sst's configs are missing: no config.yaml in {package}/conf")
+
+
+CONFIG_DIR = config_dir()
 
 
 def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = None) -> dict:
@@ -71,13 +84,26 @@ def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
     )
 
 
+def pass_on(signum: int | None) -> None:
+    """Hands a stop signal that sst has answered (checkpoint saved) to the handler that was
+    installed before sst's, if any: a job wrapper such as submitit's, whose SIGUSR2 handler
+    requeues the job so that it resumes from the checkpoint (SLURM time limit, preemption).
+    With no such handler the caller exits 124."""
+    if signum is None:
+        return
+    handler = signal.getsignal(signum)
+    if callable(handler):
+        signal.raise_signal(signum)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
     try:
         summary = run(cfg, hydra_cfg.runtime.output_dir, choices)
-    except Preempted:
+    except Preempted as stop:
+        pass_on(stop.signum)
         sys.exit(124)
     return summary.get("final_test_acc")
 

@@ -13,8 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import sst.config  # noqa: F401  (registers the run-folder resolver)
+from sst.train import CONFIG_DIR
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+CONF = CONFIG_DIR
 QUICK = [
     "trainer.epochs=3",
     "trainer.batch_size=64",

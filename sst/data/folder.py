@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 
 from .errors import missing_data
@@ -28,6 +29,24 @@ def _load(path: Path, transform: Callable) -> datasets.ImageFolder:
         raise missing_data("class folders with images", path, str(err)) from err
 
 
+def per_class_subset(data: datasets.ImageFolder, size: int | None, key: str) -> Dataset:
+    """The first ``size // classes`` images of every class (in file-name order, so the same
+    subset on every machine and for every seed); the whole set for ``size`` None."""
+    if size is None:
+        return data
+    classes = len(data.classes)
+    if size < classes:
+        raise ValueError(f"dataset.{key}={size} must be at least the number of classes ({classes})")
+    per_class = size // classes
+    taken: dict[int, int] = {}
+    indices = []
+    for index, target in enumerate(data.targets):
+        if taken.get(target, 0) < per_class:
+            taken[target] = taken.get(target, 0) + 1
+            indices.append(index)
+    return Subset(data, indices)
+
+
 def imagefolder(
     root: str,
     *,
@@ -37,12 +56,16 @@ def imagefolder(
     train_dir: str = "train",
     test_dir: str = "val",
     num_classes: int | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
 ) -> DataSplits:
     """torchvision ImageFolder on ``root/train_dir`` and ``root/test_dir``.
 
     ``transform`` picks the preset: "imagenet" (random-resized crop / resize +
     center crop) or "cifar" (reflect-pad 4 + random crop + flip). ``normalize``
-    uses ImageNet or CIFAR-10 statistics to match the preset.
+    uses ImageNet or CIFAR-10 statistics to match the preset. ``train_subset`` /
+    ``test_subset`` keep that many images, the same number from every class (CPU-scale
+    studies); None keeps all.
     """
     if transform == "imagenet":
         stats = IMAGENET_STATS if normalize else None
@@ -68,8 +91,8 @@ def imagefolder(
     if num_classes is not None and num_classes != found:
         raise ValueError(f"dataset.num_classes is {num_classes} but {base} has {found} classes")
     return DataSplits(
-        train=train,
-        test=test,
+        train=per_class_subset(train, train_subset, "train_subset"),
+        test=per_class_subset(test, test_subset, "test_subset"),
         num_classes=found,
         input_shape=(3, image_size, image_size),
         name="imagefolder",

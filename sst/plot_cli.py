@@ -1,0 +1,86 @@
+"""``sst-plot``: figures from run folders, each written as ``<out>.png`` and ``<out>.pdf``.
+
+sst-plot accuracy outputs/runs -o figures/acc                  # accuracy vs sparsity per method
+sst-plot accuracy outputs/runs --by sparsity.gamma_sal -o figures/gamma
+sst-plot layers RUN_ERK RUN_UNIFORM -o figures/layers          # per-layer density
+sst-plot neurons RUN -o figures/neurons                        # SRigL active neurons over steps
+sst-plot curves RUN [RUN ...] -o figures/curves                # train loss and test accuracy
+sst-plot mask RUN --layer layer3.1.conv2 -o figures/mask       # one layer's mask as an image
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import plots
+from .results import DEFAULT_KEYS, METRICS, aggregate, collect, read_run
+from .table_cli import problem_notes
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sst-plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str, runs: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("runs", nargs="+", type=Path, help=runs)
+        sub.add_argument("-o", "--output", type=Path, required=True, help="file stem to write")
+        sub.add_argument(
+            "--formats", nargs="+", default=list(plots.FIGURE_FORMATS), choices=plots.FIGURE_FORMATS
+        )
+        return sub
+
+    acc = command("accuracy", "accuracy vs sparsity per method", "run or sweep folders")
+    acc.add_argument("--by", nargs="+", default=[], metavar="KEY", help="more series keys")
+    acc.add_argument("--metric", choices=sorted(METRICS), default="final")
+    layers = command("layers", "per-layer density of runs", "run folders")
+    layers.add_argument("--labels", nargs="+", help="legend labels, one per run")
+    command("neurons", "active neurons per layer over training", "a run folder")
+    curves = command("curves", "train loss and test accuracy over steps", "run folders")
+    curves.add_argument("--labels", nargs="+", help="legend labels, one per run")
+    mask = command("mask", "one layer's mask as an image", "a run folder")
+    mask.add_argument("--layer", required=True, help="fully qualified layer name")
+    return parser.parse_args(argv)
+
+
+def make_figure(args: argparse.Namespace):
+    if args.command == "accuracy":
+        found = collect(args.runs)
+        for line in problem_notes(found.problems):
+            print(line, file=sys.stderr)
+        keys = list(dict.fromkeys([*DEFAULT_KEYS, *args.by]))
+        groups = aggregate(found.runs, keys, metric=args.metric)
+        series = [k for k in keys if k != "sparsity" and len({repr(g.key[k]) for g in groups}) > 1]
+        return plots.accuracy_vs_sparsity(
+            groups, series_keys=series or ["method"], metric=args.metric
+        )
+    if args.command == "layers":
+        return plots.layer_densities([read_run(r) for r in args.runs], args.labels)
+    if args.command == "curves":
+        return plots.training_curves(args.runs, args.labels)
+    if len(args.runs) != 1:
+        raise ValueError(f"sst-plot {args.command} takes one run folder, got {len(args.runs)}")
+    if args.command == "neurons":
+        return plots.neurons_over_training(args.runs[0])
+    return plots.mask_image(args.runs[0], args.layer)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        fig = make_figure(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"sst-plot: {error}", file=sys.stderr)
+        return 2
+    for path in plots.save(fig, args.output, args.formats):
+        print(f"sst-plot: wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""``sst-table``: run folders -> a results table, or a published table with sst's runs beside.
+
+sst-table                                  # every run under outputs/runs
+sst-table outputs/runs --by sparsity.gamma_sal --format latex
+sst-table outputs/runs --metric best       # best test accuracy during training, labelled so
+sst-table --paper srigl-resnet18-cifar10   # the paper's numbers, sst's runs and the difference
+sst-table --wandb my-team/sst              # finished runs read from W&B (online)
+
+Rows are the groups of finished runs that share dataset, model, method, sparsity,
+distillation and every ``--by`` key; a row holds the mean and standard deviation over its
+seeds with the seed count, and the training and inference FLOPs relative to dense. Runs that
+did not finish are listed below the table (to stderr for CSV), never averaged in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .papers import Cell, PaperTable, fill, load_paper_table, paper_table_names
+from .results import (
+    DEFAULT_KEYS,
+    METRICS,
+    Collection,
+    Group,
+    Run,
+    aggregate,
+    collect,
+    wandb_runs,
+)
+from .tables import FORMATS, mean_std, number, percent, render
+
+DEFAULT_RUNS = "outputs/runs"
+METRIC_LABEL = {"final": "final test acc (%)", "best": "best test acc (%)"}
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def problem_notes(problems: Sequence[Run]) -> list[str]:
+    """One line per run that is not in the table: its folder, status and last step."""
+    if not problems:
+        return []
+    lines = [f"Not in the table: {len(problems)} run(s) that did not finish:"]
+    for run in problems:
+        step = "" if run.last_step is None else f", last step {run.last_step}"
+        lines.append(f"- {run.source}: {run.status}{step}")
+    return lines
+
+
+def mixed_notes(label: str, mixed: Sequence[str]) -> list[str]:
+    if not mixed:
+        return []
+    keys = [m for m in mixed if not m.startswith("seed")]
+    hint = f" (split with --by {' '.join(keys[:3])})" if keys else ""
+    return [f"! {label} averages runs that differ in {', '.join(mixed)}{hint}"]
+
+
+# ----------------------------------------------------------------------------- results table
+def results_table(
+    groups: Sequence[Group], keys: Sequence[str], metric: str, fmt: str, problems: Sequence[Run]
+) -> str:
+    if fmt == "json":
+        return json.dumps(
+            {
+                "metric": metric,
+                "groups": [
+                    {
+                        **g.key,
+                        f"{metric}_test_acc_mean": g.accuracy.mean,
+                        f"{metric}_test_acc_std": g.accuracy.std,
+                        "n": g.accuracy.n,
+                        "seeds": g.seeds,
+                        "train_flops_rel": g.train_flops.mean,
+                        "inference_flops_rel": g.inference_flops.mean,
+                        "mixed": g.mixed,
+                        "runs": [r.source for r in g.runs],
+                    }
+                    for g in groups
+                ],
+                "not_finished": [
+                    {"run": r.source, "status": r.status, "last_step": r.last_step}
+                    for r in problems
+                ],
+            },
+            indent=2,
+        )
+    headers = [*keys, METRIC_LABEL[metric], "n", "train FLOPs", "inference FLOPs"]
+    rows = []
+    notes: list[str] = []
+    for g in groups:
+        cells = [percent(g.key[k]) if k == "sparsity" else _show(g.key[k]) for k in keys]
+        rows.append(
+            [
+                *cells,
+                mean_std(g.accuracy),
+                str(g.accuracy.n),
+                number(g.train_flops.mean, 3),
+                number(g.inference_flops.mean, 3),
+            ]
+        )
+        notes += mixed_notes(" / ".join(cells), g.mixed)
+    notes.append(
+        "Mean ± sample standard deviation over n seeds; FLOPs relative to the dense model "
+        "(RigL paper's accounting)."
+    )
+    return render(
+        headers,
+        rows,
+        fmt,
+        numeric=[False] * len(keys) + [True] * 4,
+        notes=[*notes, *problem_notes(problems)],
+    )
+
+
+# ----------------------------------------------------------------------------- paper table
+def paper_table(
+    table: PaperTable, cells: Sequence[Cell], fmt: str, metric: str, problems: Sequence[Run]
+) -> str:
+    if fmt == "json":
+        return json.dumps(
+            {
+                "paper": table.name,
+                "title": table.title,
+                "source": table.source,
+                "experiment": table.experiment,
+                "metric": metric,
+                "cells": [
+                    {
+                        "row": c.row,
+                        "sparsity": c.sparsity,
+                        "density": c.density,
+                        "published": c.published,
+                        "sst_mean": c.accuracy.mean,
+                        "sst_std": c.accuracy.std,
+                        "n": c.accuracy.n,
+                        "difference": c.difference,
+                        "runs": [r.source for r in c.runs],
+                        "unfinished": [r.source for r in c.unfinished],
+                        "mixed": c.mixed,
+                    }
+                    for c in cells
+                ],
+                "not_finished": [
+                    {"run": r.source, "status": r.status, "last_step": r.last_step}
+                    for r in problems
+                ],
+            },
+            indent=2,
+        )
+    axis = table.axis
+    headers = ["method", axis, "published", f"sst {METRIC_LABEL[metric]}", "n", "Δ", "epochs"]
+    rows = []
+    notes: list[str] = []
+    for c in cells:
+        where = percent(c.sparsity if axis == "sparsity" else c.density)
+        if c.accuracy.n:
+            reproduced = mean_std(c.accuracy, table.digits)
+        else:
+            reproduced = "missing" + (f" ({len(c.unfinished)} unfinished)" if c.unfinished else "")
+        epochs = sorted({_show((r.config.get("trainer") or {}).get("epochs")) for r in c.runs})
+        rows.append(
+            [
+                c.row,
+                where,
+                number(c.published, table.digits),
+                reproduced,
+                str(c.accuracy.n),
+                number(c.difference, table.digits, signed=True),
+                ",".join(epochs),
+            ]
+        )
+        notes += mixed_notes(f"{c.row} at {where}", c.mixed)
+    found = sum(1 for c in cells if c.accuracy.n)
+    source = table.source
+    notes = [
+        f"Source: {source['paper']}; {source['table']}.",
+        f"Setting: {source['setting']}.",
+        f"Preset: sst-train -m experiment={table.experiment}" if table.experiment else "",
+        f"{found} of {len(cells)} cells reproduced; Δ = sst mean - published; "
+        f"published metric: {table.metric}.",
+        *notes,
+    ]
+    if metric != "final":
+        notes.append("! sst column is the BEST test accuracy during training, not the final one.")
+    return render(
+        headers,
+        rows,
+        fmt,
+        numeric=[False, True, True, True, True, True, True],
+        title=f"{table.title} ({table.name})",
+        notes=[n for n in notes if n] + problem_notes(problems),
+    )
+
+
+# ----------------------------------------------------------------------------- command line
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sst-table",
+        description=__doc__.split("\n\n")[2].replace("\n", " "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        help=f"run folders or folders holding run folders (default: {DEFAULT_RUNS})",
+    )
+    parser.add_argument(
+        "--by",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="more grouping keys: dotted paths into config.json, e.g. sparsity.gamma_sal",
+    )
+    parser.add_argument(
+        "--metric",
+        choices=sorted(METRICS),
+        default="final",
+        help="final test accuracy (default) or the best seen during training",
+    )
+    parser.add_argument("--format", choices=FORMATS, default="markdown")
+    parser.add_argument(
+        "--paper", metavar="NAME", help=f"a published table: {', '.join(paper_table_names())}"
+    )
+    parser.add_argument("--list-papers", action="store_true", help="list the published tables")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B (online)")
+    parser.add_argument("-o", "--output", type=Path, help="write the table to this file")
+    return parser.parse_args(argv)
+
+
+def gather(args: argparse.Namespace) -> Collection:
+    if args.wandb:
+        found = wandb_runs(args.wandb)
+        if args.paths:
+            local = collect(args.paths)
+            found = Collection(found.runs + local.runs, found.problems + local.problems)
+        return found
+    return collect(args.paths or [DEFAULT_RUNS])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list_papers:
+        for name in paper_table_names():
+            table = load_paper_table(name)
+            preset = f"  (experiment={table.experiment})" if table.experiment else ""
+            print(f"{name}: {table.title}{preset}")
+        return 0
+    try:
+        table = load_paper_table(args.paper) if args.paper else None
+        found = gather(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"sst-table: {error}", file=sys.stderr)
+        return 2
+    if table is not None:
+        cells = fill(table, found.runs, found.problems, metric=args.metric)
+        text = paper_table(table, cells, args.format, args.metric, found.problems)
+    else:
+        if not found.runs:
+            print("sst-table: no finished runs found", file=sys.stderr)
+            for line in problem_notes(found.problems):
+                print(line, file=sys.stderr)
+            return 1
+        keys = list(dict.fromkeys([*DEFAULT_KEYS, *args.by]))
+        groups = aggregate(found.runs, keys, metric=args.metric)
+        text = results_table(groups, keys, args.metric, args.format, found.problems)
+    if args.format == "csv":
+        for line in problem_notes(found.problems):
+            print(line, file=sys.stderr)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text if text.endswith("\n") else text + "\n")
+        print(f"sst-table: wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
