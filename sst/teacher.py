@@ -29,7 +29,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from .config import ConfigError
 
 log = logging.getLogger("sst")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 LOCK_FILE = "teacher.lock"
 
 
@@ -90,7 +89,9 @@ def _hydra_initialised() -> Iterator[None]:
     if GlobalHydra.instance().is_initialized():  # inside sst-train's @hydra.main
         yield
         return
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    from .train import config_dir  # sst.train imports this module
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         yield
 
 

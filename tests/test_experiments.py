@@ -329,6 +329,9 @@ def test_lr_rewinding_resnet56_cifar10_recipe() -> None:
     assert cfg.sparsity._target_ == "sst.sparsity.LRRewinding"
     assert cfg.sparsity.distribution == "global_magnitude"
     assert (cfg.sparsity.prune_fraction, cfg.sparsity.retrain) == (0.2, "lr_rewinding")
+    baseline = preset("lr_rewinding_resnet56_cifar10", "sparsity=fine_tuning")
+    assert baseline.hydra.runtime.choices.sparsity == "fine_tuning"
+    assert (baseline.sparsity.retrain, baseline.trainer.epochs) == ("fine_tuning", 182)
     assert cfg.trainer.epochs == 182
     assert cfg.trainer.batch_size == 128
     assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (

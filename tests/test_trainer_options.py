@@ -80,7 +80,8 @@ def test_cli_help_and_cfg_show_the_options():
     for group in ("sparsity:", "model:", "dataset:", "experiment:", "launcher:"):
         assert group in help_text
     options = (
-        "asp_2to4, dense, gmp, lr_rewinding, oneshot, rigl, set, srigl, static, targeted_dropout"
+        "asp_2to4, dense, fine_tuning, gmp, lr_rewinding, oneshot, rigl, set, srigl, static, "
+        "targeted_dropout"
     )
     assert f"sparsity: {options}" in help_text
     assert "_target_: sst.sparsity.RigL" in sst_train("--cfg", "job", "sparsity=rigl")
