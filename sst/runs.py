@@ -8,6 +8,7 @@ One run, one folder (``<output_dir>/runs/<name>-<hash>``, see ``sst.identity``):
     checkpoints/last.pt    model, optimizer, sparsity state (top-level key "sparsity"),
                            model_meta (what rebuilds the model without the dataset), RNG, step
     train.log, wandb/, .hydra/   console log, the W&B run, Hydra's own record
+    run.lock               held while a process trains the run (``run_lock``)
 
 ``RunFolder`` reads the light files (config, summary, metrics) for tables; ``load_run``
 also rebuilds the trained model with its masks (distillation teachers, pruning from a
@@ -16,8 +17,11 @@ trained run, export).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +34,7 @@ CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT = Path("checkpoints") / "last.pt"
+LOCK_FILE = "run.lock"
 
 FINISHED, UNFINISHED, EMPTY = "finished", "unfinished", "empty"
 
@@ -94,6 +99,26 @@ class RunFolder:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """An exclusive lock on a run folder (``flock`` on its ``run.lock``), so two processes
+    that compose the same run (two students needing one teacher, a sweep cell launched
+    twice) never train it at once: the second waits, then finds it finished. The OS drops
+    the lock when its process dies, so a crashed or requeued job never blocks its relaunch."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"sst: waiting for another process training {run_dir}")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:

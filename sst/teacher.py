@@ -8,14 +8,14 @@ student override of a key the teacher sets left out (``sparsity=dense`` drops th
 student's ``sparsity=...`` and ``sparsity.*``). Its folder follows from its identity like
 any run's (``sst.identity``), so every student of a sweep finds the same teacher:
 ``-m distill=none,kd sparsity=rigl,gmp`` trains the dense teacher once, with the first
-student that needs it, and the others find it finished. A lock file in the teacher's
-folder makes concurrent students (a SLURM array) wait for the one that trains it.
+student that needs it, and the others find it finished. Concurrent students (a SLURM array,
+the joblib launcher) wait on the folder's lock for the one that trains it
+(``sst.runs.run_lock``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,7 +29,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from .config import ConfigError
 
 log = logging.getLogger("sst")
-LOCK_FILE = "teacher.lock"
 
 
 def override_key(override: str) -> str:
@@ -137,22 +136,6 @@ def teacher_folder(cfg: DictConfig) -> Path:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """An exclusive lock on ``run_dir`` (waits while another process holds it)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"sst: waiting for another process training the teacher {run_dir}")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _log_to(path: Path) -> Iterator[None]:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
@@ -177,15 +160,12 @@ def ensure_teacher(cfg: DictConfig) -> Path | None:
     from .train import run
 
     teacher, run_dir, choices, overrides = compose_teacher(cfg)
-    if finished_summary(run_dir) is not None:
-        return run_dir
-    with run_lock(run_dir):
-        if finished_summary(run_dir) is None:
-            print(f"sst: training the teacher first: {' '.join(overrides)}")
-            hydra_dir = run_dir / ".hydra"
-            hydra_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(teacher, hydra_dir / "config.yaml")
-            OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
-            with _log_to(run_dir / "train.log"):
-                run(teacher, run_dir, choices)
+    if finished_summary(run_dir) is None:
+        print(f"sst: training the teacher first: {' '.join(overrides)}")
+        hydra_dir = run_dir / ".hydra"
+        hydra_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(teacher, hydra_dir / "config.yaml")
+        OmegaConf.save(OmegaConf.create(overrides), hydra_dir / "overrides.yaml")
+        with _log_to(run_dir / "train.log"):
+            run(teacher, run_dir, choices)  # waits if another process trains it
     return run_dir

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from . import config as _config  # noqa: F401  (registers the run-folder resolvers)
 from .build import build
 from .events import Preempted
-from .runs import finished_summary
+from .runs import finished_summary, run_lock
 from .teacher import ensure_teacher
 
 log = logging.getLogger("sst")
@@ -41,13 +41,21 @@ CONFIG_DIR = config_dir()
 
 def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = None) -> dict:
     """Trains the run of ``cfg`` in ``run_dir``: resumes from its checkpoint if any, and
-    returns at once with the stored summary if the run already finished."""
+    returns at once with the stored summary if the run already finished. A process that
+    finds another one training the same folder waits for it (``sst.runs.run_lock``)."""
     run_dir = Path(run_dir)
     done = finished_summary(run_dir)
-    if done is not None:
-        print(f"sst: run already finished, skipping: {run_dir}")
-        return done
-    ensure_teacher(cfg)  # a teacher named by overrides is trained first
+    if done is None:
+        ensure_teacher(cfg)  # a teacher named by overrides is trained first
+        with run_lock(run_dir):  # one process trains a folder at a time
+            done = finished_summary(run_dir)  # it may have finished while this one waited
+            if done is None:
+                return _train(cfg, run_dir, choices)
+    print(f"sst: run already finished, skipping: {run_dir}")
+    return done
+
+
+def _train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None) -> dict:
     loop = build(cfg, run_dir, choices)
     run_log = loop.run_log
     try:

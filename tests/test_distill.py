@@ -13,8 +13,8 @@ from runs import QUICK, compose_run, read_metrics
 from sst.build import build
 from sst.config import ConfigError
 from sst.distill import kd_loss
-from sst.runs import RunFolder
-from sst.teacher import check_teacher_overrides, run_lock, teacher_overrides
+from sst.runs import RunFolder, run_lock
+from sst.teacher import check_teacher_overrides, teacher_overrides
 from sst.train import run
 
 NO_SPARSITY_KEYS = [o for o in QUICK if not o.startswith("sparsity.")]
@@ -197,7 +197,7 @@ def _hold_lock(path, marker, seconds):
         (path / "released").write_text("yes")
 
 
-def test_a_second_process_waits_for_the_teacher_lock(tmp_path):
+def test_a_second_process_waits_for_the_run_lock(tmp_path):
     marker = tmp_path / "marker"
     child = multiprocessing.get_context("fork").Process(
         target=_hold_lock, args=(tmp_path / "teacher", marker, 1.0)
@@ -209,3 +209,25 @@ def test_a_second_process_waits_for_the_teacher_lock(tmp_path):
     with run_lock(tmp_path / "teacher"):
         assert (tmp_path / "teacher" / "released").exists()
     child.join(timeout=30)
+
+
+def _train_in_child(cfg, run_dir, choices):
+    torch.set_num_threads(1)
+    run(cfg, run_dir, choices)
+
+
+def test_two_processes_launching_one_run_train_it_once(tmp_path):
+    cfg, run_dir, choices = compose_run([*NO_SPARSITY_KEYS, "logger=none"], tmp_path)
+    child = multiprocessing.get_context("fork").Process(
+        target=_train_in_child, args=(cfg, run_dir, choices)
+    )
+    child.start()
+    deadline = time.monotonic() + 60
+    while not (run_dir / "run.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    summary = run(cfg, run_dir, choices)  # waits for the child, then finds the run finished
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    steps = [r["step"] for r in read_metrics(run_dir) if "train/loss" in r]
+    assert steps == sorted(set(steps))  # one training: no step logged twice
+    assert summary["steps"] == 3 * (1437 // 64)
