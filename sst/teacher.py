@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from .config import ConfigError
+from .runs import finished_summary
 
 log = logging.getLogger("sst")
 
@@ -156,8 +157,7 @@ def ensure_teacher(cfg: DictConfig) -> Path | None:
     spec = cfg.distill.get("teacher_run")
     if spec is None or isinstance(spec, str):
         return teacher_folder(cfg)
-    from .runs import finished_summary
-    from .train import run
+    from .train import run  # sst.train imports this module
 
     teacher, run_dir, choices, overrides = compose_teacher(cfg)
     if finished_summary(run_dir) is None:

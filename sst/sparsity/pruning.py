@@ -22,6 +22,7 @@ weights are zeroed together with their optimizer state (``MaskSet.set``).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -40,7 +41,14 @@ class PruningMethod(SparsityMethod):
 
     start_progress = 0.0
 
-    def __init__(self, model: nn.Module, optimizer=None, *, density: float, **kwargs) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float,
+        **kwargs,
+    ) -> None:
         structure = kwargs.get("structure", "unstructured")
         if kwargs.get("distribution", "erk") == "global_magnitude" and structure == "nm":
             raise ValueError(
@@ -64,17 +72,16 @@ class PruningMethod(SparsityMethod):
         """Layer name -> density of every masked layer at ``progress`` (module docstring)."""
         if not self.global_scope:
             return {n: 1.0 - progress * (1.0 - self.layer_density[n]) for n in self.weights}
-        fixed = {
-            n: 1.0 - progress * (1.0 - d) for n, d in self.fixed_densities.items()
-        }  # explicit per-layer densities are approached like the layer scope
-        current = self._current_weights()
+        # layers with an explicit density (``densities``) approach it like the layer scope
+        fixed = {n: 1.0 - progress * (1.0 - d) for n, d in self.fixed_densities.items()}
         result = distributions.global_magnitude(
-            current,
+            self._current_weights(),
             1.0 - progress * self.final_sparsity,
             dense=self.dense_layers,
             fixed=fixed,
         )
         masks = self.mask_set.masks if hasattr(self, "mask_set") else {}
+        kept = self.mask_set.kept_counts() if masks else {}
         out = {}
         for name, weight in self.weights.items():
             density = result[name]
@@ -83,8 +90,7 @@ class PruningMethod(SparsityMethod):
             if name in masks:
                 # pruned weights are zeros: when the kept ones are fewer than the budget
                 # (constant fan-in rounds down), the threshold is 0 and admits them all
-                kept = self.mask_set.kept_counts()[name] / weight.numel()
-                density = min(density, kept)
+                density = min(density, kept[name] / weight.numel())
             out[name] = density
         return out
 
@@ -133,7 +139,7 @@ class PruningMethod(SparsityMethod):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "progress": self.progress}
 
-    def load_state_dict(self, state) -> None:
+    def load_state_dict(self, state: Mapping) -> None:
         super().load_state_dict(state)
         self.progress = float(state["progress"])
 
