@@ -17,11 +17,12 @@ from . import dist
 from .checkpoint import seed_everything
 from .config import ConfigError
 from .data import make_loader
-from .distill import DistillHook, load_teacher
+from .distill import DistillHook, load_teacher, teacher_identity
 from .hooks import Hook, SparsityHook
 from .loop import Loop, LoopSettings, step_plan
 from .runlog import RunLog, SilentRunLog, git_commit
 from .settings import check_config
+from .teacher import teacher_folder
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -136,18 +137,19 @@ def build_method(cfg: DictConfig, model, optimizer, total_steps: int, data, devi
 
 
 def build_hooks(cfg: DictConfig, method, device: torch.device) -> list[Hook]:
-    """The loop's hooks: distillation (when enabled) and the sparsity method."""
+    """The loop's hooks: distillation (when enabled) and the sparsity method. A teacher
+    named by overrides must have finished (``sst.train.run`` trains it first)."""
     hooks: list[Hook] = [SparsityHook(method)]
     if cfg.distill.enabled:
         # RuntimeError: teacher weights that do not fit the teacher's architecture
         with config_errors("distill", also=(RuntimeError,)):
-            teacher = place_model(
-                load_teacher(cfg.distill.teacher_run), device, cfg.trainer.channels_last
-            )
+            loaded = load_teacher(teacher_folder(cfg))
+            teacher = place_model(loaded.model, device, cfg.trainer.channels_last)
             hook = DistillHook(
                 teacher.eval().requires_grad_(False),
                 temperature=cfg.distill.temperature,
                 weight=cfg.distill.weight,
+                identity=teacher_identity(loaded),
             )
         hooks.insert(0, hook)
     return hooks

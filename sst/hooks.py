@@ -40,6 +40,11 @@ class Hook:
     def metrics(self) -> dict[str, float]:
         return {}
 
+    def train_metrics(self) -> dict[str, float]:
+        """Added to the train records only: running means of the steps since the last
+        train record (the loop's train loss is windowed the same way)."""
+        return {}
+
     def summary(self) -> dict[str, Any]:
         return {}
 

@@ -405,6 +405,11 @@ class Loop:
         return {"stage": self.stage_at_last_step().index} if len(self.stages) > 1 else {}
 
     def stage_at_last_step(self) -> Stage:
+        """The stage of the step just taken; once a last stage without steps has started,
+        that stage."""
+        last = self.stages[-1]
+        if last.steps == 0 and self.stage_started >= last.index:
+            return last
         return stage_at(self.stages, max(self.step - 1, 0))
 
     def record_train(self) -> None:
@@ -419,6 +424,8 @@ class Loop:
         if self._progress is not None:
             self._progress.set_postfix(self._postfix, refresh=False)
         record = {"train/loss": mean_loss, "train/lr": self._lr, **self._stage_fields()}
+        for hook in self.hooks:
+            record.update(hook.train_metrics())
         self._log({**record, **self._hook_metrics()})
         self._loss_sum.zero_()
         self._loss_steps = 0
@@ -440,14 +447,16 @@ class Loop:
             {**self.last_eval, "test/best_acc": self.best_acc, **self._stage_fields(), **metrics}
         )
         if stage_end and len(self.stages) > 1:
-            self.stage_results.append(
-                {
-                    "stage": self.stage_at_last_step().index,
-                    "step": self.step,
-                    "test_acc": self.last_eval["test/acc"],
-                    "sparsity_masked_layers": metrics.get("sparsity/masked_layers"),
-                }
-            )
+            stage = self.stage_at_last_step()
+            row = {
+                "stage": stage.index,
+                "step": self.step,
+                "test_acc": self.last_eval["test/acc"],
+                "sparsity_masked_layers": metrics.get("sparsity/masked_layers"),
+            }
+            if stage.label:
+                row["label"] = stage.label
+            self.stage_results.append(row)
         self._postfix["test_acc"] = f"{self.last_eval['test/acc']:.2f}"
         if self._progress is not None:
             self._progress.set_postfix(self._postfix)
@@ -513,6 +522,7 @@ class Loop:
                         self.step_in_epoch = 0
                     for event in self.events:
                         event.after_step(self, boundary)
+                self._run_stage_without_steps()
             self._stop_vote.close()
         except Preempted:
             self._stop_vote.close()  # every rank stopped at this step: its vote completes
@@ -521,6 +531,16 @@ class Loop:
             self._progress.close()
             self._progress = None
         return self._summary()
+
+    def _run_stage_without_steps(self) -> None:
+        """A last stage with no steps starts after the last step (its hooks may change the
+        model, e.g. a final prune) and ends at once: evaluated and checkpointed like any
+        stage end."""
+        last = self.stages[-1]
+        if last.steps == 0 and self.stage_started < last.index:
+            self._start_stage_if_due()
+            self.evaluate_and_record(stage_end=True)
+            self.save_checkpoint()
 
     def _summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {
@@ -537,6 +557,9 @@ class Loop:
             summary["final_test_acc_top5"] = self.last_eval["test/acc_top5"]
         if len(self.stages) > 1:
             summary["stages"] = list(self.stage_results)
+            for row in self.stage_results:
+                if row.get("label"):
+                    summary[f"test_acc_{row['label']}"] = row["test_acc"]
         for hook in self.hooks:
             summary.update(hook.summary())
         return summary

@@ -29,10 +29,13 @@ class RunFolderBusy(RuntimeError):
 
 
 class RunLock:
-    """``with RunLock(run_dir):`` holds the run folder for this process."""
+    """``with RunLock(run_dir):`` holds the run folder for this process. A folder another
+    live process holds raises ``RunFolderBusy``, or with ``wait`` blocks until it is free
+    (students that share one distillation teacher wait for the one that trains it)."""
 
-    def __init__(self, run_dir: str | Path) -> None:
+    def __init__(self, run_dir: str | Path, *, wait: bool = False) -> None:
         self.path = Path(run_dir) / LOCK_FILE
+        self.wait = wait
         self._handle = None
 
     def __enter__(self) -> RunLock:
@@ -44,12 +47,16 @@ class RunLock:
             except OSError:
                 handle.seek(0)
                 owner = handle.read().strip() or "an unknown process"
-                handle.close()
-                raise RunFolderBusy(
-                    f"the run folder {self.path.parent} is in use by {owner}: the same run is "
-                    "already training there. Wait for it to finish (a finished run is then "
-                    f"skipped), or stop that process; {self.path} is released when it ends."
-                ) from None
+                if self.wait:
+                    print(f"sst: waiting for {owner}, which trains {self.path.parent}")
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                else:
+                    handle.close()
+                    raise RunFolderBusy(
+                        f"the run folder {self.path.parent} is in use by {owner}: the same run is "
+                        "already training there. Wait for it to finish (a finished run is then "
+                        f"skipped), or stop that process; {self.path} is released when it ends."
+                    ) from None
         handle.seek(0)
         handle.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -65,6 +72,9 @@ class RunLock:
         traceback: TracebackType | None,
     ) -> None:
         if self._handle is not None:
-            self.path.unlink(missing_ok=True)
+            # emptied, not deleted: a process waiting on this file must lock the file that
+            # the next launch will open too
+            self._handle.seek(0)
+            self._handle.truncate()
             self._handle.close()  # closing drops the flock
             self._handle = None

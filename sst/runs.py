@@ -8,6 +8,7 @@ One run, one folder (``<output_dir>/runs/<name>-<hash>``, see ``sst.identity``):
     checkpoints/last.pt    model, optimizer, sparsity state (top-level key "sparsity"),
                            model_meta (what rebuilds the model without the dataset), RNG, step
     train.log, wandb/, .hydra/   console log, the W&B run, Hydra's own record
+    .lock                  held while a process trains the run (``sst.runlock``)
 
 ``RunFolder`` reads the light files (config, summary, metrics) for tables; ``load_run``
 also rebuilds the trained model with its masks (distillation teachers, pruning from a

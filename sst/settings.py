@@ -64,7 +64,7 @@ class DistillSettings:
     """``conf/distill/*.yaml``."""
 
     enabled: bool
-    teacher_run: str | None = None
+    teacher_run: str | list[str] | None = None  # a run folder, or overrides (sst.teacher)
     temperature: float = 4.0
     weight: float = 0.9
 

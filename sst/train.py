@@ -22,6 +22,7 @@ from .config import ConfigError, check_command_line
 from .events import Preempted
 from .runlock import RunFolderBusy, RunLock
 from .runs import finished_summary
+from .teacher import ensure_teacher
 
 log = logging.getLogger("sst")
 
@@ -39,23 +40,34 @@ def config_dir() -> str:
 CONFIG_DIR = config_dir()
 
 
-def run(cfg: DictConfig, run_dir: str | Path, choices: dict[str, str] | None = None) -> dict:
+def run(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    choices: dict[str, str] | None = None,
+    *,
+    wait_if_busy: bool = False,
+) -> dict:
     """Trains the run of ``cfg`` in ``run_dir``: resumes from its checkpoint if any, and
-    returns at once with the stored summary if the run already finished."""
+    returns at once with the stored summary if the run already finished. Another process
+    training the same folder makes this one fail with a message naming it, or, with
+    ``wait_if_busy`` (a distillation teacher that several students need), wait for it and
+    then find the run finished."""
     run_dir = Path(run_dir)
     done = finished_summary(run_dir)
-    if done is not None:
-        if dist.is_main():
-            print(f"sst: run already finished, skipping: {run_dir}")
-        return done
-    if not dist.is_main():  # rank 0 alone holds the run folder's lock
-        return train(cfg, run_dir, choices)
-    try:
-        with RunLock(run_dir):
-            done = finished_summary(run_dir)  # finished while this process waited to start
-            return done if done is not None else train(cfg, run_dir, choices)
-    except RunFolderBusy as busy:
-        raise ConfigError(str(busy)) from None
+    if done is None:
+        ensure_teacher(cfg)  # a teacher named by overrides is trained first
+        if not dist.is_main():  # rank 0 alone holds the run folder's lock
+            return train(cfg, run_dir, choices)
+        try:
+            with RunLock(run_dir, wait=wait_if_busy):
+                done = finished_summary(run_dir)  # it may have finished while this one waited
+                if done is None:
+                    return train(cfg, run_dir, choices)
+        except RunFolderBusy as busy:
+            raise ConfigError(str(busy)) from None
+    if dist.is_main():
+        print(f"sst: run already finished, skipping: {run_dir}")
+    return done
 
 
 def train(cfg: DictConfig, run_dir: Path, choices: dict[str, str] | None) -> dict:

@@ -56,6 +56,10 @@ SWEEPS: dict[str, dict[str, list]] = {
         METHOD: ["static", "rigl"],
         "sparsity.density": [0.5, 0.2, 0.1, 0.05],
     },
+    "lr_rewinding_resnet56_cifar10": {
+        "sparsity.density": [0.8, 0.512, 0.21, 0.107, 0.055, 0.0225],
+        "seed": [0, 1, 2],
+    },
 }
 CIFAR_PRESETS = [p for p in SWEEPS if p.endswith("cifar10") or p == "srigl_gamma_sal_study"]
 IMAGENET_PRESETS = [p for p in SWEEPS if p.endswith("imagenet")]
@@ -306,6 +310,65 @@ def test_rigl_wrn22_2_cifar10_recipe() -> None:
     # "divided by 5 every 30k steps": the first drop lands within one epoch of step 30000.
     assert schedule(30_000 - per_epoch) == 1.0
     assert schedule(30_000 + per_epoch) == pytest.approx(0.2)
+
+
+# ----------------------------------------------------------------------------- LR rewinding
+def test_lr_rewinding_resnet56_cifar10_recipe() -> None:
+    cfg = preset("lr_rewinding_resnet56_cifar10")
+    choices = cfg.hydra.runtime.choices
+    assert (choices.model, choices.dataset, choices.sparsity) == (
+        "resnet56",
+        "cifar10",
+        "lr_rewinding",
+    )
+    assert cfg.sparsity._target_ == "sst.sparsity.LRRewinding"
+    assert cfg.sparsity.distribution == "global_magnitude"
+    assert (cfg.sparsity.prune_fraction, cfg.sparsity.retrain) == (0.2, "lr_rewinding")
+    baseline = preset("lr_rewinding_resnet56_cifar10", "sparsity=fine_tuning")
+    assert baseline.hydra.runtime.choices.sparsity == "fine_tuning"
+    assert (baseline.sparsity.retrain, baseline.trainer.epochs) == ("fine_tuning", 182)
+    assert cfg.trainer.epochs == 182
+    assert cfg.trainer.batch_size == 128
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (
+        0.1,
+        0.9,
+        2e-4,
+    )
+    schedule, per_epoch = lr_factors(cfg, 50_000)
+    assert schedule(0) == 1.0
+    assert schedule(91 * per_epoch - 1) == 1.0
+    assert schedule(91 * per_epoch) == pytest.approx(0.1)
+    assert schedule(136 * per_epoch) == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    ("density", "rounds"), [(0.8, 1), (0.512, 3), (0.21, 7), (0.107, 10), (0.055, 13), (0.0225, 17)]
+)
+def test_lr_rewinding_preset_runs_the_papers_rounds(density: float, rounds: int) -> None:
+    """Each density of the table is 0.8^r: r rounds after the dense training, each a
+    stage of 182 epochs that replays the LR schedule."""
+    cfg = preset("lr_rewinding_resnet56_cifar10", f"sparsity.density={density}")
+    model = sst.models.mlp(10, (1, 4, 4))
+    steps = total_steps(cfg, 50_000)
+    method, _ = build_method(cfg, model, steps)
+    stages = method.stages(steps)
+    assert len(stages) == rounds + 1
+    assert all(s.steps == 182 * CIFAR_STEPS_PER_EPOCH for s in stages)
+    assert all(s.schedule_step(s.start) == 0 for s in stages)
+
+
+def test_lr_rewinding_preset_prunes_resnet56_globally() -> None:
+    cfg = preset("lr_rewinding_resnet56_cifar10")
+    torch.manual_seed(0)
+    model = instantiate(cfg.model, num_classes=10, input_shape=(3, 32, 32))
+    method, optimizer = build_method(cfg, model, total_steps(cfg, 50_000))
+    assert "conv1" in method.masks and "fc" in method.masks  # first conv, final linear
+    assert any("shortcut" in name for name in method.masks)
+    one_step(model, method, optimizer, (3, 32, 32))
+    assert method.metrics()["sparsity/masked_layers"] == 0.0  # dense training first
+    method.on_stage_start(method.stages(100)[-1])  # the last round's density at once
+    assert method.metrics()["sparsity/masked_layers"] == pytest.approx(0.893, abs=1e-3)
+    one_step(model, method, optimizer, (3, 32, 32))
 
 
 # ----------------------------------------------------------------------------- build

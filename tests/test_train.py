@@ -39,7 +39,7 @@ def test_default_command_trains_digits_and_skips_when_finished(tmp_path):
     assert {row["layer"] for row in summary["layers"]} == {"1", "3", "5"}
     for name in ("config.json", "metrics.jsonl", "checkpoints/last.pt", "wandb_id.txt"):
         assert (run_dir / name).exists(), name
-    assert not (run_dir / ".lock").exists()
+    assert (run_dir / ".lock").read_text() == ""  # released
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert state["step"] == summary["steps"]
     assert set(state["sparsity"]["masks"]) == {"1", "3", "5"}

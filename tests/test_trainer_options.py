@@ -81,5 +81,9 @@ def test_cli_help_and_cfg_show_the_options():
     assert help_text.startswith("sst-train: train a sparse neural network")
     for group in ("sparsity:", "model:", "dataset:", "experiment:", "launcher:"):
         assert group in help_text
-    assert "sparsity: dense, rigl, set, srigl, static" in help_text
+    options = (
+        "asp_2to4, dense, fine_tuning, gmp, lr_rewinding, oneshot, rigl, set, srigl, static, "
+        "targeted_dropout"
+    )
+    assert f"sparsity: {options}" in help_text
     assert "_target_: sst.sparsity.RigL" in sst_train("--cfg", "job", "sparsity=rigl")

@@ -9,9 +9,27 @@ Library use, in any PyTorch loop::
 """
 
 from .dynamic import DynamicSparsity
+from .gmp import GMP
+from .lr_rewinding import LRRewinding
 from .method import Dense, SparsityMethod, Static
+from .oneshot import OneShot
+from .pruning import PruningMethod
 from .rigl import RigL
 from .set import SET
 from .srigl import SRigL
+from .targeted_dropout import TargetedDropout
 
-__all__ = ["SET", "Dense", "DynamicSparsity", "RigL", "SRigL", "SparsityMethod", "Static"]
+__all__ = [
+    "GMP",
+    "SET",
+    "Dense",
+    "DynamicSparsity",
+    "LRRewinding",
+    "OneShot",
+    "PruningMethod",
+    "RigL",
+    "SRigL",
+    "SparsityMethod",
+    "Static",
+    "TargetedDropout",
+]

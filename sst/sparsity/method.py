@@ -116,6 +116,8 @@ class SparsityMethod:
             for name in matching(names, [str(pattern)], "densities"):
                 fixed[name] = float(value)
         self.distribution = distribution
+        self.dense_layers = dense  # kept dense: dense_first / dense_last
+        self.fixed_densities = fixed  # from ``densities``
         self.layer_density = self._distribute(distribution, density, dense, fixed, erk_power)
         weights = {n: p for n, p in self.candidates.items() if self.layer_density[n] < 1.0}
         for name, weight in weights.items():

@@ -20,7 +20,10 @@ class Stage:
     The learning rate at global step s is the schedule's value at ``s - lr_start``:
     ``lr_start = start`` replays the schedule from its first value (LR rewinding). A stage
     with ``lr_hold`` set uses the schedule's value at that step throughout (fine-tuning at
-    the final LR).
+    the final LR). The last stage of a run may have no steps (``start == end``): the loop
+    starts it after the last step and evaluates it, so a method can change the model
+    between two evaluations (targeted dropout's final prune). A ``label`` names the stage's
+    test accuracy in the run's summary (``test_acc_<label>``).
     """
 
     index: int
@@ -28,10 +31,11 @@ class Stage:
     end: int
     lr_start: int
     lr_hold: int | None = None
+    label: str | None = None
 
     def __post_init__(self) -> None:
-        if not 0 <= self.start < self.end:
-            raise ValueError(f"stage {self.index}: needs 0 <= start < end, got {self}")
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"stage {self.index}: needs 0 <= start <= end, got {self}")
 
     @property
     def steps(self) -> int:
@@ -69,11 +73,14 @@ def stage_at(stages: Sequence[Stage], step: int) -> Stage:
 
 
 def check_stages(stages: Sequence[Stage]) -> None:
-    """Stages must tile the run: numbered 0.. in order, each starting where the last ended."""
+    """Stages must tile the run: numbered 0.. in order, each starting where the last ended;
+    only the last may have no steps, and not the first."""
     if not stages:
         raise ValueError("a run needs at least one stage")
     expected = 0
     for index, stage in enumerate(stages):
         if stage.index != index or stage.start != expected:
             raise ValueError(f"stages must follow each other from step 0: {list(stages)}")
+        if stage.steps == 0 and (index == 0 or index != len(stages) - 1):
+            raise ValueError(f"only the last stage (not the first) may have no steps: {stage}")
         expected = stage.end

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .mask_ops import rowwise_topk_mask
+from .mask_ops import rowwise_topk_mask, topk_mask
 
 STRUCTURES = ("unstructured", "constant_fanin", "nm")
 
@@ -107,6 +107,37 @@ class Structure:
         units = self.units(scores)
         counts = torch.full((units.shape[0],), capacity, device=scores.device)
         return self.from_units(rowwise_topk_mask(units, counts), scores.shape)
+
+    def mask_at_density(self, scores: torch.Tensor, density: float) -> torch.Tensor:
+        """The highest ``scores`` at ``density`` under this structure, for any density from
+        the final one up to 1 (gradual pruning passes through them): the top
+        int(numel * density) (unstructured); the top k = int(numel * density) // n_out of
+        every neuron (constant fan-in); under N:M, the top N of every group of M plus the
+        next-highest scores layer-wide up to int(numel * density), no group holding more
+        than ceil(M * density), so every group holds at most its share at every density
+        and exactly N at density N/M. Boolean, shaped like ``scores``."""
+        numel = scores.numel()
+        if self.kind == "unstructured":
+            return topk_mask(scores, layer_budget(numel, density))
+        if self.kind == "constant_fanin":
+            return self.top_mask(scores, layer_budget(numel, density) // scores.shape[0])
+        if density < self.n / self.m - 1e-9:
+            raise ValueError(
+                f"density={density:g} is below N:M {self.n}:{self.m}: every group keeps N"
+            )
+        units = self.units(scores)
+        groups = units.shape[0]
+        cap = min(self.m, math.ceil(self.m * density - 1e-9))
+        budget = min(max(layer_budget(numel, density), self.n * groups), cap * groups)
+        order = units.argsort(dim=1, descending=True, stable=True)
+        positions = torch.arange(self.m, device=units.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(1, order, positions)  # 0 = the group's top
+        keep = rank < self.n
+        extra = budget - self.n * groups
+        if extra > 0:
+            optional = (rank >= self.n) & (rank < cap)
+            keep |= topk_mask(torch.where(optional, units, float("-inf")), extra)
+        return self.from_units(keep, scores.shape)
 
     def verify(self, mask: torch.Tensor, capacity: int) -> None:
         """Raises if ``mask`` breaks the structure: every unit holds ``capacity`` active

@@ -1,0 +1,63 @@
+"""One-shot magnitude pruning with fine-tuning: the baseline of gradual pruning and LR
+rewinding (Han et al. 2015, one iteration; Renda et al. 2020, "fine-tuning")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..runs import load_run
+from .layers import unwrap
+from .pruning import PruningMethod, check_fraction
+
+
+def load_dense_weights(model: nn.Module, run_dir: str | Path) -> None:
+    """Copies the trained weights of a finished sst run into ``model`` (in place, so the
+    parameters stay the optimizer's). The run's masks are applied: a dense run has none."""
+    try:
+        trained = load_run(run_dir).model
+        unwrap(model).load_state_dict(trained.state_dict())
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        raise ValueError(f"dense_run={str(run_dir)!r}: {error}") from error
+
+
+class OneShot(PruningMethod):
+    """Trains dense until step ``prune_at`` * total_steps, prunes once to ``density`` by
+    magnitude (any scope, distribution and structure, see ``sst.sparsity.pruning``), then
+    fine-tunes for the rest of the run at the configured LR schedule.
+
+    Args (besides ``SparsityMethod``'s):
+        total_steps: optimizer steps of the run (required).
+        prune_at: the prune's step as a fraction of ``total_steps``; 0 prunes the starting
+            weights before the first step, 1 after the last (no fine-tuning).
+        dense_run: a finished sst run whose trained weights the model starts from
+            (``sst.runs.load_run``); with ``prune_at=0`` the run prunes them at once and
+            fine-tunes for all its steps.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float,
+        total_steps: int | None = None,
+        prune_at: float = 0.5,
+        dense_run: str | None = None,
+        **kwargs,
+    ) -> None:
+        if total_steps is None or total_steps < 1:
+            raise ValueError(f"total_steps={total_steps} must be a positive step count")
+        check_fraction("prune_at", prune_at)
+        if dense_run is not None:
+            load_dense_weights(model, dense_run)
+        self.prune_step = int(prune_at * total_steps)
+        self.start_progress = 1.0 if self.prune_step == 0 else 0.0
+        super().__init__(model, optimizer, density=density, total_steps=total_steps, **kwargs)
+        self.dense_run = dense_run
+
+    def update(self, step: int) -> None:
+        if step == self.prune_step and self.weights:
+            self.prune_to(1.0, step)
