@@ -44,9 +44,13 @@ UNFOLD_MAX_OUTPUTS = 256
 FALLBACK_BLOCK = 1 << 22
 
 
+# Set SST_CONDENSED_FALLBACK=1 (read at import) or this flag to run the PyTorch fallback.
+FORCE_FALLBACK = os.environ.get("SST_CONDENSED_FALLBACK", "") == "1"
+
+
 def compiled_available() -> bool:
-    """True when the C++ kernels are built and not disabled by ``SST_CONDENSED_FALLBACK=1``."""
-    return _ext is not None and os.environ.get("SST_CONDENSED_FALLBACK", "") != "1"
+    """True when the C++ kernels are built and not disabled (``FORCE_FALLBACK``)."""
+    return _ext is not None and not FORCE_FALLBACK
 
 
 def kernel_info() -> dict[str, object]:
@@ -65,17 +69,13 @@ def _ptr(tensor: Tensor | None) -> int:
     return 0 if tensor is None else tensor.data_ptr()
 
 
-def _threads() -> int:
-    return torch.get_num_threads()
-
-
-def _runnable(x: Tensor, matrix: Condensed) -> bool:
+def _runnable(x: Tensor) -> bool:
     return (
-        compiled_available()
-        and x.device.type == "cpu"
+        _ext is not None
+        and not FORCE_FALLBACK
+        and x.is_cpu
         and x.dtype == torch.float32
-        and matrix.values.dtype == torch.float32
-        and not (torch.is_grad_enabled() and x.requires_grad)
+        and not (x.requires_grad and torch.is_grad_enabled())
     )
 
 
@@ -89,13 +89,21 @@ def _output(batch_shape: Sequence[int], out: int, matrix: Condensed, bias: Tenso
 
 
 class LinearKernel:
-    """Runs one condensed Linear; caches the windowed layout on first small-batch use."""
+    """Runs one condensed Linear; builds the windowed layout on first small-batch use. The
+    tensors' addresses are read once: the kernel must be rebuilt if they change (the
+    modules in ``layers.py`` do so on ``.to()`` and ``load_state_dict``)."""
 
     def __init__(self, matrix: Condensed, bias: Tensor | None) -> None:
-        self.matrix = matrix
+        self.matrix = m = matrix
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self._windowed: Windowed | None = None
         self._windowed_checked = False
+        self._perm_args: tuple = ()
+        # gemv / spmm arguments after x: values, indices, index bytes, k, rows, bias
+        self._matrix_args = (
+            m.values.data_ptr(), m.indices.data_ptr(), m.indices.element_size(), m.k,
+            _ptr(m.rows), _ptr(self.bias),
+        )  # fmt: skip
 
     def windowed(self) -> Windowed | None:
         """The windowed layout when the CPU runs it and it is efficient enough."""
@@ -105,46 +113,46 @@ class LinearKernel:
                 layout = build_windowed(self.matrix, self.bias)
                 if layout.efficiency >= WINDOWED_MIN_EFFICIENCY:
                     self._windowed = layout
+                    self._perm_args = (
+                        layout.cnt.data_ptr(), layout.windows, layout.offset.data_ptr(),
+                        layout.pos.data_ptr(), layout.values.data_ptr(), layout.bias.data_ptr(),
+                        layout.rows.data_ptr(),
+                    )  # fmt: skip
         return self._windowed
 
     def __call__(self, x: Tensor) -> Tensor:
         m = self.matrix
-        if not _runnable(x, m):
+        if not _runnable(x):
             return linear_reference(x, m, self.bias)
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, m.in_features)
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
+        flat = x.dim() == 2 and x.is_contiguous()
+        x2 = x if flat else x.reshape(-1, m.in_features).contiguous()
         batch = x2.shape[0]
         y = _output((batch,), m.out_features, m, self.bias)
-        if batch == 0 or m.n_live == 0:
-            return y.reshape(*lead, m.out_features)
-        idx_bytes = m.indices.element_size()
+        if batch and m.n_live:
+            self._run(x2, y, batch)
+        return y if x2 is x else y.reshape(*x.shape[:-1], m.out_features)
+
+    def _run(self, x2: Tensor, y: Tensor, batch: int) -> None:
+        m, threads = self.matrix, torch.get_num_threads()
         if batch < SPMM_MIN_BATCH:
             layout = self.windowed()
             if layout is not None:
                 _ext.perm(
-                    x2.data_ptr(), m.in_features, batch, m.in_features,
-                    layout.cnt.data_ptr(), layout.windows, layout.offset.data_ptr(),
-                    layout.pos.data_ptr(), layout.values.data_ptr(), layout.bias.data_ptr(),
-                    layout.rows.data_ptr(), y.data_ptr(), m.out_features, layout.groups,
-                    layout.work, _threads(),
+                    x2.data_ptr(), m.in_features, batch, m.in_features, *self._perm_args,
+                    y.data_ptr(), m.out_features, layout.groups, layout.work, threads,
                 )  # fmt: skip
             else:
                 _ext.gemv(
-                    x2.data_ptr(), m.in_features, batch, m.values.data_ptr(),
-                    m.indices.data_ptr(), idx_bytes, m.k, _ptr(m.rows), _ptr(self.bias),
-                    y.data_ptr(), m.out_features, m.n_live, _threads(),
+                    x2.data_ptr(), m.in_features, batch, *self._matrix_args, y.data_ptr(),
+                    m.out_features, m.n_live, threads,
                 )  # fmt: skip
         else:
             xt = torch.empty(m.in_features, batch)
             _ext.transpose(x2.data_ptr(), batch, m.in_features, xt.data_ptr())
             _ext.spmm(
-                xt.data_ptr(), batch, 0, 0, m.values.data_ptr(), m.indices.data_ptr(),
-                idx_bytes, m.k, _ptr(m.rows), _ptr(self.bias), y.data_ptr(), 0, 1,
-                m.out_features, batch, LINEAR_CHUNK, 1, m.n_live, _threads(),
+                xt.data_ptr(), batch, 0, 0, *self._matrix_args, y.data_ptr(), 0, 1,
+                m.out_features, batch, LINEAR_CHUNK, 1, m.n_live, threads,
             )  # fmt: skip
-        return y.reshape(*lead, m.out_features)
 
 
 class ConvGeometry:
@@ -215,7 +223,7 @@ class ConvKernel:
 
     def __call__(self, x: Tensor) -> Tensor:
         m, g = self.matrix, self.geometry
-        if not _runnable(x, m):
+        if not _runnable(x):
             return conv2d_reference(x, m, self.bias, g)
         oh, ow = g.output_size(x.shape[2], x.shape[3])
         mode = self.mode
@@ -243,7 +251,8 @@ class ConvKernel:
         _ext.spmm(
             x.data_ptr(), ldx, x[0].numel(), _ptr(offsets), m.values.data_ptr(),
             m.indices.data_ptr(), m.indices.element_size(), m.k, _ptr(m.rows), _ptr(self.bias),
-            y.data_ptr(), rows * stride, stride, 1, length, CONV_CHUNK, n, m.n_live, _threads(),
+            y.data_ptr(), rows * stride, stride, 1, length, CONV_CHUNK, n, m.n_live,
+            torch.get_num_threads(),
         )  # fmt: skip
 
     def _unfold(self, x: Tensor, oh: int, ow: int) -> Tensor:

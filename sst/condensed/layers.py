@@ -25,15 +25,6 @@ from . import cpu
 from .packing import Condensed, condense_matrix, describe, flat_to_unit, index_dtype
 
 
-def _version_key(*tensors: Tensor | None) -> tuple:
-    """Identifies the tensors' storage and contents: a kernel cache built from them is stale
-    once a buffer is replaced, moved or modified in place (inference tensors cannot be)."""
-    return tuple(
-        None if t is None else (t.data_ptr(), 0 if t.is_inference() else t._version, t.device)
-        for t in tensors
-    )
-
-
 class _CondensedBase(nn.Module):
     """Buffers ``values`` (n_live, k) float32, ``indices`` (n_live, k) of ``index_dtype``,
     ``rows`` (n_live,) int32 or None (no ablated neuron), ``bias`` (out,) or None; ``nm`` is
@@ -59,7 +50,6 @@ class _CondensedBase(nn.Module):
         self.register_buffer("rows", rows)
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._kernel = None
-        self._kernel_key: tuple | None = None
 
     @property
     def k(self) -> int:
@@ -91,12 +81,18 @@ class _CondensedBase(nn.Module):
         """The (out_features, fan_in) weight, zeros where inactive."""
         return self.matrix().to_dense()
 
-    def _cached(self, make):
-        key = _version_key(self.values, self.indices, self.rows, self.bias)
-        if self._kernel is None or key != self._kernel_key:
-            self._kernel = make()
-            self._kernel_key = key
-        return self._kernel
+    def reset_kernel(self) -> None:
+        """Drops the cached kernel (it holds the buffers' addresses); called after ``.to()``,
+        ``load_state_dict`` and ``set_matrix``, and needed after changing buffers in place."""
+        self._kernel = None
+
+    def _apply(self, fn, recurse: bool = True):
+        self.reset_kernel()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self.reset_kernel()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         nm = f", nm={self.nm[0]}:{self.nm[1]}" if self.nm else ""
@@ -145,8 +141,9 @@ class CondensedLinear(_CondensedBase):
             from . import gpu
 
             return gpu.condensed_linear(x, self.matrix(), self.bias)
-        kernel = self._cached(lambda: cpu.LinearKernel(self.matrix(), self.bias))
-        return kernel(x)
+        if self._kernel is None:
+            self._kernel = cpu.LinearKernel(self.matrix(), self.bias)
+        return self._kernel(x)
 
     def to_linear(self) -> nn.Linear:
         """The equivalent dense ``nn.Linear``."""
@@ -265,12 +262,10 @@ class CondensedConv2d(_CondensedBase):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
-        kernel = self._cached(
-            lambda: cpu.ConvKernel(self.matrix(), self.bias, self.geometry, self.mode)
-        )
-        if self.mode != kernel.mode:
-            kernel.mode = self.mode
-        return kernel(x)
+        if self._kernel is None:
+            self._kernel = cpu.ConvKernel(self.matrix(), self.bias, self.geometry, self.mode)
+        self._kernel.mode = self.mode
+        return self._kernel(x)
 
     def to_conv(self) -> nn.Conv2d:
         """The equivalent dense ``nn.Conv2d``."""
@@ -313,7 +308,6 @@ class _CSRBase(nn.Module):
         self.register_buffer("csr_values", torch.zeros(nnz))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._sparse: Tensor | None = None
-        self._sparse_key: tuple | None = None
 
     def set_weight(self, weight2d: Tensor, bias: Tensor | None) -> None:
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
@@ -323,10 +317,19 @@ class _CSRBase(nn.Module):
         self.col_indices = csr.col_indices().to(torch.int32)
         self.csr_values = csr.values().contiguous()
         self.bias = None if bias is None else bias.detach().float().clone()
+        self._sparse = None
+
+    def _apply(self, fn, recurse: bool = True):
+        self._sparse = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._sparse = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def sparse(self) -> Tensor:
-        key = _version_key(self.crow_indices, self.col_indices, self.csr_values)
-        if self._sparse is None or key != self._sparse_key:
+        """The weight as a torch sparse CSR tensor (built once, dropped on ``.to()``)."""
+        if self._sparse is None:
             self._sparse = torch.sparse_csr_tensor(
                 self.crow_indices,
                 self.col_indices,
@@ -334,7 +337,6 @@ class _CSRBase(nn.Module):
                 (self.out_features, self.fan_in),
                 check_invariants=False,
             )
-            self._sparse_key = key
         return self._sparse
 
     def dense_weight(self) -> Tensor:
@@ -407,12 +409,16 @@ class CSRConv2d(_CSRBase):
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.geometry
-        n = x.shape[0]
         oh, ow = g.output_size(x.shape[2], x.shape[3])
-        cols = F.unfold(x, g.kernel_size, g.dilation, g.padding, g.stride)  # (n, fan_in, L)
-        flat = cols.transpose(0, 1).reshape(self.fan_in, -1)
-        y = self._matmul(flat)  # (out, n * L)
-        return y.view(self.out_features, n, oh, ow).transpose(0, 1)
+        # unfold costs fan_in * L floats per image: a few images at a time bound the memory
+        step = max(1, (1 << 24) // max(1, self.fan_in * oh * ow))
+        parts = []
+        for chunk in x.split(step):
+            cols = F.unfold(chunk, g.kernel_size, g.dilation, g.padding, g.stride)
+            flat = cols.transpose(0, 1).reshape(self.fan_in, -1)
+            y = self._matmul(flat)  # (out, n * L)
+            parts.append(y.view(self.out_features, chunk.shape[0], oh, ow).transpose(0, 1))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 CONDENSED_TYPES = (CondensedLinear, CondensedConv2d)

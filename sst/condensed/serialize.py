@@ -404,6 +404,7 @@ def _load_state(module: nn.Module, state: dict[str, Tensor], name: str) -> None:
         for key in ("values", "indices", "rows", "bias"):
             if key in state:
                 setattr(module, key, state[key])
+        module.reset_kernel()
         return
     missing, unexpected = module.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if not k.endswith("num_batches_tracked")]:
