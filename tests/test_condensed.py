@@ -186,7 +186,7 @@ def test_fallback_matches_compiled_linear(batch, monkeypatch):
     with torch.inference_mode():
         compiled = kernel(x)
         fallback = cpu.linear_reference(x, matrix, linear.bias.detach())
-        monkeypatch.setenv("SST_CONDENSED_FALLBACK", "1")
+        monkeypatch.setattr(cpu, "FORCE_FALLBACK", True)
         via_module = CondensedLinear.from_linear(linear)(x)
     assert_close(compiled, fallback)
     assert_close(via_module, fallback)
@@ -402,8 +402,9 @@ def test_size_report_hand_computed():
 def test_cli_arguments_and_input_shape():
     args = parse_args(["outputs/runs/x", "--out", "m.safetensors", "--compress"])
     assert args.out.name == "m.safetensors" and args.compress
-    config = {"model": {"name": "mlp"}, "dataset": {"input_shape": [1, 8, 8]}}
-    assert find_input_shape(config) == (1, 8, 8)
+    assert find_input_shape({"dataset": {"input_shape": [1, 8, 8]}}) == (1, 8, 8)
+    assert find_input_shape({"dataset": {"_target_": "sst.data.cifar10"}}) == (3, 32, 32)
+    assert find_input_shape({"dataset": {"image_size": 64}}) == (3, 64, 64)
     assert find_input_shape({"dataset": {}}) is None
 
 

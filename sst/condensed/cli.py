@@ -14,21 +14,34 @@ import torch
 from .export import FORMATS, export_model
 from .size import format_size_table, size_report
 
+# Input shapes of the datasets whose config does not state one (sst/data).
+DATASET_SHAPES = {
+    "sst.data.cifar10": (3, 32, 32),
+    "sst.data.cifar100": (3, 32, 32),
+    "sst.data.digits": (1, 8, 8),
+}
 
-def find_input_shape(config: Mapping[str, Any]) -> tuple[int, ...] | None:
-    """The first ``input_shape`` entry found in a (nested) run config."""
-    stack: list[Any] = [config]
-    while stack:
-        item = stack.pop(0)
-        if isinstance(item, Mapping):
-            if "input_shape" in item and item["input_shape"] is not None:
-                return tuple(int(v) for v in item["input_shape"])
-            stack.extend(item.values())
-    return None
+
+def find_input_shape(config: Mapping[str, Any], run: object = None) -> tuple[int, ...] | None:
+    """(C, H, W) of one example: the run's ``input_shape`` attribute, else the dataset config's
+    ``input_shape``, ``image_size`` (3 channels) or its known builder, else None."""
+    shape = getattr(run, "input_shape", None)
+    if shape is not None:
+        return tuple(int(v) for v in shape)
+    dataset = config.get("dataset") or {}
+    if dataset.get("input_shape") is not None:
+        return tuple(int(v) for v in dataset["input_shape"])
+    if dataset.get("image_size") is not None:
+        return (3, int(dataset["image_size"]), int(dataset["image_size"]))
+    return DATASET_SHAPES.get(str(dataset.get("_target_")))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="sst-export", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sst-export",
+        description="Export a finished run's model as a condensed safetensors file, checked "
+        "against the masked model, and print its per-layer formats and sizes.",
+    )
     parser.add_argument("run_folder", type=Path, help="a run folder under outputs/runs/")
     parser.add_argument(
         "--out",
@@ -40,7 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--input-shape",
         default=None,
         help="C,H,W of one example, for the per-layer timing and the output check "
-        "(default: the run config's input_shape)",
+        "(default: from the run's dataset)",
     )
     parser.add_argument("--batch", type=int, default=1, help="batch size to time layers at")
     parser.add_argument("--formats", choices=FORMATS, default="auto")
@@ -56,9 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.input_shape:
         shape = tuple(int(v) for v in args.input_shape.split(","))
     else:
-        shape = find_input_shape(run.config)
+        shape = find_input_shape(run.config, run)
     if shape is None:
-        print("sst-export: no input_shape in the run config; pass --input-shape C,H,W",
+        print("sst-export: the run's input shape is unknown; pass --input-shape C,H,W",
               file=sys.stderr)  # fmt: skip
         return 2
     example = torch.randn(args.batch, *shape, generator=torch.Generator().manual_seed(0))
