@@ -24,11 +24,14 @@ Variants (each its own module, built once per sparsity, thread count and batch c
 - ``structured``: ``condense(formats="dense")``: the same surgery with dense GEMMs, so the
   gain of structure alone; for the single layer, the live rows only.
 
-Protocol: rounds (7 full, 2 quick); in each round every variant runs its calls in a rotated
-order, each call timed alone (``time.perf_counter``) under ``torch.inference_mode``; the
-tables give medians with the IQR in brackets. Bandwidth: a 256 MiB tensor copy (read +
-write) at each thread count; a variant's bound is (weight, index and input bytes it reads)
-/ bandwidth. The target table adds a cold-cache run (a 64 MiB buffer written between calls).
+Protocol: rounds (7 full, 2 quick; 3 for inputs of 4M elements or more); in each round every
+variant runs its calls (about 30 ms worth) in a rotated order, each call timed alone
+(``time.perf_counter``) under ``torch.inference_mode``; the tables give medians with the
+IQR in brackets. A variant whose warm-up call takes over ``--slow-s`` (2 s: CSR convs at
+batch 64) is timed once. Bandwidth: the faster of a 256 MiB tensor copy
+(read + write) and a read-only max over it, at each thread count; a variant's bound is (the
+weight, index and input bytes it reads, for the windowed kernel its padded layout) /
+bandwidth. The target table adds a cold-cache run (a 64 MiB buffer written between calls).
 A last table gives each model's ``size_report`` totals and its saved export's file size,
 raw and with ``compress=True`` (delta-coded indices through zlib).
 
@@ -192,17 +195,21 @@ def read_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def copy_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> float:
-    """Bytes per second of a large tensor copy (counting the read and the write)."""
+def memory_bandwidth(nbytes: int = 256 << 20, reps: int = 5) -> tuple[float, float]:
+    """Bytes per second of a large tensor copy (counting the read and the write) and of a
+    large read-only reduction, each the best of ``reps``."""
     src = torch.ones(nbytes // 4)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t0)
-    return 2 * nbytes / min(times)
+    rates = []
+    for op, moved in ((lambda: dst.copy_(src), 2 * nbytes), (lambda: src.max(), nbytes)):
+        op()
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            op()
+            best = min(best, time.perf_counter() - t0)
+        rates.append(moved / best)
+    return rates[0], rates[1]
 
 
 # ----------------------------------------------------------------------------- timing
@@ -230,14 +237,29 @@ def calls_per_round(fn: Callable[[], object]) -> int:
 
 
 def time_variants(
-    variants: dict[str, nn.Module], x: torch.Tensor, rounds: int, flush: torch.Tensor | None
+    variants: dict[str, nn.Module],
+    x: torch.Tensor,
+    rounds: int,
+    flush: torch.Tensor | None,
+    slow_s: float = float("inf"),
 ) -> dict[str, Cell]:
+    """Per-call times of every variant, interleaved; a variant whose warm-up call takes
+    longer than ``slow_s`` is timed once (its cell then has one sample)."""
     cells = {name: Cell() for name in variants}
     with torch.inference_mode():
         calls = {}
         for name, module in variants.items():
+            t0 = time.perf_counter()
             module(x)  # warm-up (and the condensed kernels' lazy layouts)
-            calls[name] = 3 if flush is not None else calls_per_round(lambda m=module: m(x))
+            if time.perf_counter() - t0 > slow_s:
+                calls[name] = 0
+                t0 = time.perf_counter()
+                module(x)
+                cells[name].times.append(time.perf_counter() - t0)
+            elif flush is not None:
+                calls[name] = 3
+            else:
+                calls[name] = calls_per_round(lambda m=module: m(x))
         for r in range(rounds):
             for name in rotated(list(variants), r):
                 module = variants[name]
@@ -310,7 +332,7 @@ def bench_model(name: str, args, threads: int, bandwidth: float) -> list[Row]:
                 log(f"  {name} S={sparsity:.0%} threads={threads}: export at batch {export_batch}")
                 built[export_batch] = build_variants(name, model, masks, x[:export_batch])
             rounds = args.rounds if batch * math.prod(spec.example) < 1 << 22 else args.big_rounds
-            cells = time_variants(built[export_batch], x, rounds, None)
+            cells = time_variants(built[export_batch], x, rounds, None, args.slow_s)
             rows.append(Row(name, sparsity, batch, threads, cells, bandwidth))
             log(
                 f"  {name} S={sparsity:.0%} B={batch} t={threads}: "
@@ -423,6 +445,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--big-rounds", type=int, default=3, help="rounds for large inputs")
     parser.add_argument(
+        "--slow-s", type=float, default=2.0, help="a variant slower than this is timed once"
+    )
+    parser.add_argument(
         "--resnet-max-batch", type=int, default=64, help="largest ResNet-18 batch (CSR is slow)"
     )
     args = parser.parse_args(argv)
@@ -447,8 +472,12 @@ def main(argv: list[str] | None = None) -> None:
     target: dict[int, dict] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        bandwidth = copy_bandwidth()
-        print(f"## {threads} thread(s): copy bandwidth {bandwidth / 1e9:.1f} GB/s\n")
+        copy_rate, read_rate = memory_bandwidth()
+        bandwidth = max(copy_rate, read_rate)  # the faster rate gives the tighter bound
+        print(
+            f"## {threads} thread(s): memory bandwidth {bandwidth / 1e9:.1f} GB/s (copy "
+            f"{copy_rate / 1e9:.1f}, read-only {read_rate / 1e9:.1f})\n"
+        )
         log(f"threads={threads}: target layer")
         lines, target[threads] = bench_target(args, threads, bandwidth)
         print("Target layer 3072 -> 768, 90% sparsity, batch 1, no ablated neuron:\n")
