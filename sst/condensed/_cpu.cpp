@@ -16,6 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -354,15 +355,20 @@ void select_kernels() {
 #undef SST_FILL
 }
 
-// Splits [0, n) into one contiguous range per thread.
+// Runs fn over [0, n) on up to `threads` threads. The range is cut into about 8 chunks per
+// thread, claimed in order from a shared counter: a thread the OS schedules late (a busy
+// machine) finds the work done by the others instead of holding its static share, so the
+// region costs at most its wake-up, not its share of the work on top.
 template <typename Args, typename Fn>
 void run_parallel(Fn fn, const Args& a, int64_t n, int threads) {
 #ifdef _OPENMP
   if (threads > 1 && n > 1) {
+    const int64_t chunks = n < 8 * threads ? n : 8 * threads;
+    std::atomic<int64_t> next{0};
 #pragma omp parallel num_threads(threads)
     {
-      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-      fn(a, n * t / nt, n * (t + 1) / nt);
+      for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1))
+        fn(a, n * c / chunks, n * (c + 1) / chunks);
     }
     return;
   }
