@@ -6,11 +6,12 @@ Linear, y[b, n] = bias[n] + sum_j V[n, j] * x[b, I[n, j]] for the live rows n:
   AVX-512 and the layout's lanes are well filled, else scalar loads (``gemv``);
 - larger batches: ``spmm`` on x transposed to (in, B), vectorised along the batch.
 
-Conv2d (groups 1) runs ``spmm`` directly on the zero-padded input (no im2col): for stride s
-the padded input is split into s x s phase planes, so that every weight (c, ky, kx) reads a
-contiguous run of its plane, at ``tapoff[c, ky, kx]`` plus oy * Wq + ox. Outputs are computed
-at the phase plane's width Wq, and the Wq - OW columns past the output's width are cropped
-by a view.
+Conv2d (groups 1) runs ``spmm`` in one of two modes (``ConvKernel``): "direct" on the
+zero-padded input (no im2col): for stride s the padded input is split into s x s phase
+planes, so that every weight (c, ky, kx) reads a contiguous run of its plane, at
+``tapoff[c, ky, kx]`` plus oy * Wq + ox; outputs are computed at the phase plane's width Wq,
+and the Wq - OW columns past the output's width are cropped by a view. "unfold" runs on
+F.unfold's columns, which is faster on small feature maps.
 """
 
 from __future__ import annotations
