@@ -1,0 +1,551 @@
+// Condensed (constant fan-in) sparse kernels for the CPU, fp32.
+//
+// A condensed matrix holds, per surviving output neuron r, k values V[r, j] and k input
+// indices I[r, j] (Lasby et al., "Dynamic Sparse Training with Structured Sparsity",
+// ICLR 2024):  y[row(r)] = b[row(r)] + sum_j V[r, j] * x[I[r, j]].
+//
+// gemv: x is (B, in) row-major; scalar loads (portable; on Zen 4 as fast as AVX-512 gathers).
+// perm: the same product for a few rows of x from a windowed layout (AVX-512, see below).
+// spmm: X is (in, L) rows (a transposed batch, or the rows of a virtual im2col given by a
+//       per-index offset table `tapoff`); Y[row(r), l] = b + sum_j V[r, j] * X[I[r, j], l],
+//       vectorised along l, so every weight is one broadcast and L/16 FMAs.
+//
+// Index types: uint8 (in <= 256), uint16 (in <= 32768), int32. The parallel regions are
+// OpenMP; on Linux the extension binds to the libgomp.so.1 that torch has already loaded,
+// so it shares torch's thread pool instead of competing with it.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SST_X86 1
+#include <immintrin.h>
+#define SST_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define SST_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+#define SST_INLINE inline __attribute__((always_inline))
+
+namespace {
+
+struct GemvArgs {
+  const float* x;  // (B, ldx)
+  int64_t ldx, batch;
+  const float* values;  // (n_live, k)
+  const void* indices;  // (n_live, k)
+  int64_t k;
+  const int32_t* rows;  // output row of each live row, or null for the identity
+  const float* bias;    // indexed by output row, or null
+  float* y;             // (B, ldy)
+  int64_t ldy;
+};
+
+struct SpmmArgs {
+  const float* x;          // per image: rows of length >= L
+  int64_t ldx;             // row stride of x (used when tapoff is null)
+  int64_t x_img;           // image stride of x
+  const int32_t* tapoff;   // offset of index t's row, or null for t * ldx
+  const float* values;
+  const void* indices;
+  int64_t k;
+  const int32_t* rows;
+  const float* bias;
+  float* y;
+  int64_t y_img, y_row, y_col;  // y[img * y_img + row * y_row + l * y_col]
+  int64_t length;               // L, columns per image
+  int64_t chunk;                // columns per work item (cache blocking of x)
+  int64_t n_chunks, n_live;
+};
+
+template <typename Idx>
+SST_INLINE int64_t row_of(const Idx* I, int64_t j) {
+  return static_cast<int64_t>(I[j]);
+}
+
+// ------------------------------------------------------------------------------ gemv
+template <typename Idx>
+void gemv_scalar(const GemvArgs& a, int64_t r0, int64_t r1) {
+  const Idx* indices = static_cast<const Idx*>(a.indices);
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* v = a.values + r * a.k;
+    const Idx* I = indices + r * a.k;
+    const int64_t row = a.rows ? a.rows[r] : r;
+    const float b = a.bias ? a.bias[row] : 0.0f;
+    for (int64_t q = 0; q < a.batch; ++q) {
+      const float* x = a.x + q * a.ldx;
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+      int64_t j = 0;
+      for (; j + 4 <= a.k; j += 4) {
+        s0 += v[j] * x[row_of(I, j)];
+        s1 += v[j + 1] * x[row_of(I, j + 1)];
+        s2 += v[j + 2] * x[row_of(I, j + 2)];
+        s3 += v[j + 3] * x[row_of(I, j + 3)];
+      }
+      for (; j < a.k; ++j) s0 += v[j] * x[row_of(I, j)];
+      a.y[q * a.ldy + row] = b + ((s0 + s1) + (s2 + s3));
+    }
+  }
+}
+
+#ifdef SST_X86
+// ------------------------------------------------------------------------------ perm
+// Windowed layout for small batches (AVX-512). Live rows are taken 16 at a time (one per
+// lane) and the inputs 32 at a time (a window, two zmm registers). For group g and window
+// w, cnt[g, w] "ops" follow, each holding for every lane one weight of that lane's row whose
+// input lies in the window (value 0 where the row has fewer): 16 uint8 positions in the
+// window and 16 values. An op is one vpermt2ps (the 16 gathered inputs, from registers)
+// and one FMA into the lane's accumulator, so no gather and no horizontal sum is needed.
+struct PermArgs {
+  const float* x;  // (B, ldx), in valid columns per row
+  int64_t ldx, batch, in;
+  const uint8_t* cnt;      // (n_groups, n_windows)
+  const int64_t* offset;   // (n_groups) first op of each group
+  const uint8_t* pos;      // (n_ops, 16)
+  const float* values;     // (n_ops, 16)
+  const float* bias;       // (n_groups * 16) bias of each lane's row, 0 for padding
+  const int32_t* rows;     // (n_groups * 16) output row of each lane, -1 for padding
+  float* y;                // (B, ldy)
+  int64_t ldy, n_windows;
+};
+
+template <int NB>
+SST_AVX512 SST_INLINE void perm_group(const PermArgs& a, int64_t g, const float* x, float* y) {
+  __m512 acc[NB], acc2[NB];
+  const __m512 b = _mm512_loadu_ps(a.bias + g * 16);
+  for (int q = 0; q < NB; ++q) {
+    acc[q] = b;
+    acc2[q] = _mm512_setzero_ps();
+  }
+  const uint8_t* cnt = a.cnt + g * a.n_windows;
+  const uint8_t* pos = a.pos + a.offset[g] * 16;
+  const float* val = a.values + a.offset[g] * 16;
+  for (int64_t w = 0; w < a.n_windows; ++w) {
+    const int c = cnt[w];
+    if (c == 0) continue;
+    const int64_t left = a.in - w * 32;
+    const __mmask16 m_lo = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1u);
+    const __mmask16 m_hi =
+        left >= 32 ? 0xFFFF : left <= 16 ? 0 : static_cast<__mmask16>((1u << (left - 16)) - 1u);
+    __m512 lo[NB], hi[NB];
+    for (int q = 0; q < NB; ++q) {
+      lo[q] = _mm512_maskz_loadu_ps(m_lo, x + q * a.ldx + w * 32);
+      hi[q] = _mm512_maskz_loadu_ps(m_hi, x + q * a.ldx + w * 32 + 16);
+    }
+    int o = 0;
+    for (; o + 2 <= c; o += 2) {
+      const __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pos)));
+      const __m512i i1 =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pos + 16)));
+      const __m512 v0 = _mm512_loadu_ps(val), v1 = _mm512_loadu_ps(val + 16);
+      for (int q = 0; q < NB; ++q) {
+        acc[q] = _mm512_fmadd_ps(v0, _mm512_permutex2var_ps(lo[q], i0, hi[q]), acc[q]);
+        acc2[q] = _mm512_fmadd_ps(v1, _mm512_permutex2var_ps(lo[q], i1, hi[q]), acc2[q]);
+      }
+      pos += 32;
+      val += 32;
+    }
+    if (o < c) {
+      const __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pos)));
+      const __m512 v0 = _mm512_loadu_ps(val);
+      for (int q = 0; q < NB; ++q)
+        acc[q] = _mm512_fmadd_ps(v0, _mm512_permutex2var_ps(lo[q], i0, hi[q]), acc[q]);
+      pos += 16;
+      val += 16;
+    }
+  }
+  const int32_t* rows = a.rows + g * 16;
+  const bool contiguous = rows[15] >= 0 && rows[15] - rows[0] == 15;
+  for (int q = 0; q < NB; ++q) {
+    const __m512 sum = _mm512_add_ps(acc[q], acc2[q]);
+    float* yq = y + q * a.ldy;
+    if (contiguous) {
+      _mm512_storeu_ps(yq + rows[0], sum);
+    } else {
+      alignas(64) float lanes[16];
+      _mm512_store_ps(lanes, sum);
+      for (int l = 0; l < 16; ++l)
+        if (rows[l] >= 0) yq[rows[l]] = lanes[l];
+    }
+  }
+}
+
+SST_AVX512 void perm_avx512(const PermArgs& a, int64_t g0, int64_t g1) {
+  for (int64_t g = g0; g < g1; ++g) {
+    int64_t q = 0;
+    for (; q + 4 <= a.batch; q += 4) perm_group<4>(a, g, a.x + q * a.ldx, a.y + q * a.ldy);
+    for (; q + 2 <= a.batch; q += 2) perm_group<2>(a, g, a.x + q * a.ldx, a.y + q * a.ldy);
+    for (; q < a.batch; ++q) perm_group<1>(a, g, a.x + q * a.ldx, a.y + q * a.ldy);
+  }
+}
+#endif  // SST_X86
+
+// ------------------------------------------------------------------------------ spmm
+// GCC/Clang vector extensions: lowered to zmm, ymm or xmm by the calling function's target.
+typedef float v16f __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
+template <typename V>
+SST_INLINE V load_v(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V>
+SST_INLINE void store_v(float* y, int64_t stride, const V& v) {
+  constexpr int n = sizeof(V) / sizeof(float);
+  if (stride == 1) {
+    std::memcpy(y, &v, sizeof(V));
+  } else {
+    for (int i = 0; i < n; ++i) y[i * stride] = v[i];
+  }
+}
+
+// One tile of NV vectors of type V along l: sum over the k weights of one live row. U
+// weights run in parallel into separate accumulators so that at least four FMAs are
+// independent (an FMA's latency is about four times its throughput).
+template <typename Idx, bool TAP, typename V, int NV>
+SST_INLINE void spmm_tile(const SpmmArgs& a, const float* x, const float* v, const Idx* I,
+                          float b, float* y) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  constexpr int U = NV >= 4 ? 1 : 4 / NV;
+  V acc[U][NV];
+  for (int u = 0; u < U; ++u)
+    for (int t = 0; t < NV; ++t) acc[u][t] = V{} + (u == 0 ? b : 0.0f);
+  int64_t j = 0;
+  for (; j + U <= a.k; j += U) {
+    for (int u = 0; u < U; ++u) {
+      const float w = v[j + u];
+      const float* p =
+          x + (TAP ? static_cast<int64_t>(a.tapoff[row_of(I, j + u)]) : row_of(I, j + u) * a.ldx);
+      for (int t = 0; t < NV; ++t) acc[u][t] += w * load_v<V>(p + t * W);
+    }
+  }
+  for (; j < a.k; ++j) {
+    const float w = v[j];
+    const float* p = x + (TAP ? static_cast<int64_t>(a.tapoff[row_of(I, j)]) : row_of(I, j) * a.ldx);
+    for (int t = 0; t < NV; ++t) acc[0][t] += w * load_v<V>(p + t * W);
+  }
+  for (int u = 1; u < U; ++u)
+    for (int t = 0; t < NV; ++t) acc[0][t] += acc[u][t];
+  for (int t = 0; t < NV; ++t) store_v<V>(y + t * W * a.y_col, a.y_col, acc[0][t]);
+}
+
+template <typename Idx, bool TAP>
+SST_INLINE void spmm_tail(const SpmmArgs& a, const float* x, const float* v, const Idx* I,
+                          float b, float* y, int64_t n) {
+  float acc[4] = {b, b, b, b};
+  for (int64_t j = 0; j < a.k; ++j) {
+    const float w = v[j];
+    const float* p = x + (TAP ? static_cast<int64_t>(a.tapoff[row_of(I, j)]) : row_of(I, j) * a.ldx);
+    for (int64_t i = 0; i < n; ++i) acc[i] += w * p[i];
+  }
+  for (int64_t i = 0; i < n; ++i) y[i * a.y_col] = acc[i];
+}
+
+// Columns [l0, l1) of live row r of one image.
+template <typename Idx, bool TAP>
+SST_INLINE void spmm_segment(const SpmmArgs& a, const float* x, float* y_img, int64_t r,
+                             int64_t l0, int64_t l1) {
+  const float* v = a.values + r * a.k;
+  const Idx* I = static_cast<const Idx*>(a.indices) + r * a.k;
+  const int64_t row = a.rows ? a.rows[r] : r;
+  const float b = a.bias ? a.bias[row] : 0.0f;
+  float* y = y_img + row * a.y_row;
+  int64_t l = l0;
+  for (; l + 128 <= l1; l += 128) spmm_tile<Idx, TAP, v16f, 8>(a, x + l, v, I, b, y + l * a.y_col);
+  for (; l + 64 <= l1; l += 64) spmm_tile<Idx, TAP, v16f, 4>(a, x + l, v, I, b, y + l * a.y_col);
+  if (l + 32 <= l1) {
+    spmm_tile<Idx, TAP, v16f, 2>(a, x + l, v, I, b, y + l * a.y_col);
+    l += 32;
+  }
+  if (l + 16 <= l1) {
+    spmm_tile<Idx, TAP, v16f, 1>(a, x + l, v, I, b, y + l * a.y_col);
+    l += 16;
+  }
+  if (l + 8 <= l1) {
+    spmm_tile<Idx, TAP, v8f, 1>(a, x + l, v, I, b, y + l * a.y_col);
+    l += 8;
+  }
+  if (l + 4 <= l1) {
+    spmm_tile<Idx, TAP, v4f, 1>(a, x + l, v, I, b, y + l * a.y_col);
+    l += 4;
+  }
+  if (l < l1) spmm_tail<Idx, TAP>(a, x + l, v, I, b, y + l * a.y_col, l1 - l);
+}
+
+// Work item = (image, column chunk, live row), row fastest: a thread's contiguous range of
+// items stays on few chunks, so their columns of x stay in its cache.
+template <typename Idx, bool TAP>
+SST_INLINE void spmm_items(const SpmmArgs& a, int64_t i0, int64_t i1) {
+  for (int64_t item = i0; item < i1;) {
+    const int64_t r = item % a.n_live;
+    const int64_t chunk = (item / a.n_live) % a.n_chunks;
+    const int64_t img = item / (a.n_live * a.n_chunks);
+    const int64_t l0 = chunk * a.chunk;
+    const int64_t l1 = l0 + a.chunk < a.length ? l0 + a.chunk : a.length;
+    const float* x = a.x + img * a.x_img;
+    float* y = a.y + img * a.y_img;
+    const int64_t r_end = r + (i1 - item) < a.n_live ? r + (i1 - item) : a.n_live;
+    for (int64_t rr = r; rr < r_end; ++rr) spmm_segment<Idx, TAP>(a, x, y, rr, l0, l1);
+    item += r_end - r;
+  }
+}
+
+template <typename Idx, bool TAP>
+void spmm_generic(const SpmmArgs& a, int64_t i0, int64_t i1) {
+  spmm_items<Idx, TAP>(a, i0, i1);
+}
+#ifdef SST_X86
+template <typename Idx, bool TAP>
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma,prefer-vector-width=512")))
+void spmm_avx512(const SpmmArgs& a, int64_t i0, int64_t i1) {
+  spmm_items<Idx, TAP>(a, i0, i1);
+}
+template <typename Idx, bool TAP>
+SST_AVX2 void spmm_avx2(const SpmmArgs& a, int64_t i0, int64_t i1) {
+  spmm_items<Idx, TAP>(a, i0, i1);
+}
+#endif
+
+// ------------------------------------------------------------------------------ dispatch
+typedef void (*GemvFn)(const GemvArgs&, int64_t, int64_t);
+typedef void (*SpmmFn)(const SpmmArgs&, int64_t, int64_t);
+
+const GemvFn gemv_table[3] = {gemv_scalar<uint8_t>, gemv_scalar<uint16_t>, gemv_scalar<int32_t>};
+SpmmFn spmm_table[3][2];  // by index type (uint8, uint16, int32), then with/without tapoff
+bool has_avx512 = false;
+bool has_avx2 = false;
+const char* isa_name = "generic";
+
+int idx_slot(int idx_bytes) {
+  return idx_bytes == 1 ? 0 : idx_bytes == 2 ? 1 : idx_bytes == 4 ? 2 : -1;
+}
+
+void select_kernels() {
+#define SST_FILL(SPMM)                       \
+  spmm_table[0][0] = SPMM<uint8_t, false>;   \
+  spmm_table[0][1] = SPMM<uint8_t, true>;    \
+  spmm_table[1][0] = SPMM<uint16_t, false>;  \
+  spmm_table[1][1] = SPMM<uint16_t, true>;   \
+  spmm_table[2][0] = SPMM<int32_t, false>;   \
+  spmm_table[2][1] = SPMM<int32_t, true>;
+  SST_FILL(spmm_generic)
+#ifdef SST_X86
+  __builtin_cpu_init();
+  has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    SST_FILL(spmm_avx512)
+    has_avx512 = true;
+    isa_name = "avx512";
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    SST_FILL(spmm_avx2)
+    isa_name = "avx2";
+  }
+#endif
+#undef SST_FILL
+}
+
+// Runs fn over [0, n) on up to `threads` threads. The range is cut into about 8 chunks per
+// thread, claimed in order from a shared counter: a thread the OS schedules late (a busy
+// machine) finds the work done by the others instead of holding its static share, so the
+// region costs at most its wake-up, not its share of the work on top.
+template <typename Args, typename Fn>
+void run_parallel(Fn fn, const Args& a, int64_t n, int threads) {
+#ifdef _OPENMP
+  if (threads > 1 && n > 1) {
+    const int64_t chunks = n < 8 * threads ? n : 8 * threads;
+    std::atomic<int64_t> next{0};
+#pragma omp parallel num_threads(threads)
+    {
+      for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1))
+        fn(a, n * c / chunks, n * (c + 1) / chunks);
+    }
+    return;
+  }
+#endif
+  (void)threads;
+  fn(a, 0, n);
+}
+
+// Below this many multiply-adds a second thread costs more than it saves.
+constexpr int64_t kSerialWork = 32768;
+
+template <typename T>
+T* ptr(unsigned long long p) {
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
+}
+
+// gemv(x, ldx, batch, values, indices, idx_bytes, k, rows, bias, y, ldy, n_live, threads)
+PyObject* py_gemv(PyObject*, PyObject* args) {
+  unsigned long long x, values, indices, rows, bias, y;
+  long long ldx, batch, k, ldy, n_live;
+  int idx_bytes, threads;
+  if (!PyArg_ParseTuple(args, "KLLKKiLKKKLLi", &x, &ldx, &batch, &values, &indices, &idx_bytes,
+                        &k, &rows, &bias, &y, &ldy, &n_live, &threads))
+    return nullptr;
+  const int slot = idx_slot(idx_bytes);
+  if (slot < 0) {
+    PyErr_SetString(PyExc_ValueError, "idx_bytes must be 1, 2 or 4");
+    return nullptr;
+  }
+  GemvArgs a{ptr<const float>(x), ldx, batch, ptr<const float>(values), ptr<const void>(indices),
+             k, ptr<const int32_t>(rows), ptr<const float>(bias), ptr<float>(y), ldy};
+  const int t = n_live * k * batch < kSerialWork ? 1 : threads;
+  Py_BEGIN_ALLOW_THREADS
+  run_parallel(gemv_table[slot], a, n_live, t);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+// perm(x, ldx, batch, in, cnt, n_windows, offset, pos, values, bias, rows, y, ldy,
+//      n_groups, work, threads); work = multiply-adds incl. padding, for the thread choice
+PyObject* py_perm(PyObject*, PyObject* args) {
+  unsigned long long x, cnt, offset, pos, values, bias, rows, y;
+  long long ldx, batch, in, n_windows, ldy, n_groups, work;
+  int threads;
+  if (!PyArg_ParseTuple(args, "KLLLKLKKKKKKLLLi", &x, &ldx, &batch, &in, &cnt, &n_windows, &offset,
+                        &pos, &values, &bias, &rows, &y, &ldy, &n_groups, &work, &threads))
+    return nullptr;
+#ifdef SST_X86
+  if (has_avx512) {
+    PermArgs a{ptr<const float>(x),      ldx,
+               batch,                    in,
+               ptr<const uint8_t>(cnt),  ptr<const int64_t>(offset),
+               ptr<const uint8_t>(pos),  ptr<const float>(values),
+               ptr<const float>(bias),   ptr<const int32_t>(rows),
+               ptr<float>(y),            ldy,
+               n_windows};
+    const int t = work * batch < kSerialWork ? 1 : threads;
+    Py_BEGIN_ALLOW_THREADS
+    run_parallel(perm_avx512, a, n_groups, t);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+  }
+#endif
+  PyErr_SetString(PyExc_RuntimeError, "the windowed (perm) kernel needs AVX-512");
+  return nullptr;
+}
+
+// spmm(x, ldx, x_img, tapoff, values, indices, idx_bytes, k, rows, bias,
+//      y, y_img, y_row, y_col, length, chunk, n_img, n_live, threads)
+PyObject* py_spmm(PyObject*, PyObject* args) {
+  unsigned long long x, tapoff, values, indices, rows, bias, y;
+  long long ldx, x_img, k, y_img, y_row, y_col, length, chunk, n_img, n_live;
+  int idx_bytes, threads;
+  if (!PyArg_ParseTuple(args, "KLLKKKiLKKKLLLLLLLi", &x, &ldx, &x_img, &tapoff, &values, &indices,
+                        &idx_bytes, &k, &rows, &bias, &y, &y_img, &y_row, &y_col, &length, &chunk,
+                        &n_img, &n_live, &threads))
+    return nullptr;
+  const int slot = idx_slot(idx_bytes);
+  if (slot < 0 || chunk < 1) {
+    PyErr_SetString(PyExc_ValueError, "idx_bytes must be 1, 2 or 4 and chunk >= 1");
+    return nullptr;
+  }
+  const int64_t n_chunks = (length + chunk - 1) / chunk;
+  SpmmArgs a{ptr<const float>(x), ldx, x_img, ptr<const int32_t>(tapoff), ptr<const float>(values),
+             ptr<const void>(indices), k, ptr<const int32_t>(rows), ptr<const float>(bias),
+             ptr<float>(y), y_img, y_row, y_col, length, chunk, n_chunks, n_live};
+  const int64_t items = n_img * n_chunks * n_live;
+  const int t = n_img * n_live * k * length < kSerialWork ? 1 : threads;
+  SpmmFn fn = spmm_table[slot][tapoff ? 1 : 0];
+  Py_BEGIN_ALLOW_THREADS
+  run_parallel(fn, a, items, t);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+void transpose_scalar(const float* s, int64_t rows, int64_t cols, float* d, int64_t r0, int64_t r1,
+                      int64_t c0, int64_t c1) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = c0; c < c1; ++c) d[c * rows + r] = s[r * cols + c];
+}
+
+#ifdef SST_X86
+// 8x8 blocks through registers (unpack, shuffle, lane permute), edges scalar.
+SST_AVX2 void transpose_avx2(const float* s, int64_t rows, int64_t cols, float* d) {
+  const int64_t rb = rows - rows % 8, cb = cols - cols % 8;
+  for (int64_t r = 0; r < rb; r += 8) {
+    for (int64_t c = 0; c < cb; c += 8) {
+      __m256 v[8], t[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(s + (r + i) * cols + c);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        v[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        v[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        v[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        v[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+      }
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(d + (c + i) * rows + r, _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+        _mm256_storeu_ps(d + (c + i + 4) * rows + r, _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+      }
+    }
+  }
+  transpose_scalar(s, rows, cols, d, 0, rb, cb, cols);
+  transpose_scalar(s, rows, cols, d, rb, rows, 0, cols);
+}
+#endif
+
+// transpose(src, rows, cols, dst): dst (cols, rows) = src (rows, cols)^T (torch's strided
+// copy is several times slower when one side is a few rows).
+PyObject* py_transpose(PyObject*, PyObject* args) {
+  unsigned long long src, dst;
+  long long rows, cols;
+  if (!PyArg_ParseTuple(args, "KLLK", &src, &rows, &cols, &dst)) return nullptr;
+  const float* s = ptr<const float>(src);
+  float* d = ptr<float>(dst);
+  Py_BEGIN_ALLOW_THREADS
+#ifdef SST_X86
+  if (has_avx2)
+    transpose_avx2(s, rows, cols, d);
+  else
+#endif
+    transpose_scalar(s, rows, cols, d, 0, rows, 0, cols);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyObject* py_isa(PyObject*, PyObject*) { return PyUnicode_FromString(isa_name); }
+
+PyObject* py_has_perm(PyObject*, PyObject*) { return PyBool_FromLong(has_avx512); }
+
+PyObject* py_openmp(PyObject*, PyObject*) {
+#ifdef _OPENMP
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyMethodDef methods[] = {
+    {"gemv", py_gemv, METH_VARARGS, "Condensed matrix times rows of x (scalar loads)."},
+    {"perm", py_perm, METH_VARARGS, "Windowed layout times a few rows of x (AVX-512)."},
+    {"spmm", py_spmm, METH_VARARGS, "Condensed matrix times column blocks of x."},
+    {"transpose", py_transpose, METH_VARARGS, "Transposes a row-major float32 matrix."},
+    {"isa", py_isa, METH_NOARGS, "Instruction set the kernels were dispatched to."},
+    {"has_perm", py_has_perm, METH_NOARGS, "Whether the windowed (perm) kernel can run."},
+    {"openmp", py_openmp, METH_NOARGS, "Whether the kernels were built with OpenMP."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu", "Condensed sparse CPU kernels.", -1, methods,
+                      nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__cpu(void) {
+  select_kernels();
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,383 @@
+"""From a trained sparse model to an inference model: ``condense`` and ``export_model``.
+
+``condense(model, masks)`` works on a copy of the model, in eval mode:
+
+1. masks: ``masks`` (layer name -> 0/1 tensor, names as the sparsity methods use them:
+   ``layer3.1.conv2``) or ``weight != 0`` of every Linear/Conv2d; weights are re-masked;
+2. each masked layer is classified from its mask: dense (all ones), N:M (every group of M
+   inputs holds N), constant fan-in (every surviving neuron holds k), or unstructured;
+3. surgery on the torch.fx graph (``surgery.py``): BatchNorm folded into the conv before
+   it, ablated neurons removed with the next layer's input channels where that is safe;
+4. every sparse layer gets its inference form: constant fan-in and N:M layers condensed
+   (``CondensedLinear`` / ``CondensedConv2d``; N:M ones stored in N:M compressed form),
+   unstructured ones CSR (``CSRLinear`` / ``CSRConv2d``) or dense. With ``example_input``
+   the choice is measured per layer on that layer's real input (condensed in both conv
+   modes, CSR, dense: the fastest wins); without it a rule decides: condensed for constant
+   fan-in and N:M, CSR for unstructured layers at density <= ``CSR_MAX_DENSITY``, else
+   dense (measured crossovers, docs/benchmarks.md).
+
+``formats`` forces a choice: "condensed" (an unstructured layer is then refused with a
+ValueError naming it), "csr", or "dense" (the "structured only" model: surgery, dense GEMMs).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from . import serialize, surgery
+from .layers import CondensedConv2d, CondensedLinear, CSRConv2d, CSRLinear
+from .packing import is_constant_fan_in, nm_pattern
+
+FORMATS = ("auto", "condensed", "csr", "dense")
+CSR_MAX_DENSITY = 0.02
+# Output tolerance of an export: max |y - y_ref| <= TOLERANCE * max(1, max |y_ref|).
+TOLERANCE = 1e-4
+
+
+@dataclass
+class LayerExport:
+    """How one masked layer was exported."""
+
+    name: str
+    kind: str  # dense | constant_fan_in | nm | unstructured
+    format: str  # dense | condensed | condensed:direct | condensed:unfold | csr
+    density: float
+    nm: tuple[int, int] | None = None
+    timings_us: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ExportResult:
+    """What ``export_model`` wrote and checked."""
+
+    path: Path
+    layers: list[LayerExport]
+    removed: dict[str, surgery.Removal]
+    folded: list[str]
+    max_abs_error: float | None
+    reference_scale: float | None
+    file_bytes: int
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layer name -> Linear/Conv2d module, in registration order."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv2d))
+    }
+
+
+def layer_masks(model: nn.Module, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Boolean masks by layer name: ``masks`` when given (every name must be a Linear or
+    Conv2d of ``model``), else ``weight != 0`` for every Linear/Conv2d.
+
+    Raises:
+        ValueError: naming masks that match no layer, or whose shape differs from it.
+    """
+    layers = weight_layers(model)
+    if masks is None:
+        return {name: layer.weight.detach() != 0 for name, layer in layers.items()}
+    unknown = [name for name in masks if name not in layers]
+    if unknown:
+        raise ValueError(
+            f"masks name layers that are not Linear/Conv2d modules of the model: {unknown[:5]}"
+        )
+    result = {}
+    for name, mask in masks.items():
+        weight = layers[name].weight
+        if tuple(mask.shape) != tuple(weight.shape):
+            raise ValueError(
+                f"mask of layer {name!r} has shape {tuple(mask.shape)}, its weight "
+                f"{tuple(weight.shape)}"
+            )
+        result[name] = mask.detach().to(weight.device).bool()
+    return result
+
+
+def classify(mask: Tensor) -> tuple[str, tuple[int, int] | None]:
+    """(kind, (N, M) or None) of a mask: "dense", "nm", "constant_fan_in", "unstructured"."""
+    if bool(mask.all()):
+        return "dense", None
+    nm = nm_pattern(mask) if mask.dim() >= 2 else None
+    if nm is not None:
+        return "nm", nm
+    if is_constant_fan_in(mask.reshape(mask.shape[0], -1)):
+        return "constant_fan_in", None
+    return "unstructured", None
+
+
+def time_modules(
+    modules: Mapping[str, nn.Module], x: Tensor, rounds: int = 5, budget_s: float = 0.5
+) -> dict[str, float]:
+    """Seconds per call of each module on ``x``: the fastest of ``rounds`` interleaved calls
+    (after a warm-up call each). The minimum, not the median, because other load on the
+    machine only ever adds time."""
+    best = {label: float("inf") for label in modules}
+    with torch.inference_mode():
+        for module in modules.values():
+            module(x)
+        start = time.perf_counter()
+        for done in range(rounds):
+            for label, module in modules.items():
+                t0 = time.perf_counter()
+                module(x)
+                best[label] = min(best[label], time.perf_counter() - t0)
+            if done >= 2 and time.perf_counter() - start > budget_s:
+                break
+    return best
+
+
+def _candidates(
+    name: str,
+    layer: nn.Module,
+    mask: Tensor,
+    kind: str,
+    nm: tuple[int, int] | None,
+    ragged: bool,
+    formats: str,
+) -> dict[str, Callable[[], nn.Module]]:
+    """Format -> builder of the module, for the formats allowed for this layer."""
+    conv = isinstance(layer, nn.Conv2d)
+    if conv and layer.groups != 1:
+        return {"dense": lambda: layer}
+
+    def condensed(mode: str = "auto") -> Callable[[], nn.Module]:
+        if conv:
+            return lambda: CondensedConv2d.from_conv(
+                layer, mask, name=name, ragged=ragged, nm=nm, mode=mode
+            )
+        return lambda: CondensedLinear.from_linear(layer, mask, name=name, ragged=ragged, nm=nm)
+
+    def csr() -> nn.Module:
+        return (
+            CSRConv2d.from_conv(layer, mask, name=name)
+            if conv
+            else CSRLinear.from_linear(layer, mask)
+        )
+
+    if formats == "dense" or kind == "dense":
+        return {"dense": lambda: layer}
+    if formats == "csr":
+        return {"csr": csr}
+    if formats == "condensed":
+        return {"condensed": condensed()}
+    structured = kind in ("nm", "constant_fan_in")
+    options: dict[str, Callable[[], nn.Module]] = {}
+    if structured and conv:
+        options["condensed:direct"] = condensed("direct")
+        options["condensed:unfold"] = condensed("unfold")
+    elif structured:
+        options["condensed"] = condensed()
+    else:
+        options["csr"] = csr
+    options["dense"] = lambda: layer
+    return options
+
+
+def _rule(options: dict[str, Callable[[], nn.Module]], density: float) -> str:
+    """The format chosen without measurements."""
+    if "condensed:direct" in options:
+        return "condensed:auto"
+    if "condensed" in options:
+        return "condensed"
+    if "csr" in options and density <= CSR_MAX_DENSITY:
+        return "csr"
+    return next(iter(options)) if len(options) == 1 else "dense"
+
+
+def _capture_inputs(model: nn.Module, names: list[str], example_input: Tensor) -> dict[str, Tensor]:
+    """The input each named layer sees when ``model`` runs ``example_input``."""
+    seen: dict[str, Tensor] = {}
+    hooks = []
+    for name in names:
+        module = model.get_submodule(name)
+
+        def hook(_module: nn.Module, args: tuple, name: str = name) -> None:
+            seen[name] = args[0].detach().clone()
+
+        hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.inference_mode():
+            model(example_input)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return seen
+
+
+def condense_with_report(
+    model: nn.Module,
+    masks: Mapping[str, Tensor] | None = None,
+    *,
+    example_input: Tensor | None = None,
+    formats: str = "auto",
+    fold_bn: bool = True,
+    remove_ablated: bool = True,
+) -> tuple[nn.Module, list[LayerExport], dict[str, surgery.Removal], list[str]]:
+    """``condense`` plus what it did: per-layer exports, removals, folded convs."""
+    if formats not in FORMATS:
+        raise ValueError(f"formats={formats!r} is unknown: allowed values are {FORMATS}")
+    model = copy.deepcopy(surgery_unwrap(model)).eval()
+    masks = layer_masks(model, masks)
+    layers = weight_layers(model)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            layers[name].weight.mul_(mask)
+    kinds = {name: classify(mask) for name, mask in masks.items()}
+
+    target: nn.Module = model
+    folded: list[str] = []
+    removed: dict[str, surgery.Removal] = {}
+    try:
+        target = surgery.trace(model)
+    except Exception as error:  # fx raises many types for untraceable forwards
+        warnings.warn(
+            f"torch.fx cannot trace {type(model).__name__} ({error}); layers are condensed "
+            f"in place without BN folding or neuron removal, and save() will refuse the model",
+            stacklevel=2,
+        )
+    if isinstance(target, fx.GraphModule):
+        if fold_bn:
+            folded = surgery.fold_batchnorms(target)
+        if remove_ablated:
+            removed = surgery.remove_ablated(target, masks)
+    ragged = {r.consumer for r in removed.values() if r.removed}
+
+    names = [n for n in masks if kinds[n][0] != "dense" or n in ragged]
+    inputs = _capture_inputs(target, names, example_input) if example_input is not None else {}
+    report = []
+    for name, mask in masks.items():
+        kind, nm = kinds[name]
+        layer = target.get_submodule(name)
+        if nm is not None and nm_pattern(mask) != nm:
+            nm = None  # surgery removed inputs: no longer N:M, still condensed
+        options = _candidates(name, layer, mask, kind, nm, name in ragged, formats)
+        density = float(mask.float().mean()) if mask.numel() else 1.0
+        timings: dict[str, float] = {}
+        built: dict[str, nn.Module] = {}
+        if name in inputs and len(options) > 1:
+            built = {label: build() for label, build in options.items()}
+            timings = {k: v * 1e6 for k, v in time_modules(built, inputs[name]).items()}
+            choice = min(timings, key=timings.__getitem__)
+        else:
+            choice = _rule(options, density)
+        if choice == "condensed:auto":
+            module = options["condensed:direct"]()
+            module.mode = "auto"
+        else:
+            module = built.get(choice) or options[choice]()
+        if module is not layer:
+            surgery.set_submodule(target, name, module)
+        report.append(LayerExport(name, kind, choice, density, nm, timings))
+    return target, report, removed, folded
+
+
+def surgery_unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / torch.compile wrappers."""
+    from sst.sparsity.layers import unwrap
+
+    return unwrap(model)
+
+
+def condense(
+    model: nn.Module,
+    masks: Mapping[str, Tensor] | None = None,
+    *,
+    example_input: Tensor | None = None,
+    formats: str = "auto",
+    fold_bn: bool = True,
+    remove_ablated: bool = True,
+) -> nn.Module:
+    """An inference copy of a trained sparse ``model`` (see the module docstring): an
+    ``fx.GraphModule`` when the model traces, else the model with its layers replaced.
+
+    Args:
+        model: the trained model, weights zero where masked.
+        masks: layer name -> 0/1 mask; None uses ``weight != 0`` of every Linear/Conv2d.
+        example_input: a typical batch; when given, each layer's format is measured on it.
+        formats: "auto", or force "condensed" / "csr" / "dense" for every sparse layer.
+        fold_bn: fold BatchNorm2d into the preceding conv.
+        remove_ablated: remove ablated neurons and the next layer's inputs where safe.
+
+    Raises:
+        ValueError: naming the layer, if ``formats="condensed"`` meets an unstructured layer.
+    """
+    module, _, _, _ = condense_with_report(
+        model,
+        masks,
+        example_input=example_input,
+        formats=formats,
+        fold_bn=fold_bn,
+        remove_ablated=remove_ablated,
+    )
+    return module
+
+
+def masked_reference(model: nn.Module, masks: Mapping[str, Tensor] | None) -> nn.Module:
+    """An eval copy of ``model`` with the masks applied: the outputs an export must match."""
+    reference = copy.deepcopy(surgery_unwrap(model)).eval()
+    layers = weight_layers(reference)
+    with torch.no_grad():
+        for name, mask in layer_masks(reference, masks).items():
+            layers[name].weight.mul_(mask)
+    return reference
+
+
+def max_error(output: Tensor, reference: Tensor) -> tuple[float, float]:
+    """(max |output - reference|, max(1, max |reference|))."""
+    return float((output - reference).abs().max()), max(1.0, float(reference.abs().max()))
+
+
+def export_model(
+    model: nn.Module,
+    masks: Mapping[str, Tensor] | None,
+    out_path: str | Path,
+    *,
+    example_input: Tensor | None = None,
+    compress: bool = False,
+    formats: str = "auto",
+    metadata: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Condenses ``model``, checks it against the masked model on ``example_input``, saves
+    it to ``out_path`` (safetensors) and checks that the file loads to the same outputs.
+
+    Raises:
+        AssertionError: if the condensed or reloaded model's outputs differ from the masked
+            model's by more than ``TOLERANCE`` (relative to the output scale).
+    """
+    condensed, report, removed, folded = condense_with_report(
+        model, masks, example_input=example_input, formats=formats
+    )
+    out_path = Path(out_path)
+    info = {
+        "formats": {layer.name: layer.format for layer in report},
+        **(metadata or {}),
+    }
+    serialize.save(condensed, out_path, compress=compress, metadata=info)
+    error = scale = None
+    if example_input is not None:
+        reloaded_model = serialize.load(out_path)
+        with torch.inference_mode():
+            reference = masked_reference(model, masks)(example_input)
+            output = condensed(example_input)
+            reloaded = reloaded_model(example_input)
+        error, scale = max_error(output, reference)
+        if error > TOLERANCE * scale:
+            raise AssertionError(
+                f"condensed outputs differ from the masked model's by {error:.3g} "
+                f"(tolerance {TOLERANCE * scale:.3g})"
+            )
+        reload_error, _ = max_error(reloaded, output)
+        if reload_error > TOLERANCE * scale:
+            raise AssertionError(f"the saved file reloads with outputs off by {reload_error:.3g}")
+    return ExportResult(out_path, report, removed, folded, error, scale, out_path.stat().st_size)

@@ -1,0 +1,151 @@
+"""Storage size of sparse layers in every format, next to the theoretical minimum.
+
+Per layer with weight of ``numel`` entries, ``nnz`` active, ``rows`` output neurons
+(fp32 values, 4 bytes each; every format's index or metadata overhead counted):
+
+- dense:       4 * numel
+- bitmap:      ceil(numel / 8) + 4 * nnz              (one bit per position)
+- CSR int64:   4 * nnz + 8 * nnz + 8 * (rows + 1)     (PyTorch's default index type)
+- CSR int32:   4 * nnz + 4 * nnz + 4 * (rows + 1)
+- condensed:   (4 + b) * live * k + 4 * live if any neuron is ablated, else (4 + b) * live * k,
+               b = 1, 2 or 4 bytes by the fan-in (``packing.index_dtype``); constant fan-in only
+- N:M:         4 * nnz + ceil(nnz * bits / 8), bits = 2 for 2:4 (``packing.nm_bits``); N:M only
+- entropy-coded: 4 * nnz + the zlib size of the delta-coded structure (``codec.encode_rows``)
+- minimum:     4 * nnz + log2(C(numel, nnz)) / 8      (values + the entropy of the mask)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from . import codec
+from .layers import CONDENSED_TYPES, CSR_TYPES
+from .packing import index_dtype, is_constant_fan_in, nm_bits, nm_pattern
+
+COLUMNS = ("dense", "bitmap", "csr64", "csr32", "condensed", "nm", "entropy", "minimum")
+
+
+@dataclass
+class LayerSize:
+    """Bytes of one layer in every format (None where the format does not apply)."""
+
+    name: str
+    shape: tuple[int, ...]
+    nnz: int
+    live: int
+    dense: int
+    bitmap: int
+    csr64: int
+    csr32: int
+    condensed: int | None
+    nm: int | None
+    entropy: int
+    minimum: float
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(1, math.prod(self.shape))
+
+
+def log2_binomial(n: int, k: int) -> float:
+    """log2 C(n, k), through lgamma."""
+    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+
+
+def layer_size(name: str, mask: Tensor) -> LayerSize:
+    """Sizes of a layer with this 0/1 mask (weight-shaped)."""
+    mask = mask.detach().bool().cpu()
+    shape = tuple(mask.shape)
+    numel = mask.numel()
+    rows = shape[0]
+    flat = mask.reshape(rows, -1)
+    nnz = int(flat.sum())
+    counts = flat.sum(dim=1)
+    live = int((counts > 0).sum())
+    fan_in = flat.shape[1]
+    condensed = None
+    if is_constant_fan_in(flat):
+        k = int(counts.max())
+        width = torch.empty(0, dtype=index_dtype(fan_in)).element_size()
+        condensed = (4 + width) * live * k + (4 * live if live < rows else 0)
+    nm = None
+    pattern = nm_pattern(mask) if mask.dim() >= 2 else None
+    if pattern is not None:
+        nm = 4 * nnz + math.ceil(nnz * nm_bits(pattern[1]) / 8)
+    return LayerSize(
+        name=name,
+        shape=shape,
+        nnz=nnz,
+        live=live,
+        dense=4 * numel,
+        bitmap=math.ceil(numel / 8) + 4 * nnz,
+        csr64=12 * nnz + 8 * (rows + 1),
+        csr32=8 * nnz + 4 * (rows + 1),
+        condensed=condensed,
+        nm=nm,
+        entropy=4 * nnz + len(codec.encode_rows(flat)),
+        minimum=4 * nnz + log2_binomial(numel, nnz) / 8,
+    )
+
+
+def model_masks(model: nn.Module) -> dict[str, Tensor]:
+    """``weight != 0`` of every Linear/Conv2d and condensed/CSR module (pass explicit masks
+    to ``size_report`` to count active weights that happen to be exactly zero)."""
+    masks = {}
+    for name, module in model.named_modules():
+        if isinstance(module, CONDENSED_TYPES):
+            masks[name] = (module.dense_weight() != 0).view(module.weight_shape)
+        elif isinstance(module, CSR_TYPES):
+            masks[name] = module.dense_weight() != 0
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            masks[name] = module.weight.detach() != 0
+    return masks
+
+
+def size_report(model_or_masks: nn.Module | Mapping[str, Tensor]) -> list[LayerSize]:
+    """Per-layer sizes (``LayerSize``) for a model or a dict of masks; ``total`` sums them."""
+    masks = model_masks(model_or_masks) if isinstance(model_or_masks, nn.Module) else model_or_masks
+    return [layer_size(name, mask) for name, mask in masks.items()]
+
+
+def total(report: list[LayerSize]) -> dict[str, float | None]:
+    """Column sums; a column is None when a layer has no such format."""
+    sums: dict[str, float | None] = {}
+    for column in COLUMNS:
+        values = [getattr(layer, column) for layer in report]
+        sums[column] = None if any(v is None for v in values) else float(sum(values))
+    sums["nnz"] = float(sum(layer.nnz for layer in report))
+    return sums
+
+
+def _kib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / 1024:,.1f}"
+
+
+def format_size_table(report: list[LayerSize]) -> str:
+    """A Markdown table of ``report`` in KiB, one row per layer and a total."""
+    header = (
+        "| layer | shape | density | dense | bitmap | CSR int64 | CSR int32 | condensed | N:M "
+        "| entropy-coded | minimum |"
+    )
+    lines = [header, "|" + "---|" * 11]
+    for layer in report:
+        cells = [_kib(getattr(layer, c)) for c in COLUMNS]
+        shape = "x".join(str(s) for s in layer.shape)
+        lines.append(
+            f"| {layer.name} | {shape} | {layer.density:.3f} | " + " | ".join(cells) + " |"
+        )
+    sums = total(report)
+    numel = sum(math.prod(layer.shape) for layer in report)
+    cells = [_kib(sums[c]) for c in COLUMNS]
+    lines.append(f"| **total** | | {sums['nnz'] / max(1, numel):.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def as_dicts(report: list[LayerSize]) -> list[dict]:
+    return [asdict(layer) for layer in report]
