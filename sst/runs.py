@@ -105,7 +105,8 @@ def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:
 @dataclass
 class LoadedRun:
     """A trained run: its folder, resolved config, summary, model (trained weights, masks
-    applied, eval mode) and masks (layer name -> boolean tensor)."""
+    applied, eval mode), masks (layer name -> boolean tensor), step and the (C, H, W) of one
+    input example."""
 
     folder: RunFolder
     config: dict[str, Any]
@@ -113,6 +114,7 @@ class LoadedRun:
     model: nn.Module
     masks: dict[str, torch.Tensor]
     step: int
+    input_shape: tuple[int, ...]
 
 
 def build_model(model_meta: dict[str, Any]) -> nn.Module:
@@ -157,4 +159,5 @@ def load_run(path: str | Path, *, require_finished: bool = True) -> LoadedRun:
         model=model.eval(),
         masks=masks,
         step=int(state["step"]),
+        input_shape=tuple(state["model_meta"]["input_shape"]),
     )

@@ -473,3 +473,23 @@ def test_triton_kernel_in_interpreter():
     if "ok" not in done.stdout and "interpret" in done.stderr.lower():
         pytest.skip(f"Triton interpreter unavailable: {done.stderr[-300:]}")
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_sst_export_condenses_a_finished_run(tmp_path, capsys):
+    from runs import QUICK, compose_run
+
+    from sst.condensed import load
+    from sst.condensed.cli import main
+    from sst.runs import load_run
+    from sst.train import run
+
+    cfg, run_dir, choices = compose_run([*QUICK, "logger=none"], tmp_path)  # SRigL, 90%
+    run(cfg, run_dir, choices)
+    assert main([str(run_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "condensed.safetensors" in printed and "| layer |" in printed
+    exported = load(run_dir / "condensed.safetensors")
+    trained = load_run(run_dir).model
+    inputs = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(inputs), trained(inputs), rtol=1e-4, atol=1e-5)
