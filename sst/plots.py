@@ -75,9 +75,11 @@ def save(fig: Figure, stem: str | Path, formats: Sequence[str] = FIGURE_FORMATS)
 
 
 def _label(values: dict[str, Any]) -> str:
+    """``srigl, gamma_sal=0.3``; a key the run does not have (None) is left out."""
     return ", ".join(
         str(v) if k in ("method", "dataset", "model") else f"{k.split('.')[-1]}={v}"
         for k, v in values.items()
+        if v is not None
     )
 
 

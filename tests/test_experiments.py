@@ -60,8 +60,24 @@ SWEEPS: dict[str, dict[str, list]] = {
         "sparsity.density": [0.8, 0.512, 0.21, 0.107, 0.055, 0.0225],
         "seed": [0, 1, 2],
     },
+    # CPU-scale studies (scripts/run_cpu_study.sh), not paper presets
+    "cpu_study_digits": {
+        "sparsity": ["static", "set", "rigl", "srigl"],
+        "sparsity.density": [0.1, 0.05, 0.01],
+        "seed": [0, 1, 2],
+    },
+    "cpu_study_cifar10": {
+        "sparsity": ["static", "set", "rigl", "srigl"],
+        "sparsity.density": [0.1, 0.05, 0.01],
+        "seed": [0, 1, 2],
+    },
 }
-CIFAR_PRESETS = [p for p in SWEEPS if p.endswith("cifar10") or p == "srigl_gamma_sal_study"]
+CPU_STUDIES = [p for p in SWEEPS if p.startswith("cpu_study")]
+CIFAR_PRESETS = [
+    p
+    for p in SWEEPS
+    if (p.endswith("cifar10") and p not in CPU_STUDIES) or p == "srigl_gamma_sal_study"
+]
 IMAGENET_PRESETS = [p for p in SWEEPS if p.endswith("imagenet")]
 CIFAR_STEPS_PER_EPOCH = 50_000 // 128  # sst drops the last partial batch: 390
 IMAGENET_TRAIN = 1_281_167
