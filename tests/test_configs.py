@@ -233,7 +233,6 @@ def test_lr_schedule_option_instantiates(option: str) -> None:
     assert max(factors) == pytest.approx(1.0)
 
 
-
 def test_a_written_data_root_is_part_of_the_run_identity():
     flowers = run_dir(["dataset=imagefolder", "dataset.root=/data/flowers"])
     assert flowers != run_dir(["dataset=imagefolder", "dataset.root=/data/birds"])

@@ -150,7 +150,7 @@ def test_test_shards_count_every_example_once_without_padding():
 def test_mask_checksum_tells_apart_masks_that_differ_in_one_weight(tiny_net):
     method = RigL(tiny_net, None, density=0.3, total_steps=100)
     before = method.mask_set.checksum()
-    assert before.shape == (len(method.masks), 2)
+    assert before.shape == (len(method.masks), 3)
     assert torch.equal(before[:, 0], torch.tensor(list(method.active_counts.values())))
     masks = {n: m.bool().clone() for n, m in method.masks.items()}
     flat = masks["fc1"].view(-1)
