@@ -8,11 +8,15 @@ with 2 processes), one intra-op thread per process (torchrun's default):
    all-reduce, SGD step) for ``dense`` (no sparsity method), ``rigl`` (RigL at density 0.1
    ERK between mask updates: gradient masking and weight re-masking) and ``rigl+vote``
    (the same plus the loop's per-step stop vote, ``sst.dist.StopVote``);
-2. the RigL mask update (``update_topology``, which includes the mask checksum and its
+2. the stop vote alone: ``StopVote.poll`` called back to back (each waits for the previous
+   asynchronous all-reduce, so this is its full round trip, an upper bound of its cost in a
+   step, where the all-reduce overlaps the step's compute);
+3. the RigL mask update (``update_topology``, which includes the mask checksum and its
    all-reduce) and, apart, the checksum (``MaskSet.checksum``) and its all-reduce
    (``sst.dist.differing``); for scale, the checksum of ResNet-50's masks.
 
-Variants are interleaved across rounds and medians reported, so a noisy machine's drifts hit
+Step times are the median over rounds ± half the interquartile range. Variants are
+interleaved across rounds and medians reported, so a noisy machine's drifts hit
 every variant alike. The ranks are forked processes; the numbers are rank 0's.
 
     python scripts/bench_ddp.py            # full run (a few minutes on 2 CPU cores)
@@ -52,12 +56,13 @@ class Plan:
     steps: int
     updates: int
     warmup: int
+    polls: int = 200  # stop-vote polls per round, apart from any step
 
 
 # (full, --quick) per model
 PLANS = {
-    "mlp": (Plan(rounds=7, steps=100, updates=5, warmup=20), Plan(2, 5, 1, 2)),
-    "cnn": (Plan(rounds=5, steps=10, updates=3, warmup=3), Plan(1, 2, 1, 1)),
+    "mlp": (Plan(rounds=15, steps=100, updates=7, warmup=20), Plan(2, 5, 1, 2, 10)),
+    "cnn": (Plan(rounds=9, steps=10, updates=5, warmup=3), Plan(1, 2, 1, 1, 10)),
 }
 
 
@@ -87,6 +92,14 @@ def free_port() -> int:
 
 def median_ms(values: list[float]) -> float:
     return 1000.0 * statistics.median(values)
+
+
+def spread_ms(values: list[float]) -> float:
+    """Half the interquartile range (the range with fewer than 4 values), in ms."""
+    if len(values) < 4:
+        return 500.0 * (max(values) - min(values))
+    q = statistics.quantiles(values, n=4)
+    return 500.0 * (q[2] - q[0])
 
 
 def log(message: str) -> None:
@@ -152,6 +165,15 @@ def measure(rank: int, world: int, model_name: str, plan: Plan, cpu: torch.devic
             times[variant].append((time.perf_counter() - start) / plan.steps)
     setups["rigl+vote"][3].close()
 
+    vote, polls = dist.StopVote(), []
+    for _ in range(plan.rounds):
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(plan.polls):
+            vote.poll(None)
+        polls.append((time.perf_counter() - start) / plan.polls)
+    vote.close()
+
     trained, optimizer, method, _ = setups["rigl"]
     updates, local, reduce = [], [], []
     for i in range(plan.updates):
@@ -172,6 +194,8 @@ def measure(rank: int, world: int, model_name: str, plan: Plan, cpu: torch.devic
         reduce.append(time.perf_counter() - start)
     return {
         "step_ms": {v: median_ms(t) for v, t in times.items()},
+        "step_spread_ms": {v: spread_ms(t) for v, t in times.items()},
+        "vote_us": 1000.0 * median_ms(polls),
         "update_ms": median_ms(updates),
         "checksum_ms": median_ms(local),
         "checksum_allreduce_ms": median_ms(reduce),
@@ -239,8 +263,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke test, not a measurement")
     args = parser.parse_args()
     lines = machine()
-    steps = ["", "| model | processes | batch per rank | variant | step (ms) | samples/s |"]
+    steps = [
+        "",
+        "| model | processes | batch per rank | variant | step (ms, median ± IQR/2) | samples/s |",
+    ]
     steps.append("|---|---|---|---|---|---|")
+    votes = ["", "| model | processes | stop-vote poll alone (µs) |", "|---|---|---|"]
     updates = ["", "| model | processes | masked layers | mask update (ms) | checksum (ms) | "]
     updates[-1] += "checksum all-reduce (ms) |"
     updates.append("|---|---|---|---|---|---|")
@@ -251,10 +279,12 @@ def main() -> None:
             result = run_world(world, model_name, plan)
             for variant, ms in result["step_ms"].items():
                 rate = GLOBAL_BATCH / ms * 1000
+                spread = result["step_spread_ms"][variant]
                 steps.append(
                     f"| {model_name} | {world} | {GLOBAL_BATCH // world} | {variant} | "
-                    f"{ms:.2f} | {rate:.0f} |"
+                    f"{ms:.2f} ± {spread:.2f} | {rate:.0f} |"
                 )
+            votes.append(f"| {model_name} | {world} | {result['vote_us']:.1f} |")
             reduce = f"{result['checksum_allreduce_ms']:.3f}" if world > 1 else "-"
             updates.append(
                 f"| {model_name} | {world} | {result['layers']} | {result['update_ms']:.2f} | "
@@ -262,7 +292,8 @@ def main() -> None:
             )
     log("resnet50 checksum ...")
     r50 = resnet50_checksum_ms(1 if args.quick else 5)
-    print("\n".join([*lines, *steps, *updates, "", f"ResNet-50 mask checksum: {r50:.1f} ms"]))
+    r50_line = f"ResNet-50 mask checksum (53 layers, 25.5M weights): {r50:.1f} ms"
+    print("\n".join([*lines, *steps, *votes, *updates, "", r50_line]))
 
 
 if __name__ == "__main__":
