@@ -273,6 +273,25 @@ def test_two_ranks_train_like_one_process_on_the_same_global_batch(tmp_path, opt
             assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
 
 
+def test_batchnorm_ranks_evaluate_the_model_that_rank_0_saves(tmp_path):
+    """Without SyncBatchNorm each rank's running statistics follow its own shard; before
+    every evaluation rank 0's are broadcast, so every rank reports the saved model's
+    accuracy."""
+    overrides = [*TINY, "sparsity=rigl", "model=resnet20", "dataset=synthetic"]
+    overrides.append("dataset.input_shape=[3,8,8]")
+    spawn(train_runs, {"bn": overrides}, tmp_path / "ddp", tmp_path)
+    ranks = reports(tmp_path, "bn")
+    assert any("running_mean" in name for name in ranks[0]["buffers"])
+    for name, buffer in ranks[0]["buffers"].items():
+        assert torch.equal(buffer, ranks[1]["buffers"][name]), name
+    for layer, mask in ranks[0]["masks"].items():
+        assert torch.equal(mask, ranks[1]["masks"][layer]), layer
+    assert ranks[0]["summary"]["final_test_acc"] == ranks[1]["summary"]["final_test_acc"]
+    saved = checkpoint(only_run_dir(tmp_path / "ddp" / "bn"))["model"]
+    for name, buffer in ranks[0]["buffers"].items():
+        assert torch.equal(buffer, saved[name]), name
+
+
 def test_resume_under_ddp_reproduces_the_uninterrupted_run(tmp_path):
     overrides = [*TINY, "sparsity=rigl"]
     spawn(interrupt_and_resume, overrides, tmp_path, 17, tmp_path)
