@@ -1,18 +1,22 @@
 """Cost of multi-process (DDP) training on the CPU: 1 against 2 gloo processes.
 
-For the digits MLP (64 -> 256 -> 256 -> 10) and a small CNN (two 3x3 convs and a linear
-layer on 3x32x32 inputs), at a global batch of 128 (64 per rank with 2 processes), one
-intra-op thread per process (torchrun's default):
+For the digits MLP (8x8 images -> 256 -> 256 -> 10) and a small CNN (3x3 convs of 16 and
+32 channels and a linear layer on 3x32x32 inputs), at a global batch of 128 (64 per rank
+with 2 processes), one intra-op thread per process (torchrun's default):
 
 1. the time of one training step (forward, cross-entropy, backward with DDP's gradient
    all-reduce, SGD step) for ``dense`` (no sparsity method), ``rigl`` (RigL at density 0.1
    ERK between mask updates: gradient masking and weight re-masking) and ``rigl+vote``
    (the same plus the loop's per-step stop vote, ``sst.dist.StopVote``);
-2. the RigL mask update (``update_topology``, which includes the mask checksum and its
+2. the stop vote alone: ``StopVote.poll`` called back to back (each waits for the previous
+   asynchronous all-reduce, so this is its full round trip, an upper bound of its cost in a
+   step, where the all-reduce overlaps the step's compute);
+3. the RigL mask update (``update_topology``, which includes the mask checksum and its
    all-reduce) and, apart, the checksum (``MaskSet.checksum``) and its all-reduce
    (``sst.dist.differing``); for scale, the checksum of ResNet-50's masks.
 
-Variants are interleaved across rounds and medians reported, so a noisy machine's drifts hit
+Step times are the median over rounds ± half the interquartile range. Variants are
+interleaved across rounds and medians reported, so a noisy machine's drifts hit
 every variant alike. The ranks are forked processes; the numbers are rank 0's.
 
     python scripts/bench_ddp.py            # full run (a few minutes on 2 CPU cores)
@@ -22,9 +26,11 @@ every variant alike. The ranks are forked processes; the numbers are rank 0's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import platform
+import queue
 import socket
 import statistics
 import sys
@@ -50,27 +56,30 @@ class Plan:
     steps: int
     updates: int
     warmup: int
+    polls: int = 200  # stop-vote polls per round, apart from any step
 
 
+# (full, --quick) per model
 PLANS = {
-    "mlp": (Plan(7, 100, 5, 20), Plan(2, 5, 1, 2)),
-    "cnn": (Plan(5, 10, 3, 3), Plan(1, 2, 1, 1)),
+    "mlp": (Plan(rounds=15, steps=100, updates=7, warmup=20), Plan(2, 5, 1, 2, 10)),
+    "cnn": (Plan(rounds=9, steps=10, updates=5, warmup=3), Plan(1, 2, 1, 1, 10)),
 }
 
 
 def make_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     torch.manual_seed(0)
     if name == "mlp":
-        return models.mlp(num_classes=10, input_shape=(64,), hidden=[256, 256]), (64,)
+        shape = (1, 8, 8)  # the digits images
+        return models.mlp(num_classes=10, input_shape=shape, hidden=[256, 256]), shape
     cnn = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
+        nn.Conv2d(3, 16, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
+        nn.Conv2d(16, 32, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * 8 * 8, 10),
+        nn.Linear(32 * 8 * 8, 10),
     )
     return cnn, (3, 32, 32)
 
@@ -83,6 +92,14 @@ def free_port() -> int:
 
 def median_ms(values: list[float]) -> float:
     return 1000.0 * statistics.median(values)
+
+
+def spread_ms(values: list[float]) -> float:
+    """Half the interquartile range (the range with fewer than 4 values), in ms."""
+    if len(values) < 4:
+        return 500.0 * (max(values) - min(values))
+    q = statistics.quantiles(values, n=4)
+    return 500.0 * (q[2] - q[0])
 
 
 def log(message: str) -> None:
@@ -148,6 +165,15 @@ def measure(rank: int, world: int, model_name: str, plan: Plan, cpu: torch.devic
             times[variant].append((time.perf_counter() - start) / plan.steps)
     setups["rigl+vote"][3].close()
 
+    vote, polls = dist.StopVote(), []
+    for _ in range(plan.rounds):
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(plan.polls):
+            vote.poll(None)
+        polls.append((time.perf_counter() - start) / plan.polls)
+    vote.close()
+
     trained, optimizer, method, _ = setups["rigl"]
     updates, local, reduce = [], [], []
     for i in range(plan.updates):
@@ -168,6 +194,8 @@ def measure(rank: int, world: int, model_name: str, plan: Plan, cpu: torch.devic
         reduce.append(time.perf_counter() - start)
     return {
         "step_ms": {v: median_ms(t) for v, t in times.items()},
+        "step_spread_ms": {v: spread_ms(t) for v, t in times.items()},
+        "vote_us": 1000.0 * median_ms(polls),
         "update_ms": median_ms(updates),
         "checksum_ms": median_ms(local),
         "checksum_allreduce_ms": median_ms(reduce),
@@ -185,11 +213,16 @@ def run_world(world: int, model_name: str, plan: Plan) -> dict:
     ]
     for proc in procs:
         proc.start()
-    result = out.get(timeout=1800)
+    while True:
+        with contextlib.suppress(queue.Empty):
+            result = out.get(timeout=1.0)
+            break
+        if any(proc.exitcode for proc in procs):
+            for proc in procs:
+                proc.kill()
+            raise RuntimeError("a rank failed (its traceback is above)")
     for proc in procs:
         proc.join()
-        if proc.exitcode:
-            raise RuntimeError(f"a rank exited with code {proc.exitcode}")
     return result
 
 
@@ -197,6 +230,7 @@ def resnet50_checksum_ms(repeats: int) -> float:
     torch.manual_seed(0)
     model = models.resnet50(num_classes=1000, input_shape=(3, 224, 224))
     method = RigL(model, None, density=0.1, total_steps=NEVER)
+    method.mask_set.neuron_counts()  # the counts are cached: an update computes them anyway
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -229,8 +263,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke test, not a measurement")
     args = parser.parse_args()
     lines = machine()
-    steps = ["", "| model | processes | batch per rank | variant | step (ms) | samples/s |"]
+    steps = [
+        "",
+        "| model | processes | batch per rank | variant | step (ms, median ± IQR/2) | samples/s |",
+    ]
     steps.append("|---|---|---|---|---|---|")
+    votes = ["", "| model | processes | stop-vote poll alone (µs) |", "|---|---|---|"]
     updates = ["", "| model | processes | masked layers | mask update (ms) | checksum (ms) | "]
     updates[-1] += "checksum all-reduce (ms) |"
     updates.append("|---|---|---|---|---|---|")
@@ -241,10 +279,12 @@ def main() -> None:
             result = run_world(world, model_name, plan)
             for variant, ms in result["step_ms"].items():
                 rate = GLOBAL_BATCH / ms * 1000
+                spread = result["step_spread_ms"][variant]
                 steps.append(
                     f"| {model_name} | {world} | {GLOBAL_BATCH // world} | {variant} | "
-                    f"{ms:.2f} | {rate:.0f} |"
+                    f"{ms:.2f} ± {spread:.2f} | {rate:.0f} |"
                 )
+            votes.append(f"| {model_name} | {world} | {result['vote_us']:.1f} |")
             reduce = f"{result['checksum_allreduce_ms']:.3f}" if world > 1 else "-"
             updates.append(
                 f"| {model_name} | {world} | {result['layers']} | {result['update_ms']:.2f} | "
@@ -252,7 +292,8 @@ def main() -> None:
             )
     log("resnet50 checksum ...")
     r50 = resnet50_checksum_ms(1 if args.quick else 5)
-    print("\n".join([*lines, *steps, *updates, "", f"ResNet-50 mask checksum: {r50:.1f} ms"]))
+    r50_line = f"ResNet-50 mask checksum (53 layers, 25.5M weights): {r50:.1f} ms"
+    print("\n".join([*lines, *steps, *votes, *updates, "", r50_line]))
 
 
 if __name__ == "__main__":

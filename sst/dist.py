@@ -20,7 +20,7 @@ Collectives that sst adds to DDP's:
 
 - per optimizer step: the stop vote (``StopVote``), one asynchronous 4-byte all-reduce on a
   CPU (gloo) group, waited one step later, so it never stalls the step;
-- per mask update: the mask checksum (``masks_agree``), one all-reduce of two int64 per
+- per mask update: the mask checksum (``masks_agree``), one all-reduce of three int64 per
   masked layer on the same CPU group;
 - per train record: the mean train loss and the NaN/inf flag; per evaluation: the test sums
   and counts, and rank 0's normalisation buffers (``broadcast_buffers``).

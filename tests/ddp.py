@@ -101,7 +101,9 @@ def train_runs(rank: int, runs: dict[str, list[str]], output_dir: Path, out: Pat
         summary = loop.fit()
         loop.run_log.write_summary(summary)
         loop.run_log.finish()
-        report(out, name, rank, {**method_state(loop.hooks[-1].method), "summary": summary})
+        buffers = {n: b.clone() for n, b in loop.module.named_buffers()}
+        state = method_state(loop.hooks[-1].method)
+        report(out, name, rank, {**state, "summary": summary, "buffers": buffers})
 
 
 def interrupt_and_resume(

@@ -167,9 +167,9 @@ class EpochLoader:
 
     Call ``set_epoch`` before each epoch; ``len()`` is the number of batches in a
     full epoch (global batches: under DDP, ``rank`` of ``world_size`` yields its slice of
-    each, see the module docstring). TensorDatasets are batched by direct tensor indexing; any other
-    dataset goes through a torch DataLoader whose workers persist across epochs
-    (``close()`` stops them). Random transforms run under a seed derived from
+    each, see the module docstring). TensorDatasets are batched by direct tensor
+    indexing; any other dataset goes through a torch DataLoader whose workers persist
+    across epochs (``close()`` stops them). Random transforms run under a seed derived from
     (seed, epoch, batch), so augmentations repeat exactly on resume.
     """
 

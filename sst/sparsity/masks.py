@@ -42,10 +42,20 @@ SUPPORTED_OPTIMIZERS = (
 
 ForwardMask = Callable[[str, torch.Tensor], "torch.Tensor | None"]
 
-# Knuth's multiplicative hash of a flat position, kept to 32 bits: the position sums of a
-# layer stay below 2**63 for layers of up to 2**31 weights.
-_HASH_MULTIPLIER = 2654435761
-_HASH_BITS = (1 << 32) - 1
+# The checksum's position weights: for a position i along one axis, (i * K) mod P + 1 for two
+# (K, P) pairs (rows and columns use different K); P prime, so two columns (or rows) get the
+# same pair of weights only when they are more than 1019 * 1021 apart.
+_HASH_MULTIPLIERS = ((40503, 40499), (52711, 52709))
+_HASH_PRIMES = (1021, 1019)
+_EXACT_FLOAT32 = 1 << 24  # integers below it, and sums that stay below it, are exact
+
+
+def _position_weights(n: int, multipliers: tuple[int, int], device, dtype) -> torch.Tensor:
+    """(n, 2) integer weights in [1, 1021] of the positions 0..n-1, in ``dtype``."""
+    index = torch.arange(n, dtype=torch.int64, device=device).unsqueeze(1)
+    k = torch.tensor(multipliers, device=device)
+    p = torch.tensor(_HASH_PRIMES, device=device)
+    return (index * k % p + 1).to(dtype)
 
 
 class MaskDivergence(RuntimeError):
@@ -188,16 +198,31 @@ class MaskSet:
     # ----------------------------------------------------------------- ranks
     @torch.no_grad()
     def checksum(self) -> torch.Tensor:
-        """Per masked layer (in order), int64 on the CPU: the number of active weights and
-        the sum of ``h(i) = (i * 2654435761) mod 2**32`` over their flat positions ``i``.
-        Equal masks give equal checksums; masks that differ in any weight almost surely do
-        not (moving one weight changes the hash sum unless two hashes collide)."""
+        """Per masked layer (in order), three int64 on the CPU: the number of active
+        weights and two sums of ``a_k(col) * b_k(row)`` over the active positions of the
+        layer's (rows = output neurons) x (columns = fan-in) matrix, with the integer position
+        weights of ``_position_weights``. Equal masks give equal checksums on any hardware
+        (every sum is of integers, exact in the float type used); masks that differ almost
+        surely do not. Costs a matrix-vector product per layer (about 0.05 s for ResNet-50's
+        masks on 2 busy CPU cores)."""
         rows = []
-        for name in self.weights:
-            active = self.masks[name].reshape(-1).nonzero().squeeze(1)
-            hashed = (active * _HASH_MULTIPLIER) & _HASH_BITS
-            rows.append(torch.stack([torch.tensor(active.numel()), hashed.sum().cpu()]))
-        return torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.int64)
+        counts = self.neuron_counts()
+        for name, mask in self.masks.items():
+            matrix = mask.reshape(mask.shape[0], -1)
+            n_rows, n_cols = matrix.shape
+            if matrix.dtype != torch.float64:  # a half type would round the sums
+                small = n_cols * max(_HASH_PRIMES) < _EXACT_FLOAT32
+                matrix = matrix.to(torch.float32 if small else torch.float64)
+            cols = _position_weights(n_cols, _HASH_MULTIPLIERS[0], matrix.device, matrix.dtype)
+            if matrix.device.type == "cpu":  # two matrix-vector products: 20x faster than one
+                per_row = torch.stack([matrix @ cols[:, k].contiguous() for k in range(2)], 1)
+            else:  # elementwise: a GPU matmul may run in TF32, which is not exact
+                per_row = (matrix.unsqueeze(2) * cols).sum(dim=1)
+            per_row = per_row.cpu().to(torch.int64)
+            weights = _position_weights(n_rows, _HASH_MULTIPLIERS[1], "cpu", torch.int64)
+            hashes = (per_row * weights).sum(dim=0)
+            rows.append(torch.cat([counts[name].sum().cpu().reshape(1), hashes]))
+        return torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.int64)
 
     def verify_ranks(self) -> None:
         """Raises ``MaskDivergence`` naming the layers whose masks differ between ranks (one
