@@ -115,7 +115,8 @@ class SRigL(DynamicSparsity):
         gamma_sal: ablation threshold; 0 turns ablation off ("SRigL without ablation"),
             0 < gamma_sal < 1 is a fraction of the denominator, >= 1 an absolute count.
             The paper uses 0.3 for CNNs and 0.95 for ViT.
-        ablation_denominator: ``sparse`` (the layer's constant fan-in, the paper's default)
+        ablation_denominator: ``sparse`` (the layer's un-ablated constant fan-in k0 =
+            int(numel * density) // n_out, the paper's default)
             or ``dense`` (the dense fan-in).
         protected: regexes of layers never ablated. None protects the output layer (the
             model's last weight layer, if it is sparse) as the paper does; the SRigL code
