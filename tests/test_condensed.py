@@ -6,6 +6,7 @@ another order), the same check ``export_model`` applies.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -234,6 +235,17 @@ def test_concurrent_callers_and_thread_counts():
     finally:
         torch.set_num_threads(threads_before)
     assert len(errors) == 3 * 3 * 60 and max(errors) < TOL * 10
+
+
+def test_copies_do_not_share_the_kernel():
+    linear, _ = masked_linear(300, 20, 30)
+    original = CondensedLinear.from_linear(linear)
+    x = torch.randn(2, 300)
+    with torch.inference_mode():
+        original(x)  # builds the kernel, which holds the buffers' addresses
+        duplicate = copy.deepcopy(original)
+        del original
+        assert_close(duplicate(x), linear(x))
 
 
 def test_grad_input_runs_the_differentiable_fallback():
