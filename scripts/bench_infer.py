@@ -15,12 +15,13 @@ Masks are constant fan-in (random, every surviving neuron holds k = budget // li
 all rows may be ablated), and the freed budget goes to the surviving neurons, as SRigL does.
 Weights are random: speed does not depend on the values. BN keeps its initial statistics.
 
-Variants (each its own module, built once per sparsity, thread count and batch class):
+Variants (each its own module, built for every sparsity, thread count and batch):
 - ``dense``: the masked model as trained (torch Linear/Conv2d, zeros included, BN unfolded);
 - ``csr``: ``condense(formats="csr")``: every sparse layer as a torch CSR matmul;
-- ``condensed``: ``condense(example_input=...)``, the export: BN folded, ablated neurons
-  removed where safe, each layer's format measured on its input (condensed, or dense where
-  that is faster); the single layer is ``CondensedLinear.from_linear``;
+- ``condensed``: ``condense(example_input=x)``, the export for that batch: BN folded,
+  ablated neurons removed where safe, each layer's format measured on its input at this
+  batch size and thread count (condensed, or dense where that is faster); the single layer
+  is ``CondensedLinear.from_linear``;
 - ``structured``: ``condense(formats="dense")``: the same surgery with dense GEMMs, so the
   gain of structure alone; for the single layer, the live rows only.
 
@@ -69,7 +70,6 @@ VARIANTS = ("dense", "csr", "condensed", "structured")
 MODELS = ("layer", "mlp", "resnet18", "vit_mlp")
 SPARSITIES = (0.8, 0.9, 0.95, 0.99)
 BATCHES = (1, 8, 64, 256)
-EXPORT_BATCH = 16  # exports for larger batches measure their layers at this batch
 ROUND_S = 0.03  # target time of one variant's calls in one round
 
 
@@ -321,18 +321,15 @@ def bench_model(name: str, args, threads: int, bandwidth: float) -> list[Row]:
         torch.manual_seed(0)
         model = spec.build().eval()
         masks = model_masks(model, sparsity, args.ablate, spec.distribution, spec.protect(model))
-        built: dict[int, dict[str, nn.Module]] = {}
         for batch in args.batches:
             if name == "resnet18" and batch > args.resnet_max_batch:
                 continue
-            export_batch = min(batch, EXPORT_BATCH)
             gen = torch.Generator().manual_seed(1)
             x = torch.randn(batch, *spec.example, generator=gen)
-            if export_batch not in built:
-                log(f"  {name} S={sparsity:.0%} threads={threads}: export at batch {export_batch}")
-                built[export_batch] = build_variants(name, model, masks, x[:export_batch])
+            log(f"  {name} S={sparsity:.0%} threads={threads}: export at batch {batch}")
+            variants = build_variants(name, model, masks, x)
             rounds = args.rounds if batch * math.prod(spec.example) < 1 << 22 else args.big_rounds
-            cells = time_variants(built[export_batch], x, rounds, None, args.slow_s)
+            cells = time_variants(variants, x, rounds, None, args.slow_s)
             rows.append(Row(name, sparsity, batch, threads, cells, bandwidth))
             log(
                 f"  {name} S={sparsity:.0%} B={batch} t={threads}: "

@@ -6,11 +6,13 @@ another order), the same check ``export_model`` applies.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import torch
@@ -203,6 +205,47 @@ def test_fallback_matches_compiled_conv(mode):
     x = torch.randn(3, 6, 11, 13)
     with torch.inference_mode():
         assert_close(kernel(x), cpu.conv2d_reference(x, matrix, conv.bias.detach(), geometry))
+
+
+@needs_compiled
+def test_concurrent_callers_and_thread_counts():
+    """The kernels' thread pool: several Python threads at once, 1 to 4 threads each."""
+    linear, _ = masked_linear(512, 300, 60, ablate=(7,))
+    condensed = CondensedLinear.from_linear(linear)
+    inputs = [torch.randn(batch, 512) for batch in (1, 3, 17)]
+    with torch.no_grad():
+        expected = [linear(x) for x in inputs]
+    errors: list[float] = []
+
+    def call(seed: int) -> None:
+        with torch.inference_mode():
+            for i in range(60):
+                j = (seed + i) % len(inputs)
+                errors.append(float((condensed(inputs[j]) - expected[j]).abs().max()))
+
+    threads_before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            workers = [threading.Thread(target=call, args=(seed,)) for seed in range(3)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+    finally:
+        torch.set_num_threads(threads_before)
+    assert len(errors) == 3 * 3 * 60 and max(errors) < TOL * 10
+
+
+def test_copies_do_not_share_the_kernel():
+    linear, _ = masked_linear(300, 20, 30)
+    original = CondensedLinear.from_linear(linear)
+    x = torch.randn(2, 300)
+    with torch.inference_mode():
+        original(x)  # builds the kernel, which holds the buffers' addresses
+        duplicate = copy.deepcopy(original)
+        del original
+        assert_close(duplicate(x), linear(x))
 
 
 def test_grad_input_runs_the_differentiable_fallback():

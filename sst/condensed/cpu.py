@@ -61,7 +61,7 @@ def kernel_info() -> dict[str, object]:
     return {
         "compiled": True,
         "isa": _ext.isa(),
-        "openmp": _ext.openmp(),
+        "threads": _ext.threads(),
         "windowed": _ext.has_perm(),
     }
 

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
+from sst.sparsity.layers import unwrap
+
 from . import serialize, surgery
 from .layers import CondensedConv2d, CondensedLinear, CSRConv2d, CSRLinear
 from .packing import is_constant_fan_in, nm_pattern
@@ -227,7 +229,7 @@ def condense_with_report(
     """``condense`` plus what it did: per-layer exports, removals, folded convs."""
     if formats not in FORMATS:
         raise ValueError(f"formats={formats!r} is unknown: allowed values are {FORMATS}")
-    model = copy.deepcopy(surgery_unwrap(model)).eval()
+    model = copy.deepcopy(unwrap(model)).eval()
     masks = layer_masks(model, masks)
     layers = weight_layers(model)
     with torch.no_grad():
@@ -282,13 +284,6 @@ def condense_with_report(
     return target, report, removed, folded
 
 
-def surgery_unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DDP / torch.compile wrappers."""
-    from sst.sparsity.layers import unwrap
-
-    return unwrap(model)
-
-
 def condense(
     model: nn.Module,
     masks: Mapping[str, Tensor] | None = None,
@@ -325,7 +320,7 @@ def condense(
 
 def masked_reference(model: nn.Module, masks: Mapping[str, Tensor] | None) -> nn.Module:
     """An eval copy of ``model`` with the masks applied: the outputs an export must match."""
-    reference = copy.deepcopy(surgery_unwrap(model)).eval()
+    reference = copy.deepcopy(unwrap(model)).eval()
     layers = weight_layers(reference)
     with torch.no_grad():
         for name, mask in layer_masks(reference, masks).items():

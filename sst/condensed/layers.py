@@ -90,6 +90,12 @@ class _CondensedBase(nn.Module):
         self.reset_kernel()
         return super()._apply(fn, recurse)
 
+    def __getstate__(self) -> dict:
+        # copies (deepcopy, pickle) rebuild the kernel: it holds the original's addresses
+        state = dict(self.__dict__)
+        state["_kernel"] = None
+        return state
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         self.reset_kernel()
         super()._load_from_state_dict(*args, **kwargs)
