@@ -156,7 +156,6 @@ def test_two_students_share_one_teacher_trained_once(tmp_path):
     summaries = []
     for method in ("gmp", "oneshot"):
         cfg, run_dir, choices = compose_run([*common, f"sparsity={method}"], tmp_path)
-        assert "-kd-" in run_dir.name
         summaries.append(run(cfg, run_dir, choices))
         if method == "gmp":
             (teacher_dir,) = [p for p in (tmp_path / "runs").iterdir() if "-dense-" in p.name]
