@@ -18,9 +18,11 @@ compile_args = [
     "-Wno-maybe-uninitialized",
 ]
 link_args: list[str] = []
-if sys.platform != "win32":
-    compile_args.append("-pthread")  # the kernels' thread pool (std::thread)
-    link_args.append("-pthread")
+if sys.platform.startswith("linux"):
+    # Links libgomp.so.1 by soname: in a process that imported torch first, this is torch's
+    # own copy, so both share one OpenMP thread pool.
+    compile_args.append("-fopenmp")
+    link_args.append("-fopenmp")
 
 setup(
     ext_modules=[
