@@ -36,8 +36,8 @@ bandwidth. The target table adds a cold-cache run (a 64 MiB buffer written betwe
 A last table gives each model's ``size_report`` totals and its saved export's file size,
 raw and with ``compress=True`` (delta-coded indices through zlib).
 
-    python scripts/bench_infer.py            # full run (about 25 minutes on 2 CPU cores)
-    python scripts/bench_infer.py --quick    # smoke test (under a minute)
+    python scripts/bench_infer.py            # full run (7 min on 2 idle cores, 25 at load 10)
+    python scripts/bench_infer.py --quick    # smoke test (17 s on 2 idle cores)
 """
 
 from __future__ import annotations

@@ -209,7 +209,7 @@ def test_fallback_matches_compiled_conv(mode):
 
 @needs_compiled
 def test_concurrent_callers_and_thread_counts():
-    """The kernels' thread pool: several Python threads at once, 1 to 4 threads each."""
+    """Several Python threads calling the kernels at once, with 1 to 4 OpenMP threads."""
     linear, _ = masked_linear(512, 300, 60, ablate=(7,))
     condensed = CondensedLinear.from_linear(linear)
     inputs = [torch.randn(batch, 512) for batch in (1, 3, 17)]

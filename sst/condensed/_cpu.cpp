@@ -10,25 +10,18 @@
 //       per-index offset table `tapoff`); Y[row(r), l] = b + sum_j V[r, j] * X[I[r, j], l],
 //       vectorised along l, so every weight is one broadcast and L/16 FMAs.
 //
-// Index types: uint8 (in <= 256), uint16 (in <= 32768), int32. Threads: ``Pool`` below.
+// Index types: uint8 (in <= 256), uint16 (in <= 32768), int32. The parallel regions are
+// OpenMP; on Linux the extension binds to the libgomp.so.1 that torch has already loaded,
+// so it shares torch's thread pool instead of competing with it.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
-#include <thread>
-#include <vector>
 
-#ifdef _WIN32
-#include <process.h>
-#define SST_GETPID _getpid
-#else
-#include <unistd.h>
-#define SST_GETPID getpid
+#ifdef _OPENMP
+#include <omp.h>
 #endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -362,154 +355,26 @@ void select_kernels() {
 #undef SST_FILL
 }
 
-// ------------------------------------------------------------------------------ threads
-inline void cpu_pause() {
-#ifdef SST_X86
-  _mm_pause();
-#endif
-}
-
-// A pool whose caller never waits for a helper that has not started. A job is cut into
-// chunks claimed from one atomic word (job generation | chunk count | next chunk); the
-// caller claims chunks too and returns once every claimed chunk has finished. A helper the
-// OS schedules late (a busy machine) finds the job done, where a fork-join region (OpenMP)
-// would wait for it at its barrier, a scheduler time slice of several ms. Idle helpers spin
-// for about 50 us, then sleep on a condition variable.
-class Pool {
- public:
-  typedef void (*Task)(const void* job, int64_t i0, int64_t i1);
-
-  void run(Task task, const void* job, int64_t n, int threads) {
-    std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
-    if (threads <= 1 || n <= 1 || !busy.owns_lock()) {  // a concurrent caller runs alone
-      task(job, 0, n);
-      return;
+// Runs fn over [0, n) on up to `threads` threads. The range is cut into about 8 chunks per
+// thread, claimed in order from a shared counter: a thread the OS schedules late (a busy
+// machine) finds the work done by the others instead of holding its static share, so the
+// region costs at most its wake-up, not its share of the work on top.
+template <typename Args, typename Fn>
+void run_parallel(Fn fn, const Args& a, int64_t n, int threads) {
+#ifdef _OPENMP
+  if (threads > 1 && n > 1) {
+    const int64_t chunks = n < 8 * threads ? n : 8 * threads;
+    std::atomic<int64_t> next{0};
+#pragma omp parallel num_threads(threads)
+    {
+      for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1))
+        fn(a, n * c / chunks, n * (c + 1) / chunks);
     }
-    grow(threads - 1);
-    const int64_t chunks = std::min<int64_t>(n, 8 * static_cast<int64_t>(threads));
-    task_ = task;
-    job_ = job;
-    n_ = n;
-    wanted_.store(threads - 1, std::memory_order_relaxed);
-    finished_.store(0, std::memory_order_relaxed);
-    generation_ = (generation_ + 1) & kGenMask;
-    state_.store(pack(generation_, chunks, 0), std::memory_order_seq_cst);
-    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
-      std::lock_guard<std::mutex> lock(sleep_mu_);
-      wake_.notify_all();
-    }
-    work(generation_);
-    for (int spin = 0; finished_.load(std::memory_order_acquire) < chunks; ++spin) {
-      if (spin < kSpin) {
-        cpu_pause();
-      } else {
-        std::this_thread::yield();  // a helper preempted mid-chunk may share this core
-      }
-    }
-  }
-
- private:
-  static constexpr int kBits = 20;
-  static constexpr uint64_t kMask = (uint64_t(1) << kBits) - 1;
-  static constexpr uint64_t kGenMask = (uint64_t(1) << 24) - 1;
-  static constexpr int kSpin = 2000;
-
-  static uint64_t pack(uint64_t gen, uint64_t chunks, uint64_t next) {
-    return (gen << (2 * kBits)) | (chunks << kBits) | next;
-  }
-
-  // Claims and runs chunks of job `gen` until none is left. After a successful claim the
-  // job's fields are stable: the caller cannot return before this chunk is finished.
-  void work(uint64_t gen) {
-    uint64_t s = state_.load(std::memory_order_acquire);
-    while ((s >> (2 * kBits)) == gen) {
-      const uint64_t chunks = (s >> kBits) & kMask, next = s & kMask;
-      if (next >= chunks) return;
-      if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
-                                        std::memory_order_acquire))
-        continue;
-      const int64_t c = static_cast<int64_t>(next), m = static_cast<int64_t>(chunks);
-      task_(job_, n_ * c / m, n_ * (c + 1) / m);
-      finished_.fetch_add(1, std::memory_order_acq_rel);
-      s = state_.load(std::memory_order_acquire);
-    }
-  }
-
-  void helper(int index) {
-    uint64_t seen = state_.load(std::memory_order_acquire) >> (2 * kBits);
-    for (;;) {
-      uint64_t gen = seen;
-      for (int spin = 0; spin < kSpin && gen == seen; ++spin) {
-        cpu_pause();
-        gen = state_.load(std::memory_order_acquire) >> (2 * kBits);
-      }
-      if (gen == seen) {
-        std::unique_lock<std::mutex> lock(sleep_mu_);
-        sleepers_.fetch_add(1, std::memory_order_seq_cst);
-        wake_.wait(lock, [&] {
-          gen = state_.load(std::memory_order_seq_cst) >> (2 * kBits);
-          return gen != seen;
-        });
-        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
-      }
-      seen = gen;
-      if (index < wanted_.load(std::memory_order_relaxed)) work(gen);
-    }
-  }
-
-  void grow(int helpers) {
-    while (static_cast<int>(started_) < helpers) {
-      std::thread(&Pool::helper, this, static_cast<int>(started_)).detach();
-      ++started_;
-    }
-  }
-
-  std::mutex run_mu_, sleep_mu_;
-  std::condition_variable wake_;
-  std::atomic<uint64_t> state_{0};
-  std::atomic<int64_t> finished_{0};
-  std::atomic<int> sleepers_{0}, wanted_{0};
-  uint64_t generation_ = 0;
-  size_t started_ = 0;
-  Task task_ = nullptr;
-  const void* job_ = nullptr;
-  int64_t n_ = 0;
-};
-
-// The process's pool; a child process after fork() gets a fresh one (the parent's helpers
-// and locks do not exist there). Never destroyed: helpers are detached threads.
-Pool& pool() {
-  static Pool* current = nullptr;
-  static long owner = 0;
-  if (current == nullptr || owner != static_cast<long>(SST_GETPID())) {
-    current = new Pool();
-    owner = static_cast<long>(SST_GETPID());
-  }
-  return *current;
-}
-
-template <typename Args>
-struct Bound {
-  void (*fn)(const Args&, int64_t, int64_t);
-  const Args* args;
-};
-
-template <typename Args>
-void call_bound(const void* job, int64_t i0, int64_t i1) {
-  const Bound<Args>* bound = static_cast<const Bound<Args>*>(job);
-  bound->fn(*bound->args, i0, i1);
-}
-
-// Runs fn(a, i0, i1) over [0, n) on up to `threads` threads.
-template <typename Args>
-void run_parallel(void (*fn)(const Args&, int64_t, int64_t), const Args& a, int64_t n,
-                  int threads) {
-  if (threads <= 1 || n <= 1) {
-    fn(a, 0, n);
     return;
   }
-  const Bound<Args> bound{fn, &a};
-  pool().run(call_bound<Args>, &bound, n, threads);
+#endif
+  (void)threads;
+  fn(a, 0, n);
 }
 
 // Below this many multiply-adds a second thread costs more than it saves.
@@ -657,7 +522,13 @@ PyObject* py_isa(PyObject*, PyObject*) { return PyUnicode_FromString(isa_name); 
 
 PyObject* py_has_perm(PyObject*, PyObject*) { return PyBool_FromLong(has_avx512); }
 
-PyObject* py_threads(PyObject*, PyObject*) { return PyUnicode_FromString("pool"); }
+PyObject* py_openmp(PyObject*, PyObject*) {
+#ifdef _OPENMP
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
 
 PyMethodDef methods[] = {
     {"gemv", py_gemv, METH_VARARGS, "Condensed matrix times rows of x (scalar loads)."},
@@ -666,7 +537,7 @@ PyMethodDef methods[] = {
     {"transpose", py_transpose, METH_VARARGS, "Transposes a row-major float32 matrix."},
     {"isa", py_isa, METH_NOARGS, "Instruction set the kernels were dispatched to."},
     {"has_perm", py_has_perm, METH_NOARGS, "Whether the windowed (perm) kernel can run."},
-    {"threads", py_threads, METH_NOARGS, "How the kernels run threads."},
+    {"openmp", py_openmp, METH_NOARGS, "Whether the kernels were built with OpenMP."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu", "Condensed sparse CPU kernels.", -1, methods,

@@ -61,7 +61,7 @@ def kernel_info() -> dict[str, object]:
     return {
         "compiled": True,
         "isa": _ext.isa(),
-        "threads": _ext.threads(),
+        "openmp": _ext.openmp(),
         "windowed": _ext.has_perm(),
     }
 
