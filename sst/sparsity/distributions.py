@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
+from .checks import check_fraction
+
 Shapes = Mapping[str, Sequence[int]]
 
 
@@ -21,16 +23,11 @@ def _numel(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def _check_density(density: float) -> None:
-    if not 0.0 < density <= 1.0:
-        raise ValueError(f"density={density} is out of range: allowed values are in (0, 1]")
-
-
 def _decided(
     shapes: Shapes, density: float, dense: Iterable[str], fixed: Mapping[str, float] | None
 ) -> dict[str, float]:
     """The densities the settings fix (1 for dense layers, the explicit ones), checked."""
-    _check_density(density)
+    check_fraction("density", density, low_open=True)
     dense = list(dense)
     decided: dict[str, float] = {}
     both = set(dense) & set(fixed or {})
@@ -43,7 +40,7 @@ def _decided(
     for name, value in (fixed or {}).items():
         if name not in shapes:
             raise ValueError(f"fixed layer {name!r} is not among the layers {sorted(shapes)}")
-        _check_density(value)
+        check_fraction(f"densities[{name!r}]", value, low_open=True)
         decided[name] = value
     return decided
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .checks import check_at_least, check_choice, check_fraction, check_total_steps
 from .drop_grow import drop_and_grow
 from .method import SparsityMethod
 from .schedules import DROP_FRACTION_SCHEDULES, is_update_step
@@ -49,19 +50,11 @@ class DynamicSparsity(SparsityMethod):
         skip_optimizer_step: bool = False,
         **kwargs,
     ) -> None:
-        if total_steps is None or total_steps < 1:
-            raise ValueError(f"total_steps={total_steps} must be a positive step count")
-        if delta_t < 1:
-            raise ValueError(f"delta_t={delta_t} is out of range: allowed values are >= 1")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha={alpha} is out of range: allowed values are in [0, 1]")
-        if not 0.0 < t_end <= 1.0:
-            raise ValueError(f"t_end={t_end} is out of range: allowed values are in (0, 1]")
-        if drop_schedule not in DROP_FRACTION_SCHEDULES:
-            raise ValueError(
-                f"drop_schedule={drop_schedule!r} is unknown: allowed values are "
-                f"{list(DROP_FRACTION_SCHEDULES)}"
-            )
+        check_total_steps(total_steps)
+        check_at_least("delta_t", delta_t, 1)
+        check_fraction("alpha", alpha)
+        check_fraction("t_end", t_end, low_open=True)
+        check_choice("drop_schedule", drop_schedule, DROP_FRACTION_SCHEDULES)
         if not 1 <= grad_accumulation <= delta_t:
             raise ValueError(
                 f"grad_accumulation={grad_accumulation} is out of range: allowed "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .pruning import PruningMethod, check_fraction
+from .checks import check_at_least, check_fraction, check_total_steps
+from .pruning import PruningMethod
 from .schedules import cubic_sparsity
 
 
@@ -47,12 +48,10 @@ class GMP(PruningMethod):
         delta_t: int = 100,
         **kwargs,
     ) -> None:
-        if total_steps is None or total_steps < 1:
-            raise ValueError(f"total_steps={total_steps} must be a positive step count")
+        check_total_steps(total_steps)
         check_fraction("t_start", t_start)
         check_fraction("t_end", t_end, low_open=True)
-        if delta_t < 1:
-            raise ValueError(f"delta_t={delta_t} is out of range: allowed values are >= 1")
+        check_at_least("delta_t", delta_t, 1)
         first, last = int(t_start * total_steps), int(t_end * total_steps)
         if last <= first:
             raise ValueError(

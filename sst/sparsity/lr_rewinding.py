@@ -9,7 +9,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .pruning import PruningMethod, check_fraction, progress_of_density
+from .checks import check_choice, check_fraction, check_total_steps
+from .pruning import PruningMethod, progress_of_density
 from .stages import Stage
 
 RETRAIN = ("lr_rewinding", "weight_rewinding", "fine_tuning")
@@ -68,15 +69,13 @@ class LRRewinding(PruningMethod):
         reset_momentum: bool = False,
         **kwargs,
     ) -> None:
-        if total_steps is None or total_steps < 1:
-            raise ValueError(f"total_steps={total_steps} must be a positive step count")
+        check_total_steps(total_steps)
         check_fraction("prune_fraction", prune_fraction, low_open=True)
         if prune_fraction >= 1.0:
             raise ValueError(f"prune_fraction={prune_fraction} must be below 1")
         if rounds is not None and rounds < 1:
             raise ValueError(f"rounds={rounds} is out of range: allowed values are >= 1 or null")
-        if retrain not in RETRAIN:
-            raise ValueError(f"retrain={retrain!r} is unknown: allowed values are {RETRAIN}")
+        check_choice("retrain", retrain, RETRAIN)
         if not 0 <= rewind_step < total_steps:
             raise ValueError(
                 f"rewind_step={rewind_step} is out of range: allowed values are 0 to "

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import distributions
+from .checks import check_fraction
 from .flops import weight_layer_macs
 from .layers import matching, select_layers, unwrap
 from .masks import SUPPORTED_OPTIMIZERS, MaskSet, check_optimizer
@@ -95,8 +96,7 @@ class SparsityMethod:
         seed: int = 0,
         example_input: torch.Tensor | None = None,
     ) -> None:
-        if not 0.0 < density <= 1.0:
-            raise ValueError(f"density={density} is out of range: allowed values are in (0, 1]")
+        check_fraction("density", density, low_open=True)
         check_optimizer(optimizer)
         self.model = unwrap(model)
         self.optimizer = optimizer

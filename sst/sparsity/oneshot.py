@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from ..runs import load_run
+from .checks import check_fraction, check_total_steps
 from .layers import unwrap
-from .pruning import PruningMethod, check_fraction
+from .pruning import PruningMethod
 
 
 def load_dense_weights(model: nn.Module, run_dir: str | Path) -> None:
@@ -48,8 +49,7 @@ class OneShot(PruningMethod):
         dense_run: str | None = None,
         **kwargs,
     ) -> None:
-        if total_steps is None or total_steps < 1:
-            raise ValueError(f"total_steps={total_steps} must be a positive step count")
+        check_total_steps(total_steps)
         check_fraction("prune_at", prune_at)
         if dense_run is not None:
             load_dense_weights(model, dense_run)

@@ -21,7 +21,6 @@ weights are zeroed together with their optimizer state (``MaskSet.set``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import torch
@@ -151,12 +150,4 @@ def progress_of_density(target_density: float, final_density: float) -> float:
     return min(1.0, (1.0 - target_density) / (1.0 - final_density))
 
 
-def check_fraction(name: str, value: float, *, low_open: bool = False) -> None:
-    """``value`` must lie in [0, 1] ((0, 1] with ``low_open``); the error names it."""
-    low_ok = value > 0.0 if low_open else value >= 0.0
-    if not (low_ok and value <= 1.0) or math.isnan(value):
-        interval = "(0, 1]" if low_open else "[0, 1]"
-        raise ValueError(f"{name}={value} is out of range: allowed values are in {interval}")
-
-
-__all__ = ["PruningMethod", "check_fraction", "progress_of_density"]
+__all__ = ["PruningMethod", "progress_of_density"]

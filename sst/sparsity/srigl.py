@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .checks import check_at_least, check_choice
 from .drop_grow import drop_smallest, regrow
 from .dynamic import DynamicSparsity
 from .layers import LAYER_TYPES, matching, weight_layers
@@ -18,13 +19,8 @@ DENOMINATORS = ("sparse", "dense")
 
 
 def check_ablation_settings(gamma_sal: float, ablation_denominator: str) -> None:
-    if gamma_sal < 0:
-        raise ValueError(f"gamma_sal={gamma_sal} is out of range: allowed values are >= 0")
-    if ablation_denominator not in DENOMINATORS:
-        raise ValueError(
-            f"ablation_denominator={ablation_denominator!r} is unknown: allowed values are "
-            f"{DENOMINATORS}"
-        )
+    check_at_least("gamma_sal", gamma_sal, 0)
+    check_choice("ablation_denominator", ablation_denominator, DENOMINATORS)
 
 
 def ablation_threshold(

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .checks import check_choice, check_fraction, check_total_steps
 from .layers import LAYER_TYPES, weight_layers
 from .mask_ops import rowwise_topk_mask
 from .method import SparsityMethod
-from .pruning import check_fraction
 from .stages import Stage
 from .structure import layer_budget
 
@@ -66,11 +66,9 @@ class TargetedDropout(SparsityMethod):
         seed: int = 0,
         **kwargs,
     ) -> None:
-        if total_steps is None or total_steps < 1:
-            raise ValueError(f"total_steps={total_steps} must be a positive step count")
+        check_total_steps(total_steps)
         check_fraction("drop_rate", drop_rate)
-        if variant not in VARIANTS:
-            raise ValueError(f"variant={variant!r} is unknown: allowed values are {VARIANTS}")
+        check_choice("variant", variant, VARIANTS)
         if variant == "unit" and kwargs.get("structure") == "nm":
             raise ValueError(
                 "variant=unit drops whole neurons, which structure=nm (N of every M weights) "
