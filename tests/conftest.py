@@ -8,6 +8,15 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: torch's thread pool only costs time on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyConvNet(nn.Module):
     """Conv + linear layers with fan-ins that N:M 2:4 divides (27 does not: kept dense)."""
 

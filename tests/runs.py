@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import sst.config  # noqa: F401  (registers the run-folder resolver)
+import sst.train as train_module
+from sst.build import build
+from sst.hooks import Hook
 from sst.train import CONFIG_DIR
 
 CONF = CONFIG_DIR
@@ -69,3 +74,32 @@ def compose_run(overrides: list[str], output_dir: Path):
 def read_metrics(run_dir: Path, drop=("update/time_ms",)) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+
+
+class InterruptAt(Hook):
+    """Interrupts the run after the ``step``-th optimizer step of this launch: sends
+    ``signum`` to this process (SIGTERM, as SLURM does) or, with ``how="crash"``, raises."""
+
+    name = "interrupt"
+
+    def __init__(self, step: int, how: str = "signal", signum: int = signal.SIGTERM) -> None:
+        self.step, self.how, self.signum, self.seen = step, how, signum, 0
+
+    def after_optimizer_step(self) -> None:
+        self.seen += 1
+        if self.seen == self.step:
+            if self.how == "crash":
+                raise RuntimeError("simulated crash")
+            os.kill(os.getpid(), self.signum)
+
+
+def run_with(monkeypatch, cfg: DictConfig, run_dir: Path, choices: dict, hooks=()) -> dict:
+    """``sst.train.run`` with ``hooks`` appended to the loop that ``build`` returns."""
+
+    def build_with_hooks(*args, **kwargs):
+        loop = build(*args, **kwargs)
+        loop.hooks.extend(hooks)
+        return loop
+
+    monkeypatch.setattr(train_module, "build", build_with_hooks)
+    return train_module.run(cfg, run_dir, choices)

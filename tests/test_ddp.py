@@ -26,14 +26,13 @@ from ddp import (
     sst_train,
     train_runs,
 )
-from runs import compose_run, read_metrics
+from runs import InterruptAt, compose_run, read_metrics
 
 from sst import dist
 from sst.build import build, per_rank_batch
 from sst.config import ConfigError
 from sst.data.loaders import make_loader
 from sst.events import Preempted
-from sst.hooks import Hook
 from sst.loop import stop_signals
 from sst.sparsity import RigL
 from sst.train import run
@@ -163,20 +162,6 @@ def test_mask_checksum_tells_apart_masks_that_differ_in_one_weight(tiny_net):
     assert changed == [name == "fc1" for name in method.masks]
 
 
-class SignalAt(Hook):
-    """Sends ``signum`` to this process after optimizer step ``step``."""
-
-    name = "signal"
-
-    def __init__(self, step: int, signum: int) -> None:
-        self.step, self.signum, self.seen = step, signum, 0
-
-    def after_optimizer_step(self) -> None:
-        self.seen += 1
-        if self.seen == self.step:
-            os.kill(os.getpid(), self.signum)
-
-
 def test_stop_signal_is_handed_to_the_launchers_handler_after_the_checkpoint(tmp_path, monkeypatch):
     """submitit requeues the job in its own handler of its preemption signal (SIGUSR2): the
     loop takes the signal over, saves, and hands it back once the run has closed."""
@@ -187,7 +172,7 @@ def test_stop_signal_is_handed_to_the_launchers_handler_after_the_checkpoint(tmp
     try:
         cfg, run_dir, choices = compose_run([*TINY, "sparsity=rigl"], tmp_path)
         loop = build(cfg, run_dir, choices)
-        loop.hooks.append(SignalAt(7, signal.SIGUSR2))
+        loop.hooks.append(InterruptAt(7, signum=signal.SIGUSR2))
         with pytest.raises(Preempted) as stopped:
             loop.fit()
         assert calls == []  # the loop held the signal until the checkpoint was saved

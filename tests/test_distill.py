@@ -21,13 +21,7 @@ from sst.train import run
 NO_SPARSITY_KEYS = [o for o in QUICK if not o.startswith("sparsity.")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: torch's thread pool only costs time on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 def softmax(values):

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TinyConvNet, batches
-from runs import QUICK, compose_run, read_metrics
+from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
 import sst.train as train_module
 from sst.build import build
 from sst.events import Preempted
-from sst.hooks import Hook
 from sst.runs import RunFolder, load_run
 from sst.sparsity import Static
 from sst.sparsity.method import SparsityMethod, magnitude_masks
@@ -128,28 +127,7 @@ def run_two_rounds(monkeypatch, tmp_path, extra_hooks=()):
     ]
     cfg, run_dir, choices = compose_run(overrides, tmp_path)
 
-    def build_with_hooks(*args, **kwargs):
-        loop = build(*args, **kwargs)
-        loop.hooks.extend(extra_hooks)
-        return loop
-
-    monkeypatch.setattr(train_module, "build", build_with_hooks)
-    return train_module.run(cfg, run_dir, choices), run_dir
-
-
-class StopAt(Hook):
-    name = "stop"
-
-    def __init__(self, step):
-        self.step, self.seen = step, 0
-
-    def after_optimizer_step(self):
-        self.seen += 1
-        if self.seen == self.step:
-            import os
-            import signal
-
-            os.kill(os.getpid(), signal.SIGTERM)
+    return run_with(monkeypatch, cfg, run_dir, choices, extra_hooks), run_dir
 
 
 def test_two_stages_replay_the_lr_and_resume_mid_stage(monkeypatch, tmp_path, policies_on_path):
@@ -165,7 +143,7 @@ def test_two_stages_replay_the_lr_and_resume_mid_stage(monkeypatch, tmp_path, po
     assert {r["stage"] for r in records} == {0, 1}
 
     with pytest.raises(Preempted):
-        run_two_rounds(monkeypatch, tmp_path / "b", [StopAt(80)])  # inside stage 1
+        run_two_rounds(monkeypatch, tmp_path / "b", [InterruptAt(80)])  # inside stage 1
     resumed, resumed_dir = run_two_rounds(monkeypatch, tmp_path / "b")
     assert resumed["stages"] == summary["stages"]
     assert read_metrics(resumed_dir) == records

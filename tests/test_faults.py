@@ -11,8 +11,7 @@ import urllib.error
 import pytest
 import torch
 import wandb
-from runs import QUICK, compose_run, read_metrics
-from test_train import InterruptAt, run_with
+from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
 import sst.train as train_module
 from sst.build import build

@@ -2,28 +2,17 @@
 round's start, weight rewinding, momentum reset, and a run killed in round 2 that resumes
 to the uninterrupted result."""
 
-import os
-import signal
-
 import pytest
 import torch
 from conftest import TinyConvNet, batches, train_steps
-from runs import QUICK, compose_run, read_metrics
+from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
 import sst.train as train_module
-from sst.build import build
 from sst.events import Preempted
-from sst.hooks import Hook
 from sst.sparsity import LRRewinding
 from sst.sparsity.lr_rewinding import round_densities
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 @pytest.mark.parametrize(
@@ -145,34 +134,16 @@ def test_every_round_replays_the_lr_and_is_recorded(tmp_path):
     assert {r["stage"] for r in evaluations} == {0, 1, 2}
 
 
-class SignalAt(Hook):
-    name = "interrupt"
-
-    def __init__(self, step):
-        self.step, self.seen = step, 0
-
-    def after_optimizer_step(self):
-        self.seen += 1
-        if self.seen == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_a_kill_in_round_two_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
     overrides = [*ROUNDS, "trainer.epochs=1", "trainer.deterministic=true"]
     cfg, reference_dir, choices = compose_run(overrides, tmp_path / "a")
     reference = train_module.run(cfg, reference_dir, choices)
 
     cfg, run_dir, choices = compose_run(overrides, tmp_path / "b")
-    hooks = [SignalAt(50)]  # rounds are 22 steps: step 50 is in round 2 (steps 44-65)
+    hooks = [InterruptAt(50)]  # rounds are 22 steps: step 50 is in round 2 (steps 44-65)
 
-    def build_with_hooks(*args, **kwargs):
-        loop = build(*args, **kwargs)
-        loop.hooks.extend(hooks)
-        return loop
-
-    monkeypatch.setattr(train_module, "build", build_with_hooks)
     with pytest.raises(Preempted):
-        train_module.run(cfg, run_dir, choices)
+        run_with(monkeypatch, cfg, run_dir, choices, hooks)
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert (state["step"], state["stage_started"]) == (50, 2)
     hooks.clear()

@@ -15,14 +15,7 @@ from sst.sparsity import GMP, OneShot
 from sst.sparsity.schedules import cubic_sparsity
 from sst.sparsity.structure import Structure, layer_budget
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: torch's thread pool only costs time on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 # ----------------------------------------------------------------------------- the schedule

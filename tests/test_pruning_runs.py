@@ -1,19 +1,15 @@
 """A short real run of every sparsity method on the default data (digits, MLP): the run
 folder, the final sparsity and what each pruning method adds to the summary."""
 
-import os
 import re
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from runs import QUICK, compose_run, read_metrics
+from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
 import sst.train as train_module
-from sst.build import build
 from sst.events import Preempted
-from sst.hooks import Hook
 from sst.runs import load_run
 from sst.train import run
 
@@ -21,12 +17,7 @@ COMMON = [o for o in QUICK if not o.startswith("sparsity.")] + ["trainer.epochs=
 STEPS = 2 * (1437 // 64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models
 
 
 @pytest.mark.parametrize(
@@ -83,34 +74,16 @@ def test_targeted_dropout_reports_accuracy_before_and_after_the_prune(tmp_path):
     assert again["stages"] == summary["stages"]
 
 
-class SignalAt(Hook):
-    name = "interrupt"
-
-    def __init__(self, step):
-        self.step, self.seen = step, 0
-
-    def after_optimizer_step(self):
-        self.seen += 1
-        if self.seen == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 def test_a_kill_at_the_last_step_resumes_into_the_final_prune(tmp_path, monkeypatch):
     overrides = [*COMMON, "sparsity=targeted_dropout", "trainer.deterministic=true"]
     cfg, run_dir, choices = compose_run(overrides, tmp_path / "a")
     reference = run(cfg, run_dir, choices)
 
     cfg, run_dir, choices = compose_run(overrides, tmp_path / "b")
-    hooks = [SignalAt(STEPS)]
+    hooks = [InterruptAt(STEPS)]
 
-    def build_with_hooks(*args, **kwargs):
-        loop = build(*args, **kwargs)
-        loop.hooks.extend(hooks)
-        return loop
-
-    monkeypatch.setattr(train_module, "build", build_with_hooks)
     with pytest.raises(Preempted):
-        train_module.run(cfg, run_dir, choices)
+        run_with(monkeypatch, cfg, run_dir, choices, hooks)
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert (state["step"], state["stage_started"]) == (STEPS, 0)  # trained, not yet pruned
     hooks.clear()

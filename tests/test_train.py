@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
-from runs import QUICK, compose_run, read_metrics
+from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
 import sst.train as train_module
 from sst.build import build
@@ -55,33 +55,6 @@ def test_default_command_trains_digits_and_skips_when_finished(tmp_path):
 
 def folder_snapshot(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-
-
-class InterruptAt(Hook):
-    """Sends SIGTERM to this process (as SLURM does) or raises, at a given step."""
-
-    name = "interrupt"
-
-    def __init__(self, step: int, how: str):
-        self.step, self.how, self.seen = step, how, 0
-
-    def after_optimizer_step(self):
-        self.seen += 1
-        if self.seen == self.step:
-            if self.how == "signal":
-                os.kill(os.getpid(), signal.SIGTERM)
-            else:
-                raise RuntimeError("simulated crash")
-
-
-def run_with(monkeypatch, cfg, run_dir, choices, hooks=()):
-    def build_with_hooks(*args, **kwargs):
-        loop = build(*args, **kwargs)
-        loop.hooks.extend(hooks)
-        return loop
-
-    monkeypatch.setattr(train_module, "build", build_with_hooks)
-    return train_module.run(cfg, run_dir, choices)
 
 
 def final_state(run_dir):
