@@ -1,29 +1,38 @@
 #!/usr/bin/env bash
 # The CPU study in one command: train every cell of experiment=cpu_study_digits (Static, SET,
-# RigL, SRigL at 90/95/99% sparsity, 3 seeds), SRigL without ablation (gamma_sal 0) and the
-# dense baseline, then write the table to docs/study.md and the figures to docs/figures/.
-# With CIFAR=1 it also runs experiment=cpu_study_cifar10 (ResNet-20 on a 5,000-image subset
-# of the CIFAR-10 JPEG copy in $SST_CIFAR10_JPEG) and adds its table and figure.
+# RigL, SRigL at 90/95/99% sparsity, 3 seeds), SRigL without ablation (gamma_sal 0), the
+# pruning methods (GMP, one-shot, targeted dropout, LR rewinding) and the dense baseline, then
+# write the tables to docs/study.md and the figures to docs/figures/.
+# With CIFAR=1 it also runs experiment=cpu_study_cifar10 (ResNet-8 on a 5,000-image subset of
+# the CIFAR-10 JPEG copy in $SST_CIFAR10_JPEG, a folder or the .tar.gz) with SRigL without
+# ablation, GMP and dense, and adds its table and figure.
 # Finished runs are skipped and interrupted ones resume, so it can be rerun at any time.
 #   scripts/run_cpu_study.sh                 # OUT=outputs/cpu_study JOBS=2 by default
-#   CIFAR=1 SST_CIFAR10_JPEG=/data/cifar10-jpeg scripts/run_cpu_study.sh
+#   CIFAR=1 SST_CIFAR10_JPEG=/data/cifar10-jpeg.tar.gz scripts/run_cpu_study.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/cpu_study}
 JOBS=${JOBS:-2}
 RUNS="$OUT/runs"
+DENSITIES=sparsity.density=0.1,0.05,0.01
 
-study() {  # the preset's grid, SRigL without ablation, dense
-  local common=("experiment=$1" "output_dir=$OUT" trainer.progress_bar=false logger=none
-                launcher=joblib "hydra.launcher.n_jobs=$JOBS")
-  sst-train -m "${common[@]}"
-  sst-train -m "${common[@]}" sparsity=srigl sparsity.gamma_sal=0 sparsity.density=0.1,0.05,0.01
-  sst-train -m "${common[@]}" sparsity=dense sparsity.density=1.0
+grid() {  # one multirun of preset $1; the preset's sweep gives the densities and seeds
+  sst-train -m "experiment=$1" "output_dir=$OUT" trainer.progress_bar=false logger=none \
+    launcher=joblib "hydra.launcher.n_jobs=$JOBS" "${@:2}"
 }
 
-study cpu_study_digits
+start=$SECONDS
+grid cpu_study_digits                                        # Static, SET, RigL, SRigL
+grid cpu_study_digits sparsity=srigl sparsity.gamma_sal=0 "$DENSITIES"
+grid cpu_study_digits sparsity=gmp,oneshot,targeted_dropout,lr_rewinding "$DENSITIES"
+grid cpu_study_digits sparsity=dense sparsity.density=1.0
+echo "digits: $((SECONDS - start)) s" >&2
 if [[ "${CIFAR:-0}" == 1 ]]; then
-  study cpu_study_cifar10
+  grid cpu_study_cifar10                                     # Static, SET, RigL, SRigL
+  grid cpu_study_cifar10 sparsity=srigl sparsity.gamma_sal=0 "$DENSITIES"
+  grid cpu_study_cifar10 sparsity=gmp "$DENSITIES"
+  grid cpu_study_cifar10 sparsity=dense sparsity.density=1.0
+  echo "digits and CIFAR-10: $((SECONDS - start)) s" >&2
 fi
 
 mkdir -p docs/figures
