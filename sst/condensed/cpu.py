@@ -3,7 +3,7 @@ pure-PyTorch fallback that gives the same outputs when the extension is not buil
 
 Linear, y[b, n] = bias[n] + sum_j V[n, j] * x[b, I[n, j]] for the live rows n:
 - batch < ``SPMM_MIN_BATCH``: the windowed AVX-512 kernel (``windowed.py``) when the CPU has
-  AVX-512 and the layout's lanes are well filled, else scalar loads (``gemv``);
+  AVX-512 and the layout's lanes are well filled, else scalar gathers (``gemv``);
 - larger batches: ``spmm`` on x transposed to (in, B), vectorised along the batch.
 
 Conv2d (groups 1) runs ``spmm`` in one of two modes (``ConvKernel``): "direct" on the
