@@ -32,7 +32,9 @@ IQR in brackets. A variant whose warm-up call takes over ``--slow-s`` (2 s: CSR 
 batch 64) is timed once. Bandwidth: the faster of a 256 MiB tensor copy
 (read + write) and a read-only max over it, at each thread count; a variant's bound is (the
 weight, index and input bytes it reads, for the windowed kernel its padded layout) /
-bandwidth. The target table adds a cold-cache run (a 64 MiB buffer written between calls).
+bandwidth. The target table adds a cold-cache run (a 64 MiB buffer written between calls)
+and the condensed layer with bf16 values (``dtype=torch.bfloat16``), timed in the same
+rounds as the others.
 A last table gives each model's ``size_report`` totals and its saved export's file size,
 raw and with ``compress=True`` (delta-coded indices through zlib).
 
@@ -338,45 +340,65 @@ def bench_model(name: str, args, threads: int, bandwidth: float) -> list[Row]:
     return rows
 
 
+# Condensed variants of the target table, by the dtype of their values.
+TARGET_VALUES = {"fp32": "condensed", "bf16": "condensed_bf16"}
+
+
 def bench_target(args, threads: int, bandwidth: float) -> tuple[list[str], dict]:
-    """3072 -> 768, 90% sparsity, batch 1, no ablated neuron: warm and cold cache."""
+    """3072 -> 768, 90% sparsity, batch 1, no ablated neuron: warm and cold cache, the
+    condensed layer with fp32 and with bf16 values, all timed in the same rounds.
+    Returns the table and, per cache and value type, (dense / cond, CSR / cond,
+    cond / bound)."""
     torch.manual_seed(0)
     model = SPECS["layer"].build().eval()
     masks = model_masks(model, 0.9, 0.0, "uniform", set())
     variants = build_variants("layer", model, masks, torch.randn(1, 3072))
     del variants["structured"]  # nothing is ablated
+    variants["condensed_bf16"] = CondensedLinear.from_linear(
+        model[0], masks["0"], dtype=torch.bfloat16
+    )
     x = torch.randn(1, 3072)
     flush = torch.zeros(16 << 20)
     lines = [
-        "| cache | dense µs | CSR µs | condensed µs | dense / cond | CSR / cond | cond bound µs "
-        "| cond / bound |",
-        "|" + "---|" * 8,
+        "| cache | values | dense µs | CSR µs | condensed µs | dense / cond | CSR / cond "
+        "| fp32 / this | cond bound µs | cond / bound |",
+        "|" + "---|" * 10,
     ]
-    results = {}
+    results: dict[str, dict[str, tuple[float, float, float]]] = {}
     for cache, buffer in (("warm", None), ("cold", flush)):
         cells = time_variants(variants, x, args.rounds * (1 if buffer is None else 10), buffer)
-        bound = cells["condensed"].bytes / bandwidth * 1e6
-        d, s, c = (cells[v].us for v in ("dense", "csr", "condensed"))
-        results[cache] = (d / c, s / c, c / bound)
-        lines.append(
-            f"| {cache} | {d:,.1f} [{cells['dense'].iqr_us:,.1f}] | {s:,.1f} "
-            f"[{cells['csr'].iqr_us:,.1f}] | {c:,.1f} [{cells['condensed'].iqr_us:,.1f}] | "
-            f"{d / c:.2f}x | {s / c:.2f}x | {bound:,.1f} | {c / bound:.2f} |"
-        )
+        d, s = cells["dense"].us, cells["csr"].us
+        fp32 = cells["condensed"].us
+        results[cache] = {}
+        for values, name in TARGET_VALUES.items():
+            cell = cells[name]
+            bound = cell.bytes / bandwidth * 1e6
+            c = cell.us
+            results[cache][values] = (d / c, s / c, c / bound)
+            lines.append(
+                f"| {cache} | {values} | {d:,.1f} [{cells['dense'].iqr_us:,.1f}] | {s:,.1f} "
+                f"[{cells['csr'].iqr_us:,.1f}] | {c:,.1f} [{cell.iqr_us:,.1f}] | "
+                f"{d / c:.2f}x | {s / c:.2f}x | {fp32 / c:.2f}x | {bound:,.1f} | {c / bound:.2f} |"
+            )
     return lines, results
 
 
 def verdicts(rows: list[Row], target: dict[int, dict]) -> list[str]:
     lines = []
-    for threads, res in sorted(target.items()):
-        for cache, (vs_dense, vs_csr, vs_bound) in res.items():
-            lines.append(
-                f"- 3072->768, S=90%, batch 1, {threads} thread(s), {cache} cache: "
-                f"{vs_dense:.2f}x dense (target >= 4: {'met' if vs_dense >= 4 else 'MISSED'}), "
-                f"{vs_csr:.2f}x CSR (target >= 3: {'met' if vs_csr >= 3 else 'MISSED'}), "
-                f"{vs_bound:.2f}x the bandwidth bound (target <= 1.5: "
-                f"{'met' if vs_bound <= 1.5 else 'MISSED'})"
-            )
+    cases = [
+        (threads, cache, values, ratios)
+        for threads, res in sorted(target.items())
+        for cache, by_values in res.items()
+        for values, ratios in by_values.items()
+    ]
+    for threads, cache, values, (vs_dense, vs_csr, vs_bound) in cases:
+        lines.append(
+            f"- 3072->768, S=90%, batch 1, {threads} thread(s), {cache} cache, {values}: "
+            f"{vs_dense:.2f}x dense (target >= 4: {'met' if vs_dense >= 4 else 'MISSED'}), "
+            f"{vs_csr:.2f}x CSR (target >= 3: {'met' if vs_csr >= 3 else 'MISSED'}), "
+            f"{vs_bound:.2f}x the bandwidth bound (target <= 1.5: "
+            f"{'met' if vs_bound <= 1.5 else 'MISSED'})"
+        )
     for model in ("resnet18", "mlp"):
         sub = [r for r in rows if r.model == model and r.sparsity >= 0.9 - 1e-9]
         if sub:

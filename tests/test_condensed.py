@@ -2,6 +2,10 @@
 
 Tolerance: max |y - y_masked| <= TOL * max(1, max |y_masked|) with TOL = 1e-4 (fp32 sums in
 another order), the same check ``export_model`` applies.
+
+bf16 values are checked against per-output bounds instead (``error_bound``): each weight is
+rounded within a relative 2^-8 of itself, so y = W a + b moves by at most 2^-8 (|W| |a|)[n],
+plus the float32 rounding of both sums (gamma_n, Higham's bound for a sum of n products).
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
 from sst.condensed import (
@@ -34,9 +41,12 @@ from sst.condensed import (
     size_report,
 )
 from sst.condensed.cli import find_input_shape, parse_args
-from sst.condensed.export import condense_with_report, masked_reference
+from sst.condensed.export import BF16_ROUNDOFF, condense_with_report, masked_reference
+from sst.condensed.layers import CONDENSED_TYPES
 from sst.condensed.packing import condense_matrix
+from sst.condensed.serialize import read_description
 from sst.condensed.size import log2_binomial
+from sst.condensed.windowed import pair_order
 from sst.models import mlp, resnet_cifar
 from sst.sparsity import Static
 
@@ -441,10 +451,263 @@ def test_size_report_hand_computed():
     assert "| fc | 4x8 | 0.188 | 0.1 |" in table and "**total**" in table
 
 
+# ------------------------------------------------------------------------------ bf16 values
+def gamma(n: int) -> float:
+    """gamma_n = n u / (1 - n u), u = 2^-24: a float32 sum of n products (in any order, with
+    or without FMA) differs from the exact sum by at most gamma_n * sum |terms| (Higham,
+    "Accuracy and Stability of Numerical Algorithms", 2002, sec. 3.1)."""
+    u = 2.0**-24
+    return n * u / (1 - n * u)
+
+
+def error_bound(
+    apply_abs: Callable[[torch.Tensor], torch.Tensor],
+    fan_in: int,
+    bias: torch.Tensor | None,
+    a: torch.Tensor,
+    e: torch.Tensor | float = 0.0,
+    rounding: float = BF16_ROUNDOFF,
+) -> torch.Tensor:
+    """Bound on |y_hat - y| for y = fl(W a + b) and y_hat = fl(W_hat a_hat + b), where
+    |W_hat - W| <= rounding |W| (bf16: 2^-8) and |a_hat - a| <= e elementwise:
+
+        |W| e + rounding |W| (|a| + e) + 2 gamma_{n+1} ((1 + rounding) |W| (|a| + e) + |b|),
+
+    n = fan_in; ``apply_abs`` applies |W| (a matrix product or a conv with |W|), in float64."""
+    reach = a.double().abs() + e
+    w_reach = apply_abs(reach)
+    w_e = apply_abs(torch.as_tensor(e, dtype=torch.float64).expand_as(reach))
+    b = 0.0 if bias is None else bias.detach().double().abs()
+    if isinstance(b, torch.Tensor) and w_reach.dim() == 4:
+        b = b.view(1, -1, 1, 1)
+    g = gamma(fan_in + 1)
+    return w_e + rounding * w_reach + 2 * g * ((1 + rounding) * w_reach + b)
+
+
+def linear_abs(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    w = weight.detach().double().abs()
+    return lambda t: t @ w.T
+
+
+def assert_within(output: torch.Tensor, reference: torch.Tensor, bound: torch.Tensor) -> None:
+    excess = (output.double() - reference.double()).abs() - bound
+    assert float(excess.max()) <= 0, f"error exceeds the bound by {float(excess.max()):.3g}"
+
+
+@pytest.mark.parametrize(("in_f", "out", "k"), [(300, 40, 37), (3072, 48, 307), (40000, 6, 9)])
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_bf16_linear_within_rounding_bound(in_f, out, k, batch):
+    """bf16 values: the output stays within the bf16 rounding bound of the fp32 masked
+    layer (batch 1 and 3 run the windowed or gemv kernel, 16 spmm)."""
+    linear, _ = masked_linear(in_f, out, k, ablate=(1,))
+    condensed = CondensedLinear.from_linear(linear, dtype=torch.bfloat16)
+    fp32 = CondensedLinear.from_linear(linear)
+    assert condensed.values.dtype == torch.bfloat16 and condensed.bias.dtype == torch.float32
+    assert torch.equal(condensed.values, fp32.values.bfloat16())  # round to nearest even
+    x = torch.randn(batch, in_f)
+    with torch.inference_mode():
+        y = condensed(x)
+        reference = linear(x)
+    assert y.dtype == torch.float32
+    assert_within(y, reference, error_bound(linear_abs(linear.weight), in_f, linear.bias, x))
+    assert not torch.equal(y, reference)  # the values were rounded
+    assert torch.equal(y[:, 1], linear.bias.detach()[1].expand(batch))
+
+
+def test_bf16_conv_within_rounding_bound():
+    conv = nn.Conv2d(6, 10, 3, stride=2, padding=1)
+    mask = fan_in_mask(10, 54, 7, ablate=(4,)).view_as(conv.weight)
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+    x = torch.randn(3, 6, 11, 13)
+    w = conv.weight.detach().double().abs()
+    bound = error_bound(lambda t: F.conv2d(t, w, stride=2, padding=1), 54, conv.bias, x)
+    for mode in ("direct", "unfold"):
+        condensed = CondensedConv2d.from_conv(conv, mode=mode, dtype="bf16")
+        with torch.inference_mode():
+            assert_within(condensed(x), conv(x), bound)
+
+
+@pytest.mark.parametrize("path", ["windowed", "gemv", "spmm"])
+def test_bf16_compiled_matches_fallback_linear(path, monkeypatch):
+    """Both compute in fp32 with the same bf16 values: they differ only by fp32 summation
+    order, at most 2 gamma_{k+1} (|W_bf16| |x| + |b|)."""
+    if not cpu.compiled_available():
+        pytest.skip("C++ kernels not built")
+    if path == "windowed" and not cpu.kernel_info()["windowed"]:
+        pytest.skip("the windowed kernel needs AVX-512")
+    if path == "gemv":
+        monkeypatch.setattr(cpu, "WINDOWED_MIN_EFFICIENCY", 2.0)  # never windowed
+    linear, mask = masked_linear(300, 45, 41, ablate=(0, 5))  # windows of odd and even counts
+    matrix = condense_matrix(linear.weight.detach(), mask)
+    matrix.values = matrix.values.bfloat16()
+    kernel = cpu.LinearKernel(matrix, linear.bias)
+    batch = 16 if path == "spmm" else 3
+    x = torch.randn(batch, 300)
+    with torch.inference_mode():
+        compiled = kernel(x)
+        fallback = cpu.linear_reference(x, matrix, linear.bias.detach())
+        monkeypatch.setattr(cpu, "FORCE_FALLBACK", True)
+        via_module = CondensedLinear.from_linear(linear, dtype=torch.bfloat16)(x)
+    if path != "spmm":
+        assert (kernel.windowed() is not None) == (path == "windowed")
+    bound = error_bound(linear_abs(matrix.to_dense().float()), 41, linear.bias, x, rounding=0)
+    assert_within(compiled, fallback, bound)
+    assert torch.equal(via_module, fallback)
+
+
+@needs_compiled
+@pytest.mark.parametrize("mode", ["direct", "unfold"])
+def test_bf16_compiled_matches_fallback_conv(mode):
+    conv = nn.Conv2d(6, 10, 3, stride=2, padding=1)
+    mask = fan_in_mask(10, 54, 7, ablate=(4,)).view_as(conv.weight)
+    matrix = condense_matrix(conv.weight.detach().reshape(10, -1), mask.reshape(10, -1))
+    matrix.values = matrix.values.bfloat16()
+    geometry = cpu.ConvGeometry(conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    x = torch.randn(3, 6, 11, 13)
+    w = matrix.to_dense().double().abs().view_as(conv.weight)
+    bound = error_bound(lambda t: F.conv2d(t, w, stride=2, padding=1), 7, conv.bias, x, 0, 0)
+    with torch.inference_mode():
+        compiled = cpu.ConvKernel(matrix, conv.bias, geometry, mode)(x)
+        fallback = cpu.conv2d_reference(x, matrix, conv.bias.detach(), geometry)
+    assert_within(compiled, fallback, bound)
+
+
+def test_windowed_bf16_pairs():
+    """Ops of a window are interleaved in pairs by lane, a last odd op stays plain."""
+    order = pair_order(torch.tensor([3, 0, 2, 1]))  # ops (0, 1) + 2 | (3, 4) | 5
+    lanes = torch.arange(16)
+    expected = torch.cat(
+        [
+            torch.stack([lanes, 16 + lanes], 1).flatten(),  # op 0 lane l, op 1 lane l
+            32 + lanes,
+            torch.stack([48 + lanes, 64 + lanes], 1).flatten(),
+            80 + lanes,
+        ]
+    )
+    assert torch.equal(order, expected)
+
+
+def test_bf16_mlp_export_within_propagated_bound():
+    """A whole export (ablated neurons removed, biases folded) against the fp32 masked
+    model: the per-layer bound carried through the layers (ReLU is 1-Lipschitz)."""
+    torch.manual_seed(0)
+    model = mlp(10, (1, 8, 8), hidden=(48, 32)).eval()
+    masks = static_masks(model, 0.2, {"1": [0, 3, 7], "3": [5]})
+    with torch.no_grad():
+        model[1].bias.add_(0.5)
+    condensed = condense(model, masks, dtype=torch.bfloat16)
+    layers = [condensed.get_submodule(n) for n in ("1", "3", "5")]
+    assert all(m.value_dtype == torch.bfloat16 for m in layers)
+    assert condensed.get_submodule("1").out_features == 45  # surgery as in fp32
+    x = torch.randn(5, 1, 8, 8)
+    a, e = x.flatten(1), torch.zeros(5, 64, dtype=torch.float64)
+    with torch.inference_mode():
+        for module in model:
+            if isinstance(module, nn.Linear):
+                e = error_bound(linear_abs(module.weight), module.in_features, module.bias, a, e)
+                a = module(a)
+            elif isinstance(module, nn.ReLU):
+                a = F.relu(a)
+        output = condensed(x)
+    assert_within(output, a, e)
+    assert float((output - a).abs().max()) > 0
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_bf16_save_load_round_trip(tmp_path, compress):
+    torch.manual_seed(0)
+    model = mlp(10, (1, 8, 8), hidden=(40,)).eval()
+    masks = static_masks(model, 0.25, {"1": [2]})
+    condensed = condense(model, masks, dtype=torch.bfloat16)
+    path = tmp_path / "mlp.safetensors"
+    save(condensed, path, compress=compress)
+    loaded = load(path)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), condensed(x))
+    for name in ("1", "3"):
+        module = loaded.get_submodule(name)
+        assert module.value_dtype == torch.bfloat16
+        assert torch.equal(module.values, condensed.get_submodule(name).values)
+    with safe_open(str(path), framework="pt") as f:
+        values = f.get_tensor("1.values")
+    assert values.dtype == torch.bfloat16 and values.nbytes == 2 * values.numel()
+    description = read_description(path)
+    assert description["version"] == 2
+    assert description["modules"]["1"]["args"]["dtype"] == "bfloat16"
+    save(condense(model, masks), tmp_path / "fp32.safetensors")
+    assert read_description(tmp_path / "fp32.safetensors")["version"] == 1  # unchanged
+
+
+def test_bf16_nm_layer_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 8))
+    units = model[0].weight.detach().reshape(-1, 4)
+    keep = units.abs().argsort(dim=1)[:, 2:]
+    mask = torch.zeros_like(units, dtype=torch.bool).scatter_(1, keep, True).view(8, 32)
+    condensed = condense(model, {"0": mask}, dtype="bf16")
+    assert condensed.get_submodule("0").nm == (2, 4)
+    save(condensed, tmp_path / "nm.safetensors")
+    loaded = load(tmp_path / "nm.safetensors")
+    x = torch.randn(3, 32)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), condensed(x))
+    assert loaded.get_submodule("0").value_dtype == torch.bfloat16
+
+
+def test_bf16_export_model_checks_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    model = resnet_cifar(10, (3, 8, 8), depth=8).eval()
+    masks = static_masks(model, 0.2, {"layers.0.0.conv1": [1]})
+    randomize_batchnorm(model)
+    x = torch.randn(2, 3, 8, 8)
+    result = export_model(
+        model, masks, tmp_path / "m.safetensors", example_input=x, dtype=torch.bfloat16
+    )
+    loaded = load(tmp_path / "m.safetensors")
+    bf16 = [m for m in loaded.modules() if isinstance(m, CONDENSED_TYPES)]
+    assert bf16 and all(m.value_dtype == torch.bfloat16 for m in bf16)
+    assert 0 < result.max_abs_error <= (TOL + BF16_ROUNDOFF * len(bf16)) * result.reference_scale
+
+
+def test_value_dtype_refused_or_fallback():
+    linear, _ = masked_linear(64, 8, 5)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        CondensedLinear.from_linear(linear, dtype=torch.float16)
+    half = CondensedLinear.from_linear(linear).half()  # values the kernels do not read
+    x = torch.randn(2, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(half(x), linear(x), rtol=2e-3, atol=2e-3)
+
+
+def test_size_report_bf16_hand_computed():
+    # the layer of test_size_report_hand_computed at 2 bytes per value
+    mask = torch.zeros(4, 8, dtype=torch.bool)
+    mask[0, [0, 5]] = mask[1, [1, 2]] = mask[2, [3, 7]] = True
+    (layer,) = size_report({"fc": mask}, dtype=torch.bfloat16)
+    assert layer.value_bytes == 2
+    assert layer.dense == 2 * 32
+    assert layer.bitmap == 4 + 6 * 2
+    assert layer.csr64 == 6 * 2 + 6 * 8 + 5 * 8
+    assert layer.csr32 == 6 * 2 + 6 * 4 + 5 * 4
+    assert layer.condensed == 3 * 2 * (2 + 1) + 3 * 4  # bf16 values, uint8 indices, rows
+    assert layer.minimum == pytest.approx(6 * 2 + math.log2(math.comb(32, 6)) / 8)
+    linear = nn.Linear(8, 4)
+    with torch.no_grad():
+        linear.weight.mul_(mask)
+    exported = nn.Sequential(CondensedLinear.from_linear(linear, dtype=torch.bfloat16))
+    (counted,) = size_report(exported)  # a model: each layer in its own value dtype
+    assert counted.condensed == layer.condensed and counted.value_bytes == 2
+    (fp32,) = size_report(nn.Sequential(CondensedLinear.from_linear(linear)))
+    assert fp32.condensed == 3 * 2 * (4 + 1) + 3 * 4
+
+
 # ------------------------------------------------------------------------------ CLI
 def test_cli_arguments_and_input_shape():
     args = parse_args(["outputs/runs/x", "--out", "m.safetensors", "--compress"])
-    assert args.out.name == "m.safetensors" and args.compress
+    assert args.out.name == "m.safetensors" and args.compress and args.dtype == "fp32"
+    assert parse_args(["outputs/runs/x", "--dtype", "bf16"]).dtype == "bf16"
     assert find_input_shape({"dataset": {"input_shape": [1, 8, 8]}}) == (1, 8, 8)
     assert find_input_shape({"dataset": {"_target_": "sst.data.cifar10"}}) == (3, 32, 32)
     assert find_input_shape({"dataset": {"image_size": 64}}) == (3, 64, 64)

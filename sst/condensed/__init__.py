@@ -7,7 +7,8 @@ Sparsity", ICLR 2024) stores per surviving neuron k values and k input indices:
 
 - ``CondensedLinear.from_linear(linear)`` / ``CondensedConv2d.from_conv(conv)``: one layer.
 - ``condense(model, masks=None)``: the whole model (BN folding, ablated-neuron removal,
-  condensed / N:M / CSR / dense per layer).
+  condensed / N:M / CSR / dense per layer); ``dtype=torch.bfloat16`` stores the condensed
+  values in bf16 (half their bytes; inputs, outputs and sums stay fp32).
 - ``save(model, path)`` / ``load(path)``: safetensors with the graph to rebuild it.
 - ``export_model(model, masks, out_path, example_input=...)``: all of it, checked.
 - ``size_report(model_or_masks)`` / ``format_size_table``: bytes per format.

@@ -1,14 +1,21 @@
-// Condensed (constant fan-in) sparse kernels for the CPU, fp32.
+// Condensed (constant fan-in) sparse kernels for the CPU: fp32 inputs, outputs and sums;
+// values fp32 or bf16 (Val = float or Bf16, converted to fp32 as they are loaded).
 //
 // A condensed matrix holds, per surviving output neuron r, k values V[r, j] and k input
 // indices I[r, j] (Lasby et al., "Dynamic Sparse Training with Structured Sparsity",
 // ICLR 2024):  y[row(r)] = b[row(r)] + sum_j V[r, j] * x[I[r, j]].
 //
-// gemv: x is (B, in) row-major; scalar loads (portable; on Zen 4 as fast as AVX-512 gathers).
+// gemv: x is (B, in) row-major; four inputs gathered by scalar loads into a vector, times four
+//       values (portable SSE2 / NEON width; on Zen 4 faster than AVX-512 gathers).
 // perm: the same product for a few rows of x from a windowed layout (AVX-512, see below).
 // spmm: X is (in, L) rows (a transposed batch, or the rows of a virtual im2col given by a
 //       per-index offset table `tapoff`); Y[row(r), l] = b + sum_j V[r, j] * X[I[r, j], l],
 //       vectorised along l, so every weight is one broadcast and L/16 FMAs.
+//
+// bf16 values are the upper 16 bits of an fp32 (same exponent, 8-bit significand): the
+// conversion is a 16-bit left shift, so they need no bf16 instructions (vdpbf16ps would also
+// round the inputs to bf16). They halve the bytes of the weights, which a batch-1 product
+// streams once per call.
 //
 // Index types: uint8 (in <= 256), uint16 (in <= 32768), int32. The parallel regions are
 // OpenMP; on Linux the extension binds to the libgomp.so.1 that torch has already loaded,
@@ -16,9 +23,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -35,10 +44,24 @@
 
 namespace {
 
+// A bfloat16 value: the upper half of an fp32's bits.
+struct Bf16 {
+  uint16_t bits;
+};
+
+SST_INLINE float to_float(float v) { return v; }
+
+SST_INLINE float to_float(Bf16 v) {
+  const uint32_t u = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
 struct GemvArgs {
   const float* x;  // (B, ldx)
   int64_t ldx, batch;
-  const float* values;  // (n_live, k)
+  const void* values;   // (n_live, k) of Val
   const void* indices;  // (n_live, k)
   int64_t k;
   const int32_t* rows;  // output row of each live row, or null for the identity
@@ -52,7 +75,7 @@ struct SpmmArgs {
   int64_t ldx;             // row stride of x (used when tapoff is null)
   int64_t x_img;           // image stride of x
   const int32_t* tapoff;   // offset of index t's row, or null for t * ldx
-  const float* values;
+  const void* values;      // (n_live, k) of Val
   const void* indices;
   int64_t k;
   const int32_t* rows;
@@ -69,28 +92,60 @@ SST_INLINE int64_t row_of(const Idx* I, int64_t j) {
   return static_cast<int64_t>(I[j]);
 }
 
+// GCC/Clang vector extensions: lowered to zmm, ymm or xmm by the calling function's target.
+typedef float v16f __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
 // ------------------------------------------------------------------------------ gemv
-template <typename Idx>
+// Four consecutive values as fp32 (bf16: one 8-byte load, each 16 bits moved to the top
+// of a 32-bit lane; on x86 one SSE2 interleave with zeros).
+SST_INLINE v4f load4(const float* v) {
+  v4f w;
+  std::memcpy(&w, v, sizeof w);
+  return w;
+}
+
+SST_INLINE v4f load4(const Bf16* v) {
+#ifdef SST_X86
+  const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v));
+  return static_cast<v4f>(_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h)));
+#else
+  typedef uint16_t v4u16 __attribute__((vector_size(8)));
+  typedef uint32_t v4u32 __attribute__((vector_size(16)));
+  v4u16 h;
+  std::memcpy(&h, v, sizeof h);
+  const v4u32 bits = __builtin_convertvector(h, v4u32) << 16;
+  v4f w;
+  std::memcpy(&w, &bits, sizeof w);
+  return w;
+#endif
+}
+
+// sum_j v[j] * x[I[j]]: lane i of the accumulator sums the weights j = i mod 4.
+template <typename Val, typename Idx>
+SST_INLINE float gather_dot(const Val* v, const Idx* I, const float* x, int64_t n) {
+  v4f acc = {0.f, 0.f, 0.f, 0.f};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const v4f xs = {x[row_of(I, j)], x[row_of(I, j + 1)], x[row_of(I, j + 2)],
+                      x[row_of(I, j + 3)]};
+    acc += load4(v + j) * xs;
+  }
+  for (; j < n; ++j) acc[0] += to_float(v[j]) * x[row_of(I, j)];
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+template <typename Val, typename Idx>
 void gemv_scalar(const GemvArgs& a, int64_t r0, int64_t r1) {
   const Idx* indices = static_cast<const Idx*>(a.indices);
   for (int64_t r = r0; r < r1; ++r) {
-    const float* v = a.values + r * a.k;
+    const Val* v = static_cast<const Val*>(a.values) + r * a.k;
     const Idx* I = indices + r * a.k;
     const int64_t row = a.rows ? a.rows[r] : r;
     const float b = a.bias ? a.bias[row] : 0.0f;
-    for (int64_t q = 0; q < a.batch; ++q) {
-      const float* x = a.x + q * a.ldx;
-      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-      int64_t j = 0;
-      for (; j + 4 <= a.k; j += 4) {
-        s0 += v[j] * x[row_of(I, j)];
-        s1 += v[j + 1] * x[row_of(I, j + 1)];
-        s2 += v[j + 2] * x[row_of(I, j + 2)];
-        s3 += v[j + 3] * x[row_of(I, j + 3)];
-      }
-      for (; j < a.k; ++j) s0 += v[j] * x[row_of(I, j)];
-      a.y[q * a.ldy + row] = b + ((s0 + s1) + (s2 + s3));
-    }
+    for (int64_t q = 0; q < a.batch; ++q)
+      a.y[q * a.ldy + row] = b + gather_dot(v, I, a.x + q * a.ldx, a.k);
   }
 }
 
@@ -102,20 +157,42 @@ void gemv_scalar(const GemvArgs& a, int64_t r0, int64_t r1) {
 // input lies in the window (value 0 where the row has fewer): 16 uint8 positions in the
 // window and 16 values. An op is one vpermt2ps (the 16 gathered inputs, from registers)
 // and one FMA into the lane's accumulator, so no gather and no horizontal sum is needed.
+// bf16 values of ops o, o + 1 (o even, both in the window) are interleaved by lane, so that
+// one 64-byte load holds both: lane l's 32-bit word is value[o, l] | value[o + 1, l] << 16,
+// and the two fp32 vectors are word << 16 and word & 0xFFFF0000 (no shuffle, which would
+// compete with vpermt2ps for its port). A last odd op is stored plain (16 bf16).
 struct PermArgs {
   const float* x;  // (B, ldx), in valid columns per row
   int64_t ldx, batch, in;
   const uint8_t* cnt;      // (n_groups, n_windows)
   const int64_t* offset;   // (n_groups) first op of each group
   const uint8_t* pos;      // (n_ops, 16)
-  const float* values;     // (n_ops, 16)
+  const void* values;      // (n_ops, 16) of Val
   const float* bias;       // (n_groups * 16) bias of each lane's row, 0 for padding
   const int32_t* rows;     // (n_groups * 16) output row of each lane, -1 for padding
   float* y;                // (B, ldy)
   int64_t ldy, n_windows;
 };
 
-template <int NB>
+SST_AVX512 SST_INLINE void load_ops(const float* v, __m512& v0, __m512& v1) {
+  v0 = _mm512_loadu_ps(v);
+  v1 = _mm512_loadu_ps(v + 16);
+}
+
+SST_AVX512 SST_INLINE void load_ops(const Bf16* v, __m512& v0, __m512& v1) {
+  const __m512i w = _mm512_loadu_si512(v);
+  v0 = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  v1 = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+
+SST_AVX512 SST_INLINE __m512 load_op(const float* v) { return _mm512_loadu_ps(v); }
+
+SST_AVX512 SST_INLINE __m512 load_op(const Bf16* v) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <typename Val, int NB>
 SST_AVX512 SST_INLINE void perm_group(const PermArgs& a, int64_t g, const float* x, float* y) {
   __m512 acc[NB], acc2[NB];
   const __m512 b = _mm512_loadu_ps(a.bias + g * 16);
@@ -125,7 +202,7 @@ SST_AVX512 SST_INLINE void perm_group(const PermArgs& a, int64_t g, const float*
   }
   const uint8_t* cnt = a.cnt + g * a.n_windows;
   const uint8_t* pos = a.pos + a.offset[g] * 16;
-  const float* val = a.values + a.offset[g] * 16;
+  const Val* val = static_cast<const Val*>(a.values) + a.offset[g] * 16;
   for (int64_t w = 0; w < a.n_windows; ++w) {
     const int c = cnt[w];
     if (c == 0) continue;
@@ -143,7 +220,8 @@ SST_AVX512 SST_INLINE void perm_group(const PermArgs& a, int64_t g, const float*
       const __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pos)));
       const __m512i i1 =
           _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pos + 16)));
-      const __m512 v0 = _mm512_loadu_ps(val), v1 = _mm512_loadu_ps(val + 16);
+      __m512 v0, v1;
+      load_ops(val, v0, v1);
       for (int q = 0; q < NB; ++q) {
         acc[q] = _mm512_fmadd_ps(v0, _mm512_permutex2var_ps(lo[q], i0, hi[q]), acc[q]);
         acc2[q] = _mm512_fmadd_ps(v1, _mm512_permutex2var_ps(lo[q], i1, hi[q]), acc2[q]);
@@ -153,7 +231,7 @@ SST_AVX512 SST_INLINE void perm_group(const PermArgs& a, int64_t g, const float*
     }
     if (o < c) {
       const __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pos)));
-      const __m512 v0 = _mm512_loadu_ps(val);
+      const __m512 v0 = load_op(val);
       for (int q = 0; q < NB; ++q)
         acc[q] = _mm512_fmadd_ps(v0, _mm512_permutex2var_ps(lo[q], i0, hi[q]), acc[q]);
       pos += 16;
@@ -176,21 +254,18 @@ SST_AVX512 SST_INLINE void perm_group(const PermArgs& a, int64_t g, const float*
   }
 }
 
+template <typename Val>
 SST_AVX512 void perm_avx512(const PermArgs& a, int64_t g0, int64_t g1) {
   for (int64_t g = g0; g < g1; ++g) {
     int64_t q = 0;
-    for (; q + 4 <= a.batch; q += 4) perm_group<4>(a, g, a.x + q * a.ldx, a.y + q * a.ldy);
-    for (; q + 2 <= a.batch; q += 2) perm_group<2>(a, g, a.x + q * a.ldx, a.y + q * a.ldy);
-    for (; q < a.batch; ++q) perm_group<1>(a, g, a.x + q * a.ldx, a.y + q * a.ldy);
+    for (; q + 4 <= a.batch; q += 4) perm_group<Val, 4>(a, g, a.x + q * a.ldx, a.y + q * a.ldy);
+    for (; q + 2 <= a.batch; q += 2) perm_group<Val, 2>(a, g, a.x + q * a.ldx, a.y + q * a.ldy);
+    for (; q < a.batch; ++q) perm_group<Val, 1>(a, g, a.x + q * a.ldx, a.y + q * a.ldy);
   }
 }
 #endif  // SST_X86
 
 // ------------------------------------------------------------------------------ spmm
-// GCC/Clang vector extensions: lowered to zmm, ymm or xmm by the calling function's target.
-typedef float v16f __attribute__((vector_size(64)));
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
 
 template <typename V>
 SST_INLINE V load_v(const float* p) {
@@ -212,8 +287,8 @@ SST_INLINE void store_v(float* y, int64_t stride, const V& v) {
 // One tile of NV vectors of type V along l: sum over the k weights of one live row. U
 // weights run in parallel into separate accumulators so that at least four FMAs are
 // independent (an FMA's latency is about four times its throughput).
-template <typename Idx, bool TAP, typename V, int NV>
-SST_INLINE void spmm_tile(const SpmmArgs& a, const float* x, const float* v, const Idx* I,
+template <typename Val, typename Idx, bool TAP, typename V, int NV>
+SST_INLINE void spmm_tile(const SpmmArgs& a, const float* x, const Val* v, const Idx* I,
                           float b, float* y) {
   constexpr int W = sizeof(V) / sizeof(float);
   constexpr int U = NV >= 4 ? 1 : 4 / NV;
@@ -223,14 +298,14 @@ SST_INLINE void spmm_tile(const SpmmArgs& a, const float* x, const float* v, con
   int64_t j = 0;
   for (; j + U <= a.k; j += U) {
     for (int u = 0; u < U; ++u) {
-      const float w = v[j + u];
+      const float w = to_float(v[j + u]);
       const float* p =
           x + (TAP ? static_cast<int64_t>(a.tapoff[row_of(I, j + u)]) : row_of(I, j + u) * a.ldx);
       for (int t = 0; t < NV; ++t) acc[u][t] += w * load_v<V>(p + t * W);
     }
   }
   for (; j < a.k; ++j) {
-    const float w = v[j];
+    const float w = to_float(v[j]);
     const float* p = x + (TAP ? static_cast<int64_t>(a.tapoff[row_of(I, j)]) : row_of(I, j) * a.ldx);
     for (int t = 0; t < NV; ++t) acc[0][t] += w * load_v<V>(p + t * W);
   }
@@ -239,12 +314,12 @@ SST_INLINE void spmm_tile(const SpmmArgs& a, const float* x, const float* v, con
   for (int t = 0; t < NV; ++t) store_v<V>(y + t * W * a.y_col, a.y_col, acc[0][t]);
 }
 
-template <typename Idx, bool TAP>
-SST_INLINE void spmm_tail(const SpmmArgs& a, const float* x, const float* v, const Idx* I,
+template <typename Val, typename Idx, bool TAP>
+SST_INLINE void spmm_tail(const SpmmArgs& a, const float* x, const Val* v, const Idx* I,
                           float b, float* y, int64_t n) {
   float acc[4] = {b, b, b, b};
   for (int64_t j = 0; j < a.k; ++j) {
-    const float w = v[j];
+    const float w = to_float(v[j]);
     const float* p = x + (TAP ? static_cast<int64_t>(a.tapoff[row_of(I, j)]) : row_of(I, j) * a.ldx);
     for (int64_t i = 0; i < n; ++i) acc[i] += w * p[i];
   }
@@ -252,39 +327,41 @@ SST_INLINE void spmm_tail(const SpmmArgs& a, const float* x, const float* v, con
 }
 
 // Columns [l0, l1) of live row r of one image.
-template <typename Idx, bool TAP>
+template <typename Val, typename Idx, bool TAP>
 SST_INLINE void spmm_segment(const SpmmArgs& a, const float* x, float* y_img, int64_t r,
                              int64_t l0, int64_t l1) {
-  const float* v = a.values + r * a.k;
+  const Val* v = static_cast<const Val*>(a.values) + r * a.k;
   const Idx* I = static_cast<const Idx*>(a.indices) + r * a.k;
   const int64_t row = a.rows ? a.rows[r] : r;
   const float b = a.bias ? a.bias[row] : 0.0f;
   float* y = y_img + row * a.y_row;
   int64_t l = l0;
-  for (; l + 128 <= l1; l += 128) spmm_tile<Idx, TAP, v16f, 8>(a, x + l, v, I, b, y + l * a.y_col);
-  for (; l + 64 <= l1; l += 64) spmm_tile<Idx, TAP, v16f, 4>(a, x + l, v, I, b, y + l * a.y_col);
+  for (; l + 128 <= l1; l += 128)
+    spmm_tile<Val, Idx, TAP, v16f, 8>(a, x + l, v, I, b, y + l * a.y_col);
+  for (; l + 64 <= l1; l += 64)
+    spmm_tile<Val, Idx, TAP, v16f, 4>(a, x + l, v, I, b, y + l * a.y_col);
   if (l + 32 <= l1) {
-    spmm_tile<Idx, TAP, v16f, 2>(a, x + l, v, I, b, y + l * a.y_col);
+    spmm_tile<Val, Idx, TAP, v16f, 2>(a, x + l, v, I, b, y + l * a.y_col);
     l += 32;
   }
   if (l + 16 <= l1) {
-    spmm_tile<Idx, TAP, v16f, 1>(a, x + l, v, I, b, y + l * a.y_col);
+    spmm_tile<Val, Idx, TAP, v16f, 1>(a, x + l, v, I, b, y + l * a.y_col);
     l += 16;
   }
   if (l + 8 <= l1) {
-    spmm_tile<Idx, TAP, v8f, 1>(a, x + l, v, I, b, y + l * a.y_col);
+    spmm_tile<Val, Idx, TAP, v8f, 1>(a, x + l, v, I, b, y + l * a.y_col);
     l += 8;
   }
   if (l + 4 <= l1) {
-    spmm_tile<Idx, TAP, v4f, 1>(a, x + l, v, I, b, y + l * a.y_col);
+    spmm_tile<Val, Idx, TAP, v4f, 1>(a, x + l, v, I, b, y + l * a.y_col);
     l += 4;
   }
-  if (l < l1) spmm_tail<Idx, TAP>(a, x + l, v, I, b, y + l * a.y_col, l1 - l);
+  if (l < l1) spmm_tail<Val, Idx, TAP>(a, x + l, v, I, b, y + l * a.y_col, l1 - l);
 }
 
 // Work item = (image, column chunk, live row), row fastest: a thread's contiguous range of
 // items stays on few chunks, so their columns of x stay in its cache.
-template <typename Idx, bool TAP>
+template <typename Val, typename Idx, bool TAP>
 SST_INLINE void spmm_items(const SpmmArgs& a, int64_t i0, int64_t i1) {
   for (int64_t item = i0; item < i1;) {
     const int64_t r = item % a.n_live;
@@ -295,24 +372,24 @@ SST_INLINE void spmm_items(const SpmmArgs& a, int64_t i0, int64_t i1) {
     const float* x = a.x + img * a.x_img;
     float* y = a.y + img * a.y_img;
     const int64_t r_end = r + (i1 - item) < a.n_live ? r + (i1 - item) : a.n_live;
-    for (int64_t rr = r; rr < r_end; ++rr) spmm_segment<Idx, TAP>(a, x, y, rr, l0, l1);
+    for (int64_t rr = r; rr < r_end; ++rr) spmm_segment<Val, Idx, TAP>(a, x, y, rr, l0, l1);
     item += r_end - r;
   }
 }
 
-template <typename Idx, bool TAP>
+template <typename Val, typename Idx, bool TAP>
 void spmm_generic(const SpmmArgs& a, int64_t i0, int64_t i1) {
-  spmm_items<Idx, TAP>(a, i0, i1);
+  spmm_items<Val, Idx, TAP>(a, i0, i1);
 }
 #ifdef SST_X86
-template <typename Idx, bool TAP>
+template <typename Val, typename Idx, bool TAP>
 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma,prefer-vector-width=512")))
 void spmm_avx512(const SpmmArgs& a, int64_t i0, int64_t i1) {
-  spmm_items<Idx, TAP>(a, i0, i1);
+  spmm_items<Val, Idx, TAP>(a, i0, i1);
 }
-template <typename Idx, bool TAP>
+template <typename Val, typename Idx, bool TAP>
 SST_AVX2 void spmm_avx2(const SpmmArgs& a, int64_t i0, int64_t i1) {
-  spmm_items<Idx, TAP>(a, i0, i1);
+  spmm_items<Val, Idx, TAP>(a, i0, i1);
 }
 #endif
 
@@ -320,8 +397,11 @@ SST_AVX2 void spmm_avx2(const SpmmArgs& a, int64_t i0, int64_t i1) {
 typedef void (*GemvFn)(const GemvArgs&, int64_t, int64_t);
 typedef void (*SpmmFn)(const SpmmArgs&, int64_t, int64_t);
 
-const GemvFn gemv_table[3] = {gemv_scalar<uint8_t>, gemv_scalar<uint16_t>, gemv_scalar<int32_t>};
-SpmmFn spmm_table[3][2];  // by index type (uint8, uint16, int32), then with/without tapoff
+// By value type (fp32, bf16), then index type (uint8, uint16, int32); spmm then by tapoff.
+const GemvFn gemv_table[2][3] = {
+    {gemv_scalar<float, uint8_t>, gemv_scalar<float, uint16_t>, gemv_scalar<float, int32_t>},
+    {gemv_scalar<Bf16, uint8_t>, gemv_scalar<Bf16, uint16_t>, gemv_scalar<Bf16, int32_t>}};
+SpmmFn spmm_table[2][3][2];
 bool has_avx512 = false;
 bool has_avx2 = false;
 const char* isa_name = "generic";
@@ -330,14 +410,20 @@ int idx_slot(int idx_bytes) {
   return idx_bytes == 1 ? 0 : idx_bytes == 2 ? 1 : idx_bytes == 4 ? 2 : -1;
 }
 
+// Value type codes (cpu.py's VALUE_TYPES): 0 = fp32, 1 = bf16.
+bool valid_value_type(int value_type) { return value_type == 0 || value_type == 1; }
+
 void select_kernels() {
-#define SST_FILL(SPMM)                       \
-  spmm_table[0][0] = SPMM<uint8_t, false>;   \
-  spmm_table[0][1] = SPMM<uint8_t, true>;    \
-  spmm_table[1][0] = SPMM<uint16_t, false>;  \
-  spmm_table[1][1] = SPMM<uint16_t, true>;   \
-  spmm_table[2][0] = SPMM<int32_t, false>;   \
-  spmm_table[2][1] = SPMM<int32_t, true>;
+#define SST_FILL_VAL(SPMM, V, Val)                  \
+  spmm_table[V][0][0] = SPMM<Val, uint8_t, false>;  \
+  spmm_table[V][0][1] = SPMM<Val, uint8_t, true>;   \
+  spmm_table[V][1][0] = SPMM<Val, uint16_t, false>; \
+  spmm_table[V][1][1] = SPMM<Val, uint16_t, true>;  \
+  spmm_table[V][2][0] = SPMM<Val, int32_t, false>;  \
+  spmm_table[V][2][1] = SPMM<Val, int32_t, true>;
+#define SST_FILL(SPMM)        \
+  SST_FILL_VAL(SPMM, 0, float) \
+  SST_FILL_VAL(SPMM, 1, Bf16)
   SST_FILL(spmm_generic)
 #ifdef SST_X86
   __builtin_cpu_init();
@@ -353,6 +439,7 @@ void select_kernels() {
   }
 #endif
 #undef SST_FILL
+#undef SST_FILL_VAL
 }
 
 // Runs fn over [0, n) on up to `threads` threads. The range is cut into about 8 chunks per
@@ -385,49 +472,55 @@ T* ptr(unsigned long long p) {
   return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
 }
 
-// gemv(x, ldx, batch, values, indices, idx_bytes, k, rows, bias, y, ldy, n_live, threads)
+// gemv(x, ldx, batch, values, value_type, indices, idx_bytes, k, rows, bias, y, ldy, n_live,
+//      threads)
 PyObject* py_gemv(PyObject*, PyObject* args) {
   unsigned long long x, values, indices, rows, bias, y;
   long long ldx, batch, k, ldy, n_live;
-  int idx_bytes, threads;
-  if (!PyArg_ParseTuple(args, "KLLKKiLKKKLLi", &x, &ldx, &batch, &values, &indices, &idx_bytes,
-                        &k, &rows, &bias, &y, &ldy, &n_live, &threads))
+  int value_type, idx_bytes, threads;
+  if (!PyArg_ParseTuple(args, "KLLKiKiLKKKLLi", &x, &ldx, &batch, &values, &value_type, &indices,
+                        &idx_bytes, &k, &rows, &bias, &y, &ldy, &n_live, &threads))
     return nullptr;
   const int slot = idx_slot(idx_bytes);
-  if (slot < 0) {
-    PyErr_SetString(PyExc_ValueError, "idx_bytes must be 1, 2 or 4");
+  if (slot < 0 || !valid_value_type(value_type)) {
+    PyErr_SetString(PyExc_ValueError, "idx_bytes must be 1, 2 or 4 and value_type 0 or 1");
     return nullptr;
   }
-  GemvArgs a{ptr<const float>(x), ldx, batch, ptr<const float>(values), ptr<const void>(indices),
+  GemvArgs a{ptr<const float>(x), ldx, batch, ptr<const void>(values), ptr<const void>(indices),
              k, ptr<const int32_t>(rows), ptr<const float>(bias), ptr<float>(y), ldy};
   const int t = n_live * k * batch < kSerialWork ? 1 : threads;
   Py_BEGIN_ALLOW_THREADS
-  run_parallel(gemv_table[slot], a, n_live, t);
+  run_parallel(gemv_table[value_type][slot], a, n_live, t);
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }
 
-// perm(x, ldx, batch, in, cnt, n_windows, offset, pos, values, bias, rows, y, ldy,
-//      n_groups, work, threads); work = multiply-adds incl. padding, for the thread choice
+// perm(x, ldx, batch, in, cnt, n_windows, offset, pos, values, value_type, bias, rows, y,
+//      ldy, n_groups, work, threads); work = multiply-adds incl. padding, for the thread choice
 PyObject* py_perm(PyObject*, PyObject* args) {
   unsigned long long x, cnt, offset, pos, values, bias, rows, y;
   long long ldx, batch, in, n_windows, ldy, n_groups, work;
-  int threads;
-  if (!PyArg_ParseTuple(args, "KLLLKLKKKKKKLLLi", &x, &ldx, &batch, &in, &cnt, &n_windows, &offset,
-                        &pos, &values, &bias, &rows, &y, &ldy, &n_groups, &work, &threads))
+  int value_type, threads;
+  if (!PyArg_ParseTuple(args, "KLLLKLKKKiKKKLLLi", &x, &ldx, &batch, &in, &cnt, &n_windows,
+                        &offset, &pos, &values, &value_type, &bias, &rows, &y, &ldy, &n_groups,
+                        &work, &threads))
     return nullptr;
+  if (!valid_value_type(value_type)) {
+    PyErr_SetString(PyExc_ValueError, "value_type must be 0 or 1");
+    return nullptr;
+  }
 #ifdef SST_X86
   if (has_avx512) {
     PermArgs a{ptr<const float>(x),      ldx,
                batch,                    in,
                ptr<const uint8_t>(cnt),  ptr<const int64_t>(offset),
-               ptr<const uint8_t>(pos),  ptr<const float>(values),
+               ptr<const uint8_t>(pos),  ptr<const void>(values),
                ptr<const float>(bias),   ptr<const int32_t>(rows),
                ptr<float>(y),            ldy,
                n_windows};
     const int t = work * batch < kSerialWork ? 1 : threads;
     Py_BEGIN_ALLOW_THREADS
-    run_parallel(perm_avx512, a, n_groups, t);
+    run_parallel(value_type ? perm_avx512<Bf16> : perm_avx512<float>, a, n_groups, t);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
   }
@@ -436,28 +529,29 @@ PyObject* py_perm(PyObject*, PyObject* args) {
   return nullptr;
 }
 
-// spmm(x, ldx, x_img, tapoff, values, indices, idx_bytes, k, rows, bias,
+// spmm(x, ldx, x_img, tapoff, values, value_type, indices, idx_bytes, k, rows, bias,
 //      y, y_img, y_row, y_col, length, chunk, n_img, n_live, threads)
 PyObject* py_spmm(PyObject*, PyObject* args) {
   unsigned long long x, tapoff, values, indices, rows, bias, y;
   long long ldx, x_img, k, y_img, y_row, y_col, length, chunk, n_img, n_live;
-  int idx_bytes, threads;
-  if (!PyArg_ParseTuple(args, "KLLKKKiLKKKLLLLLLLi", &x, &ldx, &x_img, &tapoff, &values, &indices,
-                        &idx_bytes, &k, &rows, &bias, &y, &y_img, &y_row, &y_col, &length, &chunk,
-                        &n_img, &n_live, &threads))
+  int value_type, idx_bytes, threads;
+  if (!PyArg_ParseTuple(args, "KLLKKiKiLKKKLLLLLLLi", &x, &ldx, &x_img, &tapoff, &values,
+                        &value_type, &indices, &idx_bytes, &k, &rows, &bias, &y, &y_img, &y_row,
+                        &y_col, &length, &chunk, &n_img, &n_live, &threads))
     return nullptr;
   const int slot = idx_slot(idx_bytes);
-  if (slot < 0 || chunk < 1) {
-    PyErr_SetString(PyExc_ValueError, "idx_bytes must be 1, 2 or 4 and chunk >= 1");
+  if (slot < 0 || chunk < 1 || !valid_value_type(value_type)) {
+    PyErr_SetString(PyExc_ValueError,
+                    "idx_bytes must be 1, 2 or 4, chunk >= 1 and value_type 0 or 1");
     return nullptr;
   }
   const int64_t n_chunks = (length + chunk - 1) / chunk;
-  SpmmArgs a{ptr<const float>(x), ldx, x_img, ptr<const int32_t>(tapoff), ptr<const float>(values),
+  SpmmArgs a{ptr<const float>(x), ldx, x_img, ptr<const int32_t>(tapoff), ptr<const void>(values),
              ptr<const void>(indices), k, ptr<const int32_t>(rows), ptr<const float>(bias),
              ptr<float>(y), y_img, y_row, y_col, length, chunk, n_chunks, n_live};
   const int64_t items = n_img * n_chunks * n_live;
   const int t = n_img * n_live * k * length < kSerialWork ? 1 : threads;
-  SpmmFn fn = spmm_table[slot][tapoff ? 1 : 0];
+  SpmmFn fn = spmm_table[value_type][slot][tapoff ? 1 : 0];
   Py_BEGIN_ALLOW_THREADS
   run_parallel(fn, a, items, t);
   Py_END_ALLOW_THREADS

@@ -1,5 +1,5 @@
-"""``sst-export RUN_FOLDER [--out FILE]``: a finished run's model as a condensed
-safetensors file, checked against the masked model, with its size table printed."""
+"""``sst-export RUN_FOLDER [--out FILE] [--dtype bf16]``: a finished run's model as a
+condensed safetensors file, checked against the masked model, with its size table printed."""
 
 from __future__ import annotations
 
@@ -58,6 +58,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="batch size to time layers at")
     parser.add_argument("--formats", choices=FORMATS, default="auto")
     parser.add_argument("--compress", action="store_true", help="delta-code indices (zlib)")
+    parser.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="value type of the condensed layers (bf16: half the value bytes, each weight "
+        "within a relative 2^-8; inputs, outputs and sums stay fp32)",
+    )
     return parser.parse_args(argv)
 
 
@@ -83,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         example_input=example,
         compress=args.compress,
         formats=args.formats,
-        metadata={"run_folder": str(args.run_folder)},
+        metadata={"run_folder": str(args.run_folder), "dtype": args.dtype},
+        dtype=args.dtype,
     )
     print(f"wrote {result.path} ({result.file_bytes / 1024:,.1f} KiB); max |error| "
           f"{result.max_abs_error:.2e} at output scale {result.reference_scale:.3g}")  # fmt: skip
@@ -93,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for layer in result.layers:
         print(f"| {layer.name} | {layer.kind} | {layer.density:.3f} | {layer.format} |")
     print()
-    print(format_size_table(size_report(run.masks)))
+    print(f"Sizes with {args.dtype} values:")
+    print()
+    print(format_size_table(size_report(run.masks, dtype=args.dtype)))
     return 0
 
 

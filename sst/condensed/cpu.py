@@ -3,7 +3,7 @@ pure-PyTorch fallback that gives the same outputs when the extension is not buil
 
 Linear, y[b, n] = bias[n] + sum_j V[n, j] * x[b, I[n, j]] for the live rows n:
 - batch < ``SPMM_MIN_BATCH``: the windowed AVX-512 kernel (``windowed.py``) when the CPU has
-  AVX-512 and the layout's lanes are well filled, else scalar loads (``gemv``);
+  AVX-512 and the layout's lanes are well filled, else scalar gathers (``gemv``);
 - larger batches: ``spmm`` on x transposed to (in, B), vectorised along the batch.
 
 Conv2d (groups 1) runs ``spmm`` in one of two modes (``ConvKernel``): "direct" on the
@@ -12,6 +12,10 @@ planes, so that every weight (c, ky, kx) reads a contiguous run of its plane, at
 ``tapoff[c, ky, kx]`` plus oy * Wq + ox; outputs are computed at the phase plane's width Wq,
 and the Wq - OW columns past the output's width are cropped by a view. "unfold" runs on
 F.unfold's columns, which is faster on small feature maps.
+
+Values may be float32 or bfloat16 (``VALUE_TYPES``): the kernels convert bf16 to fp32 as
+they load it (a 16-bit shift) and compute in fp32; inputs, outputs and bias stay fp32. The
+fallback upcasts the values once per call, so both compute with the same rounded weights.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ CONV_CHUNK = 512
 UNFOLD_MAX_OUTPUTS = 256
 # Elements of the fallback's gathered (batch, rows, k[, L]) block.
 FALLBACK_BLOCK = 1 << 22
+# Value dtypes the compiled kernels read, and their codes in _cpu.cpp; others run the fallback.
+VALUE_TYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
 # Set SST_CONDENSED_FALLBACK=1 (read at import) or this flag to run the PyTorch fallback.
@@ -70,14 +76,20 @@ def _ptr(tensor: Tensor | None) -> int:
     return 0 if tensor is None else tensor.data_ptr()
 
 
-def _runnable(x: Tensor) -> bool:
+def _runnable(x: Tensor, matrix: Condensed) -> bool:
     return (
         _ext is not None
         and not FORCE_FALLBACK
         and x.is_cpu
         and x.dtype == torch.float32
+        and matrix.values.dtype in VALUE_TYPES
         and not (x.requires_grad and torch.is_grad_enabled())
     )
+
+
+def _value_type(matrix: Condensed) -> int:
+    """The kernels' code of the matrix's value dtype (0 when it has none: never run)."""
+    return VALUE_TYPES.get(matrix.values.dtype, 0)
 
 
 def _output(batch_shape: Sequence[int], out: int, matrix: Condensed, bias: Tensor | None) -> Tensor:
@@ -100,10 +112,10 @@ class LinearKernel:
         self._windowed: Windowed | None = None
         self._windowed_checked = False
         self._perm_args: tuple = ()
-        # gemv / spmm arguments after x: values, indices, index bytes, k, rows, bias
+        # gemv / spmm arguments after x: values, value type, indices, index bytes, k, rows, bias
         self._matrix_args = (
-            m.values.data_ptr(), m.indices.data_ptr(), m.indices.element_size(), m.k,
-            _ptr(m.rows), _ptr(self.bias),
+            m.values.data_ptr(), _value_type(m), m.indices.data_ptr(), m.indices.element_size(),
+            m.k, _ptr(m.rows), _ptr(self.bias),
         )  # fmt: skip
 
     def windowed(self) -> Windowed | None:
@@ -116,14 +128,14 @@ class LinearKernel:
                     self._windowed = layout
                     self._perm_args = (
                         layout.cnt.data_ptr(), layout.windows, layout.offset.data_ptr(),
-                        layout.pos.data_ptr(), layout.values.data_ptr(), layout.bias.data_ptr(),
-                        layout.rows.data_ptr(),
+                        layout.pos.data_ptr(), layout.values.data_ptr(), _value_type(self.matrix),
+                        layout.bias.data_ptr(), layout.rows.data_ptr(),
                     )  # fmt: skip
         return self._windowed
 
     def __call__(self, x: Tensor) -> Tensor:
         m = self.matrix
-        if not _runnable(x):
+        if not _runnable(x, m):
             return linear_reference(x, m, self.bias)
         flat = x.dim() == 2 and x.is_contiguous()
         x2 = x if flat else x.reshape(-1, m.in_features).contiguous()
@@ -224,7 +236,7 @@ class ConvKernel:
 
     def __call__(self, x: Tensor) -> Tensor:
         m, g = self.matrix, self.geometry
-        if not _runnable(x):
+        if not _runnable(x, m):
             return conv2d_reference(x, m, self.bias, g)
         oh, ow = g.output_size(x.shape[2], x.shape[3])
         mode = self.mode
@@ -250,7 +262,7 @@ class ConvKernel:
         if m.n_live == 0 or n == 0:
             return
         _ext.spmm(
-            x.data_ptr(), ldx, x[0].numel(), _ptr(offsets), m.values.data_ptr(),
+            x.data_ptr(), ldx, x[0].numel(), _ptr(offsets), m.values.data_ptr(), _value_type(m),
             m.indices.data_ptr(), m.indices.element_size(), m.k, _ptr(m.rows), _ptr(self.bias),
             y.data_ptr(), rows * stride, stride, 1, length, CONV_CHUNK, n, m.n_live,
             torch.get_num_threads(),
@@ -285,7 +297,8 @@ class ConvKernel:
 
 # ------------------------------------------------------------------------------ fallback
 def linear_reference(x: Tensor, matrix: Condensed, bias: Tensor | None) -> Tensor:
-    """Pure-PyTorch condensed Linear (gather + batched reduction), autograd-capable."""
+    """Pure-PyTorch condensed Linear (gather + batched reduction), autograd-capable; values
+    are cast to x's dtype (bf16 values to an fp32 input: exactly)."""
     m = matrix
     lead = x.shape[:-1]
     x2 = x.reshape(-1, m.in_features)
@@ -336,13 +349,14 @@ def conv2d_reference(
 def read_bytes(matrix: Condensed) -> int:
     """Bytes of weights and indices one product reads (for bandwidth bounds)."""
     rows = 0 if matrix.rows is None else matrix.rows.numel() * 4
-    return matrix.values.numel() * 4 + matrix.indices.numel() * matrix.indices.element_size() + rows
+    values = matrix.values.numel() * matrix.values.element_size()
+    return values + matrix.indices.numel() * matrix.indices.element_size() + rows
 
 
 def windowed_bytes(layout: Windowed) -> int:
     """Bytes the windowed kernel reads (padded values and positions, counts, offsets)."""
     return (
-        layout.values.numel() * 4
+        layout.values.numel() * layout.values.element_size()
         + layout.pos.numel()
         + layout.cnt.numel()
         + layout.offset.numel() * 8

@@ -8,7 +8,9 @@ Sparse Training with Structured Sparsity", ICLR 2024),
 and outputs its bias for an ablated neuron, so it keeps all ``out_features``.
 ``CondensedConv2d`` does the same for every output channel over its (c, ky, kx) fan-in.
 They are inference modules: their tensors are buffers, and an input that requires grad runs
-the differentiable PyTorch fallback. On the CPU they run the compiled kernels (``cpu.py``),
+the differentiable PyTorch fallback. ``dtype=torch.bfloat16`` stores the values in bf16
+(each within a relative 2^-8 of the fp32 weight, half the bytes); inputs, outputs, bias and
+the sums stay fp32. On the CPU they run the compiled kernels (``cpu.py``),
 on CUDA the Triton kernel (``gpu.py``), elsewhere the fallback.
 """
 
@@ -22,13 +24,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cpu
-from .packing import Condensed, condense_matrix, describe, flat_to_unit, index_dtype
+from .packing import (
+    Condensed,
+    condense_matrix,
+    describe,
+    flat_to_unit,
+    index_dtype,
+    value_dtype,
+)
 
 
 class _CondensedBase(nn.Module):
-    """Buffers ``values`` (n_live, k) float32, ``indices`` (n_live, k) of ``index_dtype``,
-    ``rows`` (n_live,) int32 or None (no ablated neuron), ``bias`` (out,) or None; ``nm`` is
-    (N, M) when the mask is N:M (stored compressed, and eligible for 2:4 on the GPU)."""
+    """Buffers ``values`` (n_live, k) of ``dtype`` (float32 or bfloat16), ``indices``
+    (n_live, k) of ``index_dtype``, ``rows`` (n_live,) int32 or None (no ablated neuron),
+    ``bias`` (out,) float32 or None; ``nm`` is (N, M) when the mask is N:M (stored
+    compressed, and eligible for 2:4 on the GPU)."""
 
     def __init__(
         self,
@@ -39,12 +49,13 @@ class _CondensedBase(nn.Module):
         *,
         bias: bool,
         nm: tuple[int, int] | None = None,
+        dtype: torch.dtype | str = torch.float32,
     ) -> None:
         super().__init__()
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.nm = None if nm is None else (int(nm[0]), int(nm[1]))
-        self.register_buffer("values", torch.zeros(n_live, k))
+        self.register_buffer("values", torch.zeros(n_live, k, dtype=value_dtype(dtype)))
         self.register_buffer("indices", torch.zeros(n_live, k, dtype=index_dtype(self.in_features)))
         rows = None if n_live == out_features else torch.zeros(n_live, dtype=torch.int32)
         self.register_buffer("rows", rows)
@@ -60,6 +71,11 @@ class _CondensedBase(nn.Module):
         return self.values.shape[0]
 
     @property
+    def value_dtype(self) -> torch.dtype:
+        """The dtype the values are stored in (float32 or bfloat16)."""
+        return self.values.dtype
+
+    @property
     def weight_shape(self) -> tuple[int, ...]:
         return (self.out_features, self.in_features)
 
@@ -67,8 +83,9 @@ class _CondensedBase(nn.Module):
         return Condensed(self.values, self.indices, self.rows, self.out_features, self.in_features)
 
     def set_matrix(self, matrix: Condensed, bias: Tensor | None) -> None:
-        """Copies a ``Condensed`` matrix (of this module's shape) and a bias in."""
-        self.values = matrix.values.detach().float().contiguous()
+        """Copies a ``Condensed`` matrix (of this module's shape) and a bias in; the values
+        are converted to this module's value dtype (rounded to nearest for bf16)."""
+        self.values = matrix.values.detach().to(self.values.dtype).contiguous()
         self.indices = matrix.indices.contiguous()
         self.rows = None if matrix.rows is None else matrix.rows.to(torch.int32).contiguous()
         if bias is not None:
@@ -78,7 +95,7 @@ class _CondensedBase(nn.Module):
         self._kernel = None
 
     def dense_weight(self) -> Tensor:
-        """The (out_features, fan_in) weight, zeros where inactive."""
+        """The (out_features, fan_in) weight in the values' dtype, zeros where inactive."""
         return self.matrix().to_dense()
 
     def reset_kernel(self) -> None:
@@ -102,9 +119,11 @@ class _CondensedBase(nn.Module):
 
     def extra_repr(self) -> str:
         nm = f", nm={self.nm[0]}:{self.nm[1]}" if self.nm else ""
+        values = "" if self.value_dtype == torch.float32 else ", values=bfloat16"
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, k={self.k}, "
             f"live={self.n_live}, index={str(self.indices.dtype).removeprefix('torch.')}{nm}"
+            f"{values}"
         )
 
 
@@ -120,9 +139,11 @@ class CondensedLinear(_CondensedBase):
         name: str | None = None,
         ragged: bool = False,
         nm: tuple[int, int] | None = None,
+        dtype: torch.dtype | str = torch.float32,
     ) -> CondensedLinear:
         """Condensed copy of ``linear``; ``mask`` (0/1, weight-shaped) defaults to
-        ``weight != 0``. Zero rows are ablated neurons and output their bias.
+        ``weight != 0``. Zero rows are ablated neurons and output their bias. ``dtype``:
+        the values' storage type, float32 or bfloat16 (round to nearest even).
 
         Raises:
             ValueError: naming the layer (``name``) if its rows hold different numbers of
@@ -138,6 +159,7 @@ class CondensedLinear(_CondensedBase):
             matrix.n_live,
             bias=linear.bias is not None,
             nm=nm,
+            dtype=dtype,
         )
         module.set_matrix(matrix, None if linear.bias is None else linear.bias.detach())
         return module
@@ -203,9 +225,10 @@ class CondensedConv2d(_CondensedBase):
         bias: bool,
         nm: tuple[int, int] | None = None,
         mode: str = "auto",
+        dtype: torch.dtype | str = torch.float32,
     ) -> None:
         fan_in = in_channels * math.prod(kernel_size)
-        super().__init__(fan_in, out_channels, k, n_live, bias=bias, nm=nm)
+        super().__init__(fan_in, out_channels, k, n_live, bias=bias, nm=nm, dtype=dtype)
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.geometry = cpu.ConvGeometry(kernel_size, stride, padding, dilation)
@@ -227,8 +250,10 @@ class CondensedConv2d(_CondensedBase):
         ragged: bool = False,
         nm: tuple[int, int] | None = None,
         mode: str = "auto",
+        dtype: torch.dtype | str = torch.float32,
     ) -> CondensedConv2d:
-        """Condensed copy of ``conv``; ``mask`` defaults to ``weight != 0``.
+        """Condensed copy of ``conv``; ``mask`` defaults to ``weight != 0``; ``dtype`` as in
+        ``CondensedLinear.from_linear``.
 
         Raises:
             ValueError: naming the layer, for groups != 1, non-zero padding modes, or rows
@@ -263,6 +288,7 @@ class CondensedConv2d(_CondensedBase):
             bias=conv.bias is not None,
             nm=nm,
             mode=mode,
+            dtype=dtype,
         )
         module.set_matrix(matrix, None if conv.bias is None else conv.bias.detach())
         return module

@@ -7,6 +7,8 @@ every surviving output neuron n keeps k values V[n, j] and k input indices I[n, 
 
 Ablated neurons (all-zero rows) are left out; ``rows`` lists the surviving ones. Indices use
 the narrowest type that holds the fan-in (``index_dtype``); no row pointers are needed.
+Values are float32 or bfloat16 (``value_dtype``): bf16 keeps 8 significant bits, so each
+weight is rounded to within a relative 2^-8 of its fp32 value, and halves the value bytes.
 
 N:M (every group of M consecutive inputs holds N weights, NVIDIA's 2:4 for M = 4): values
 plus, per value, its position inside its group in ceil(log2 M) bits, packed into bytes.
@@ -19,6 +21,29 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+# Value types of the condensed form, by the names ``value_dtype`` accepts.
+VALUE_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def value_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """torch.float32 or torch.bfloat16, from a dtype or a name in ``VALUE_DTYPES``.
+
+    Raises:
+        ValueError: for any other dtype or name.
+    """
+    resolved = VALUE_DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if resolved not in (torch.float32, torch.bfloat16):
+        raise ValueError(
+            f"dtype={dtype!r}: condensed values are float32 or bfloat16 "
+            f"(names {list(VALUE_DTYPES)})"
+        )
+    return resolved
 
 
 def index_dtype(in_features: int) -> torch.dtype:

@@ -13,7 +13,9 @@ The file holds every tensor of the model and, in the safetensors metadata under
   delta-coded through zlib (``codec.py``).
 
 Tensor names are ``<module>.<buffer>`` (``layers.0.0.conv1.values``); attributes read by
-get_attr nodes are stored under their own qualified names.
+get_attr nodes are stored under their own qualified names. Condensed values are stored in
+their dtype (float32, or bfloat16 with the module argument ``"dtype": "bfloat16"``); a file
+holding bf16 values is format version 2, so that readers of version 1 refuse it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from .layers import CondensedConv2d, CondensedLinear, CSRConv2d, CSRLinear
 from .packing import flat_to_unit, nm_metadata, nm_positions, unit_to_flat
 
 FORMAT = "sst.condensed"
-VERSION = 1
+VERSION = 2  # 2: bf16 condensed values; files without them are still written as 1
 
 
 def _spec(*names: str, bias: bool = False):
@@ -63,8 +65,26 @@ def _geometry(module: CondensedConv2d | CSRConv2d) -> dict[str, Any]:
     }
 
 
+def _value_dtype(m: CondensedLinear | CondensedConv2d) -> dict[str, Any]:
+    """The ``dtype`` argument, for values that are not float32 (fp32 files stay unchanged)."""
+    if m.value_dtype == torch.float32:
+        return {}
+    return {"dtype": str(m.value_dtype).removeprefix("torch.")}
+
+
+def _condensed_linear(m: CondensedLinear) -> dict[str, Any]:
+    return {
+        **_spec("in_features", "out_features", "k", "n_live", "nm", bias=True)(m),
+        **_value_dtype(m),
+    }
+
+
 def _condensed_conv(m: CondensedConv2d) -> dict[str, Any]:
-    return {**_spec("in_channels", "out_channels", "k", "n_live", "nm", "mode")(m), **_geometry(m)}
+    return {
+        **_spec("in_channels", "out_channels", "k", "n_live", "nm", "mode")(m),
+        **_geometry(m),
+        **_value_dtype(m),
+    }
 
 
 def _csr_linear(m: CSRLinear) -> dict[str, Any]:
@@ -115,10 +135,7 @@ MODULES: dict[str, tuple[type[nn.Module], Any]] = {
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, _spec("output_size")),
     "AvgPool2d": (nn.AvgPool2d, _spec(*POOL, "count_include_pad", "divisor_override")),
     "MaxPool2d": (nn.MaxPool2d, _spec(*POOL, "dilation")),
-    "CondensedLinear": (
-        CondensedLinear,
-        _spec("in_features", "out_features", "k", "n_live", "nm", bias=True),
-    ),
+    "CondensedLinear": (CondensedLinear, _condensed_linear),
     "CondensedConv2d": (CondensedConv2d, _condensed_conv),
     "CSRLinear": (CSRLinear, _csr_linear),
     "CSRConv2d": (CSRConv2d, _csr_conv),
@@ -310,8 +327,9 @@ def save(
                 "kwargs": _encode(node.kwargs),
             }
         )
+    bf16 = any("dtype" in spec["args"] for spec in modules.values() if _condensed(spec))
     description = {
-        "version": VERSION,
+        "version": VERSION if bf16 else 1,
         "modules": modules,
         "attrs": attrs,
         "graph": nodes,
@@ -319,6 +337,10 @@ def save(
         "user": metadata or {},
     }
     save_file(tensors, str(path), metadata={FORMAT: json.dumps(description)})
+
+
+def _condensed(spec: dict[str, Any]) -> bool:
+    return spec["type"] in ("CondensedLinear", "CondensedConv2d")
 
 
 def _get_attr(model: nn.Module, target: str) -> Tensor:

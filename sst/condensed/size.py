@@ -1,17 +1,20 @@
 """Storage size of sparse layers in every format, next to the theoretical minimum.
 
-Per layer with weight of ``numel`` entries, ``nnz`` active, ``rows`` output neurons
-(fp32 values, 4 bytes each; every format's index or metadata overhead counted):
+Per layer with weight of ``numel`` entries, ``nnz`` active, ``rows`` output neurons and
+v bytes per value (4 for fp32, 2 for bf16; every format's index or metadata overhead
+counted):
 
-- dense:       4 * numel
-- bitmap:      ceil(numel / 8) + 4 * nnz              (one bit per position)
-- CSR int64:   4 * nnz + 8 * nnz + 8 * (rows + 1)     (PyTorch's default index type)
-- CSR int32:   4 * nnz + 4 * nnz + 4 * (rows + 1)
-- condensed:   (4 + b) * live * k + 4 * live if any neuron is ablated, else (4 + b) * live * k,
+- dense:       v * numel
+- bitmap:      ceil(numel / 8) + v * nnz              (one bit per position)
+- CSR int64:   v * nnz + 8 * nnz + 8 * (rows + 1)     (PyTorch's default index type)
+- CSR int32:   v * nnz + 4 * nnz + 4 * (rows + 1)
+- condensed:   (v + b) * live * k + 4 * live if any neuron is ablated, else (v + b) * live * k,
                b = 1, 2 or 4 bytes by the fan-in (``packing.index_dtype``); constant fan-in only
-- N:M:         4 * nnz + ceil(nnz * bits / 8), bits = 2 for 2:4 (``packing.nm_bits``); N:M only
-- entropy-coded: 4 * nnz + the zlib size of the delta-coded structure (``codec.encode_rows``)
-- minimum:     4 * nnz + log2(C(numel, nnz)) / 8      (values + the entropy of the mask)
+- N:M:         v * nnz + ceil(nnz * bits / 8), bits = 2 for 2:4 (``packing.nm_bits``); N:M only
+- entropy-coded: v * nnz + the zlib size of the delta-coded structure (``codec.encode_rows``)
+- minimum:     v * nnz + log2(C(numel, nnz)) / 8      (values + the entropy of the mask)
+
+Every format of a layer is counted with the same v, so the columns compare index overheads.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import Tensor, nn
 
 from . import codec
 from .layers import CONDENSED_TYPES, CSR_TYPES
-from .packing import index_dtype, is_constant_fan_in, nm_bits, nm_pattern
+from .packing import index_dtype, is_constant_fan_in, nm_bits, nm_pattern, value_dtype
 
 COLUMNS = ("dense", "bitmap", "csr64", "csr32", "condensed", "nm", "entropy", "minimum")
 
@@ -46,6 +49,7 @@ class LayerSize:
     nm: int | None
     entropy: int
     minimum: float
+    value_bytes: int = 4
 
     @property
     def density(self) -> float:
@@ -57,8 +61,9 @@ def log2_binomial(n: int, k: int) -> float:
     return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
 
 
-def layer_size(name: str, mask: Tensor) -> LayerSize:
-    """Sizes of a layer with this 0/1 mask (weight-shaped)."""
+def layer_size(name: str, mask: Tensor, value_bytes: int = 4) -> LayerSize:
+    """Sizes of a layer with this 0/1 mask (weight-shaped), ``value_bytes`` per value."""
+    v = value_bytes
     mask = mask.detach().bool().cpu()
     shape = tuple(mask.shape)
     numel = mask.numel()
@@ -72,24 +77,25 @@ def layer_size(name: str, mask: Tensor) -> LayerSize:
     if is_constant_fan_in(flat):
         k = int(counts.max())
         width = torch.empty(0, dtype=index_dtype(fan_in)).element_size()
-        condensed = (4 + width) * live * k + (4 * live if live < rows else 0)
+        condensed = (v + width) * live * k + (4 * live if live < rows else 0)
     nm = None
     pattern = nm_pattern(mask) if mask.dim() >= 2 else None
     if pattern is not None:
-        nm = 4 * nnz + math.ceil(nnz * nm_bits(pattern[1]) / 8)
+        nm = v * nnz + math.ceil(nnz * nm_bits(pattern[1]) / 8)
     return LayerSize(
         name=name,
         shape=shape,
         nnz=nnz,
         live=live,
-        dense=4 * numel,
-        bitmap=math.ceil(numel / 8) + 4 * nnz,
-        csr64=12 * nnz + 8 * (rows + 1),
-        csr32=8 * nnz + 4 * (rows + 1),
+        dense=v * numel,
+        bitmap=math.ceil(numel / 8) + v * nnz,
+        csr64=(v + 8) * nnz + 8 * (rows + 1),
+        csr32=(v + 4) * nnz + 4 * (rows + 1),
         condensed=condensed,
         nm=nm,
-        entropy=4 * nnz + len(codec.encode_rows(flat)),
-        minimum=4 * nnz + log2_binomial(numel, nnz) / 8,
+        entropy=v * nnz + len(codec.encode_rows(flat)),
+        minimum=v * nnz + log2_binomial(numel, nnz) / 8,
+        value_bytes=v,
     )
 
 
@@ -107,10 +113,35 @@ def model_masks(model: nn.Module) -> dict[str, Tensor]:
     return masks
 
 
-def size_report(model_or_masks: nn.Module | Mapping[str, Tensor]) -> list[LayerSize]:
-    """Per-layer sizes (``LayerSize``) for a model or a dict of masks; ``total`` sums them."""
-    masks = model_masks(model_or_masks) if isinstance(model_or_masks, nn.Module) else model_or_masks
-    return [layer_size(name, mask) for name, mask in masks.items()]
+def model_value_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes per stored value of every layer ``model_masks`` lists: a condensed module's
+    values, a CSR module's or a Linear/Conv2d's weight."""
+    sizes = {}
+    for name, module in model.named_modules():
+        if isinstance(module, CONDENSED_TYPES):
+            sizes[name] = module.values.element_size()
+        elif isinstance(module, CSR_TYPES):
+            sizes[name] = module.csr_values.element_size()
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            sizes[name] = module.weight.element_size()
+    return sizes
+
+
+def size_report(
+    model_or_masks: nn.Module | Mapping[str, Tensor], *, dtype: torch.dtype | str | None = None
+) -> list[LayerSize]:
+    """Per-layer sizes (``LayerSize``) for a model or a dict of masks; ``total`` sums them.
+
+    ``dtype`` (float32 or bfloat16) is the value type counted for every layer; None counts
+    a model's layers in their own value dtype (a bf16 export's condensed layers at 2 bytes)
+    and masks at 4 bytes (fp32)."""
+    if isinstance(model_or_masks, nn.Module):
+        masks = model_masks(model_or_masks)
+        widths = model_value_bytes(model_or_masks)
+    else:
+        masks, widths = model_or_masks, {}
+    fixed = None if dtype is None else torch.empty(0, dtype=value_dtype(dtype)).element_size()
+    return [layer_size(name, mask, fixed or widths.get(name, 4)) for name, mask in masks.items()]
 
 
 def total(report: list[LayerSize]) -> dict[str, float | None]:
