@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -407,6 +408,19 @@ def test_save_load_round_trip(tmp_path, compress):
     with torch.inference_mode():
         assert torch.equal(loaded(x), condensed(x))
     assert isinstance(loaded.get_submodule("1"), CondensedLinear)
+
+
+def test_saved_file_is_readable_by_others_under_the_umask(tmp_path):
+    """An export is shared: it gets the umask's permissions (safetensors alone writes 0600)."""
+    model = mlp(10, (1, 8, 8), hidden=(40,)).eval()
+    path = tmp_path / "mlp.safetensors"
+    previous = os.umask(0o022)
+    try:
+        save(condense(model, static_masks(model, 0.25, {})), path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["mlp.safetensors"]  # no temporary left
 
 
 def test_save_refuses_untraceable_model():

@@ -30,9 +30,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, fx, nn
 
+from ..files import atomic_write
 from . import codec
 from .layers import CondensedConv2d, CondensedLinear, CSRConv2d, CSRLinear
 from .packing import flat_to_unit, nm_metadata, nm_positions, unit_to_flat
@@ -336,7 +337,9 @@ def save(
         "encodings": encodings,
         "user": metadata or {},
     }
-    save_file(tensors, str(path), metadata={FORMAT: json.dumps(description)})
+    blob = safetensors_bytes(tensors, metadata={FORMAT: json.dumps(description)})
+    # atomic, and created with the umask's permissions (safetensors' own writer makes 0600 files)
+    atomic_write(path, lambda handle: handle.write(blob))
 
 
 def _condensed(spec: dict[str, Any]) -> bool:
