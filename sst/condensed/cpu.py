@@ -121,16 +121,18 @@ class LinearKernel:
     def windowed(self) -> Windowed | None:
         """The windowed layout when the CPU runs it and it is efficient enough."""
         if not self._windowed_checked:
-            self._windowed_checked = True
+            # Built locally and published arguments first: a concurrent first call builds its
+            # own copy or sees both attributes set, never a layout without its arguments.
             if _ext is not None and _ext.has_perm() and self.matrix.k > 0:
                 layout = build_windowed(self.matrix, self.bias)
                 if layout.efficiency >= WINDOWED_MIN_EFFICIENCY:
-                    self._windowed = layout
                     self._perm_args = (
                         layout.cnt.data_ptr(), layout.windows, layout.offset.data_ptr(),
                         layout.pos.data_ptr(), layout.values.data_ptr(), _value_type(self.matrix),
                         layout.bias.data_ptr(), layout.rows.data_ptr(),
                     )  # fmt: skip
+                    self._windowed = layout
+            self._windowed_checked = True
         return self._windowed
 
     def __call__(self, x: Tensor) -> Tensor:
