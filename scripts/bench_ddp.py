@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sst import dist, models
-from sst.runlog import git_commit
+from sst.runs.runlog import git_commit
 from sst.sparsity import RigL
 
 GLOBAL_BATCH = 128

@@ -39,7 +39,7 @@ from torch import nn
 
 import sst
 from sst import models
-from sst.runlog import git_commit
+from sst.runs.runlog import git_commit
 from sst.sparsity import SET, RigL, SparsityMethod, SRigL, Static
 
 METHODS = ("dense", "floor", "static", "set", "rigl", "srigl")

@@ -93,7 +93,7 @@ def train_runs(rank: int, runs: dict[str, list[str]], output_dir: Path, out: Pat
     """Trains each named run (overrides) under DDP; reports the final masks and weights."""
     from runs import compose_run
 
-    from sst.build import build
+    from sst.launch.build import build
 
     for name, overrides in runs.items():
         cfg, run_dir, choices = compose_run(overrides, Path(output_dir) / name)
@@ -113,29 +113,32 @@ def interrupt_and_resume(
     SIGTERM reaching rank 1 alone during step ``signal_step``, and relaunches it."""
     from runs import compose_run
 
-    from sst.events import Preempted
-    from sst.loop import Loop
-    from sst.train import run
+    from sst.engine.signals import Preempted
+    from sst.engine.step import TrainStep
+    from sst.launch.run import run
 
     cfg, run_dir, choices = compose_run(overrides, Path(output_dir) / "whole")
     run(cfg, run_dir, choices)
 
-    train_step = Loop.train_step
+    train_step = TrainStep.__call__
+    taken = 0  # steps of the first launch, which starts at step 0
 
-    def signalled_step(loop, micro_batches):
-        train_step(loop, micro_batches)
-        if rank == 1 and loop.step == signal_step:
+    def signalled_step(step, micro_batches):
+        nonlocal taken
+        train_step(step, micro_batches)
+        taken += 1
+        if rank == 1 and taken == signal_step:
             os.kill(os.getpid(), signal.SIGTERM)
 
     cfg, run_dir, choices = compose_run(overrides, Path(output_dir) / "resumed")
-    Loop.train_step = signalled_step
+    TrainStep.__call__ = signalled_step
     stopped = None
     try:
         run(cfg, run_dir, choices)
     except Preempted:
         stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"]
     finally:
-        Loop.train_step = train_step
+        TrainStep.__call__ = train_step
     run(cfg, run_dir, choices)  # the relaunch resumes from the checkpoint
     report(out, "resume", rank, {"stopped_at": stopped})
 

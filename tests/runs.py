@@ -14,13 +14,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import sst.config  # noqa: F401  (registers the run-folder resolver)
-import sst.train as train_module
-from sst.build import build
-from sst.hooks import Hook
-from sst.train import CONFIG_DIR
+import sst.launch.run as run_module
+from sst.config import CONFIG_DIR, register_resolvers
+from sst.engine.hooks import Hook
+from sst.launch.build import build
 
 CONF = CONFIG_DIR
+register_resolvers()  # what sst-train does before Hydra composes
 QUICK = [
     "trainer.epochs=3",
     "trainer.batch_size=64",
@@ -101,5 +101,5 @@ def run_with(monkeypatch, cfg: DictConfig, run_dir: Path, choices: dict, hooks=(
         loop.hooks.extend(hooks)
         return loop
 
-    monkeypatch.setattr(train_module, "build", build_with_hooks)
-    return train_module.run(cfg, run_dir, choices)
+    monkeypatch.setattr(run_module, "build", build_with_hooks)
+    return run_module.run(cfg, run_dir, choices)

@@ -45,6 +45,7 @@ from sst.condensed.cli import find_input_shape, parse_args
 from sst.condensed.export import BF16_ROUNDOFF, condense_with_report, masked_reference
 from sst.condensed.layers import CONDENSED_TYPES
 from sst.condensed.packing import condense_matrix
+from sst.condensed.semi_structured import semi_structured
 from sst.condensed.serialize import read_description
 from sst.condensed.size import log2_binomial
 from sst.condensed.windowed import pair_order
@@ -752,7 +753,7 @@ def test_semi_structured_2_4_matches_dense():
     mask = torch.zeros_like(units, dtype=torch.bool).scatter_(1, keep, True).view(64, 128)
     with torch.no_grad():
         linear.weight.mul_(mask)
-    sparse = gpu.semi_structured(linear, torch.float16)
+    sparse = semi_structured(linear, torch.float16)
     x = torch.randn(32, 128, device="cuda", dtype=torch.float16)
     reference = nn.functional.linear(x, linear.weight.cuda().half(), linear.bias.cuda().half())
     assert (sparse(x) - reference).abs().max() < 1e-2
@@ -762,7 +763,7 @@ def test_gpu_module_imports_without_cuda():
     assert gpu.triton_available() == (torch.cuda.is_available() and gpu.triton_available())
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
-            gpu.semi_structured(nn.Linear(8, 8))
+            semi_structured(nn.Linear(8, 8))
 
 
 def test_triton_kernel_in_interpreter():
@@ -800,8 +801,8 @@ def test_sst_export_condenses_a_finished_run(tmp_path, capsys):
 
     from sst.condensed import load
     from sst.condensed.cli import main
-    from sst.runs import load_run
-    from sst.train import run
+    from sst.launch.run import run
+    from sst.runs.load import load_run
 
     cfg, run_dir, choices = compose_run([*QUICK, "logger=none"], tmp_path)  # SRigL, 90%
     run(cfg, run_dir, choices)

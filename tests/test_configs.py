@@ -17,7 +17,6 @@ from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 from runs import compose_with_hydra, hydra_conf_single_thread, job_config
 
-import sst.config  # registers the ${sst.hash:...} resolver
 import sst.models
 import sst.sparsity
 

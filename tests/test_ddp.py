@@ -29,13 +29,13 @@ from ddp import (
 from runs import InterruptAt, compose_run, read_metrics
 
 from sst import dist
-from sst.build import build, per_rank_batch
-from sst.config import ConfigError
+from sst.config.keys import ConfigError
 from sst.data.loaders import make_loader
-from sst.events import Preempted
-from sst.loop import stop_signals
+from sst.engine.signals import Preempted, stop_signals
+from sst.launch.build import build
+from sst.launch.device import per_rank_batch
+from sst.launch.run import run
 from sst.sparsity import RigL
-from sst.train import run
 
 ROOT = Path(__file__).resolve().parent.parent
 # 2 epochs of digits at a global batch of 64: 44 steps, a mask update every 5 (8 updates)

@@ -10,13 +10,13 @@ import pytest
 import torch
 from runs import QUICK, compose_run, read_metrics
 
-from sst.build import build
-from sst.config import ConfigError
-from sst.distill import kd_loss
-from sst.runlock import RunLock
+from sst.config.keys import ConfigError
+from sst.engine.distill import kd_loss
+from sst.launch.build import build
+from sst.launch.run import run
+from sst.launch.teacher import check_teacher_overrides, teacher_overrides
 from sst.runs import RunFolder
-from sst.teacher import check_teacher_overrides, teacher_overrides
-from sst.train import run
+from sst.runs.lock import RunLock
 
 NO_SPARSITY_KEYS = [o for o in QUICK if not o.startswith("sparsity.")]
 
@@ -159,7 +159,10 @@ def test_two_students_share_one_teacher_trained_once(tmp_path):
     dense = [*NO_SPARSITY_KEYS, "trainer.epochs=2", "logger=none", "sparsity=dense"]
     assert compose_run(dense, tmp_path)[1] == teacher_dir
     teacher = json.loads((teacher_dir / "summary.json").read_text())
-    assert (teacher_dir / ".hydra" / "overrides.yaml").exists()
+    # its config.json records the teacher's own command line, not the student's
+    recorded = json.loads((teacher_dir / "config.json").read_text())["overrides"]
+    assert recorded[-2:] == ["distill=none", "sparsity=dense"]
+    assert not any(o.startswith("sparsity=gmp") for o in recorded)
     for summary in summaries:
         assert summary["teacher_run"] == str(teacher_dir)
         assert summary["teacher_config_hash"] == teacher_dir.name.rsplit("-", 1)[1]

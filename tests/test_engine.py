@@ -11,10 +11,11 @@ import torch
 from conftest import TinyConvNet, batches
 from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
-import sst.train as train_module
-from sst.build import build
-from sst.events import Preempted
-from sst.runs import RunFolder, load_run
+import sst.launch.run as run_module
+from sst.engine.signals import Preempted
+from sst.launch.build import build
+from sst.runs import RunFolder
+from sst.runs.load import load_run
 from sst.sparsity import Static
 from sst.sparsity.method import SparsityMethod, magnitude_masks
 from sst.sparsity.stages import replayed_stages, stage_at
@@ -154,7 +155,7 @@ def test_two_stages_replay_the_lr_and_resume_mid_stage(monkeypatch, tmp_path, po
 
 def test_the_run_folder_describes_itself(tmp_path):
     cfg, run_dir, choices = compose_run([*QUICK, "logger=none"], tmp_path)
-    summary = train_module.run(cfg, run_dir, choices)
+    summary = run_module.run(cfg, run_dir, choices)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["sparsity"]["_target_"] == "sst.sparsity.SRigL"
     assert config["choices"]["model"] == "mlp" and config["trainer"]["epochs"] == 3

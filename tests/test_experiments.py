@@ -19,11 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from runs import compose_with_hydra, hydra_conf_single_thread, job_config
 
-import sst.config  # registers the ${sst.hash:...} resolver
 import sst.models
 import sst.sparsity
-from sst.build import loop_settings
-from sst.loop import step_plan
+from sst.engine.settings import step_plan
+from sst.launch.build import trainer_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = CONF / "experiment"
@@ -116,7 +115,7 @@ def plan(cfg: DictConfig, dataset_size: int) -> tuple[int, int]:
     """(optimizer steps per epoch, total steps), computed as sst.build does: micro-batches
     with drop_last, grouped by grad_accumulation."""
     micro = cfg.trainer.batch_size // cfg.trainer.grad_accumulation
-    return step_plan(dataset_size // micro, loop_settings(cfg.trainer))
+    return step_plan(dataset_size // micro, trainer_settings(cfg.trainer))
 
 
 def total_steps(cfg: DictConfig, dataset_size: int) -> int:

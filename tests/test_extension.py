@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from runs import compose_run, compose_with_hydra, hydra_conf_single_thread
 
-from sst.train import run as train
+from sst.launch.run import run as train
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "extension_example"
 SEARCH = f"hydra.searchpath=[file://{EXAMPLE / 'conf'}]"

@@ -13,14 +13,14 @@ import torch
 import wandb
 from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
-import sst.train as train_module
-from sst.build import build
-from sst.checkpoint import CorruptCheckpoint, load_latest
-from sst.config import ConfigError
-from sst.events import Preempted
-from sst.loop import NonFiniteLoss
-from sst.runlock import RunLock
-from sst.wandb_file import read_history
+import sst.launch.run as run_module
+from sst.config.keys import ConfigError
+from sst.engine.signals import Preempted
+from sst.engine.step import NonFiniteLoss
+from sst.launch.build import build
+from sst.runs.checkpoint import CorruptCheckpoint, load_latest
+from sst.runs.lock import RunLock
+from sst.runs.wandb_file import read_history
 
 QUIET = [*QUICK, "logger=none"]
 
@@ -56,7 +56,7 @@ def test_a_wrong_type_or_range_names_the_setting_before_anything_is_written(
 ):
     cfg, run_dir, choices = compose_run([*QUICK, "logger=wandb", override], tmp_path)
     with pytest.raises(ConfigError, match=message):
-        train_module.run(cfg, run_dir, choices)
+        run_module.run(cfg, run_dir, choices)
     # no W&B run, no checkpoint: only the released (empty) lock of the failed attempt
     left = {p.name: p.read_text() for p in run_dir.iterdir()} if run_dir.exists() else {}
     assert left in ({}, {".lock": ""})
@@ -106,10 +106,10 @@ def test_a_second_launch_into_a_busy_run_folder_is_refused(tmp_path):
     cfg, run_dir, choices = compose_run(QUIET, tmp_path)
     with RunLock(run_dir):
         with pytest.raises(ConfigError, match=rf"in use by pid {os.getpid()} on host"):
-            train_module.run(cfg, run_dir, choices)
+            run_module.run(cfg, run_dir, choices)
         assert not (run_dir / "metrics.jsonl").exists()
     (run_dir / ".lock").write_text("pid 1 on host gone since yesterday\n")  # a killed owner
-    assert train_module.run(cfg, run_dir, choices)["finished"]
+    assert run_module.run(cfg, run_dir, choices)["finished"]
     assert (run_dir / ".lock").read_text() == ""  # released
 
 

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 from runs import QUICK, compose_run, compose_with_hydra, hydra_conf_single_thread
 
-import sst.identity as identity
-from sst.build import build
-from sst.config import ConfigError, check_command_line
-from sst.train import CONFIG_DIR
+import sst.runs.identity as identity
+from sst.config.directory import CONFIG_DIR
+from sst.config.keys import ConfigError, check_command_line
+from sst.launch.build import build
 
 # Folder names of runs made before this test existed: a change to the identity that moves
 # them would orphan every finished run (tables, skip-if-finished, distillation teachers).

@@ -7,8 +7,8 @@ import torch
 from conftest import TinyConvNet, batches, train_steps
 from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
-import sst.train as train_module
-from sst.events import Preempted
+import sst.launch.run as run_module
+from sst.engine.signals import Preempted
 from sst.sparsity import LRRewinding
 from sst.sparsity.lr_rewinding import round_densities
 
@@ -117,7 +117,7 @@ ROUNDS = [
 def test_every_round_replays_the_lr_and_is_recorded(tmp_path):
     overrides = [*ROUNDS, "lr_schedule=cosine", "trainer.epochs=2", "trainer.log_every=1"]
     cfg, run_dir, choices = compose_run(overrides, tmp_path)
-    summary = train_module.run(cfg, run_dir, choices)
+    summary = run_module.run(cfg, run_dir, choices)
     per_stage = 2 * (1437 // 64)
     assert summary["steps"] == 3 * per_stage
     assert [row["stage"] for row in summary["stages"]] == [0, 1, 2]
@@ -137,7 +137,7 @@ def test_every_round_replays_the_lr_and_is_recorded(tmp_path):
 def test_a_kill_in_round_two_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
     overrides = [*ROUNDS, "trainer.epochs=1", "trainer.deterministic=true"]
     cfg, reference_dir, choices = compose_run(overrides, tmp_path / "a")
-    reference = train_module.run(cfg, reference_dir, choices)
+    reference = run_module.run(cfg, reference_dir, choices)
 
     cfg, run_dir, choices = compose_run(overrides, tmp_path / "b")
     hooks = [InterruptAt(50)]  # rounds are 22 steps: step 50 is in round 2 (steps 44-65)
@@ -147,7 +147,7 @@ def test_a_kill_in_round_two_resumes_to_the_uninterrupted_run(tmp_path, monkeypa
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert (state["step"], state["stage_started"]) == (50, 2)
     hooks.clear()
-    resumed = train_module.run(cfg, run_dir, choices)
+    resumed = run_module.run(cfg, run_dir, choices)
     assert resumed["stages"] == reference["stages"]
     final_a = torch.load(reference_dir / "checkpoints/last.pt", weights_only=True)
     final_b = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)

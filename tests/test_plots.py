@@ -10,10 +10,10 @@ import torch
 from fabricated import make_run
 from runs import QUICK, compose_run
 
-from sst import plots
-from sst.plot_cli import main as sst_plot
-from sst.results import aggregate, collect, read_run
-from sst.train import run as train
+from sst.launch.run import run as train
+from sst.study import plots
+from sst.study.plot_cli import main as sst_plot
+from sst.study.results import aggregate, collect, read_run
 
 
 @pytest.fixture(scope="module")

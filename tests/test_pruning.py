@@ -9,8 +9,11 @@ import math
 import pytest
 import torch
 from conftest import TinyConvNet, batches, train_steps
+from omegaconf import OmegaConf
 
 import sst.models
+from sst.config import ConfigError
+from sst.launch.build import run_weights
 from sst.sparsity import GMP, OneShot
 from sst.sparsity.schedules import cubic_sparsity
 from sst.sparsity.structure import Structure, layer_budget
@@ -247,26 +250,32 @@ def test_oneshot_starts_from_a_finished_dense_run(tmp_path):
     )
     torch.manual_seed(2)
     model = sst.models.mlp(10, (1, 8, 8), hidden=[32])
+    settings = OmegaConf.create({"_target_": "sst.sparsity.OneShot", "dense_run": str(run)})
+    weights = run_weights(settings)  # what sst-train reads from the folder
     method = OneShot(
         model,
         None,
         density=0.5,
         total_steps=10,
         prune_at=0.0,
-        dense_run=str(run),
         distribution="uniform",
+        **weights,
     )
     for name, weight in method.weights.items():
         source = dict(trained.named_modules())[name].weight
         mask = method.masks[name].bool()
         assert torch.equal(weight[mask], source[mask])  # the dense run's weights ...
         assert source[mask].abs().min() >= source[~mask].abs().max()  # ... pruned by |w|
-    with pytest.raises(ValueError, match=r"dense_run=.*nope"):
-        OneShot(model, None, density=0.5, total_steps=10, dense_run=str(tmp_path / "nope"))
+    missing = OmegaConf.create({"_target_": "sst.sparsity.OneShot", "dense_run": "nope"})
+    with pytest.raises(ConfigError, match=r"sparsity.dense_run='nope'"):
+        run_weights(missing)
+    with pytest.raises(ValueError, match=r"dense_run=.*state dict"):
+        OneShot(model, None, density=0.5, total_steps=10, dense_run=str(run))
     other = dense_run_folder(
         tmp_path / "wide",
         sst.models.mlp(10, (1, 8, 8), hidden=[16]),
         {"_target_": "sst.models.mlp", "hidden": [16]},
     )
-    with pytest.raises(ValueError, match=r"(?s)dense_run=.*size mismatch"):
-        OneShot(model, None, density=0.5, total_steps=10, dense_run=str(other))
+    settings.dense_run = str(other)
+    with pytest.raises(ValueError, match=r"(?s)dense_run.*size mismatch"):
+        OneShot(model, None, density=0.5, total_steps=10, **run_weights(settings))

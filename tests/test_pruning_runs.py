@@ -8,10 +8,10 @@ import pytest
 import torch
 from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
-import sst.train as train_module
-from sst.events import Preempted
-from sst.runs import load_run
-from sst.train import run
+import sst.launch.run as run_module
+from sst.engine.signals import Preempted
+from sst.launch.run import run
+from sst.runs.load import load_run
 
 COMMON = [o for o in QUICK if not o.startswith("sparsity.")] + ["trainer.epochs=2", "logger=none"]
 STEPS = 2 * (1437 // 64)
@@ -87,7 +87,7 @@ def test_a_kill_at_the_last_step_resumes_into_the_final_prune(tmp_path, monkeypa
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert (state["step"], state["stage_started"]) == (STEPS, 0)  # trained, not yet pruned
     hooks.clear()
-    resumed = train_module.run(cfg, run_dir, choices)
+    resumed = run_module.run(cfg, run_dir, choices)
     assert resumed["stages"] == reference["stages"]
     assert resumed["test_acc_before_prune"] == reference["test_acc_before_prune"]
 

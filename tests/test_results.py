@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from fabricated import make_run
 
-from sst.papers import fill, load_paper_table, paper_table_names
-from sst.results import aggregate, collect, find_run_folders
-from sst.table_cli import main as sst_table
+from sst.study.papers import fill, load_paper_table, paper_table_names
+from sst.study.results import aggregate, collect, find_run_folders
+from sst.study.table_cli import main as sst_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -5,7 +5,7 @@ import json
 import torch
 from torch import nn
 
-from sst.runlog import RunLog
+from sst.runs.runlog import RunLog
 from sst.sparsity.flops import weight_layer_macs
 
 

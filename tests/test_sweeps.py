@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from runs import QUICK
 
-from sst.results import collect
+from sst.study.results import collect
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

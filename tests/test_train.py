@@ -13,13 +13,13 @@ import torch
 import wandb
 from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
-import sst.train as train_module
-from sst.build import build
-from sst.config import ConfigError
-from sst.events import Preempted
-from sst.hooks import Hook
-from sst.loop import NonFiniteLoss
-from sst.wandb_file import read_run
+import sst.launch.run as run_module
+from sst.config.keys import ConfigError
+from sst.engine.hooks import Hook
+from sst.engine.signals import Preempted
+from sst.engine.step import NonFiniteLoss
+from sst.launch.build import build
+from sst.runs.wandb_file import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,7 @@ def test_resume_after_signal_and_after_crash_matches_uninterrupted(tmp_path, mon
 
 def test_wandb_offline_run_is_read_back(tmp_path):
     cfg, run_dir, choices = compose_run([*QUICK, "logger=wandb"], tmp_path)
-    summary = train_module.run(cfg, run_dir, choices)
+    summary = run_module.run(cfg, run_dir, choices)
     wandb.teardown()  # finish() returns before W&B's service has written every record
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     run = read_run(wandb_file)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from runs import QUICK, compose_run
 
-from sst.train import run
+from sst.launch.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 

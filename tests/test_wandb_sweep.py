@@ -10,8 +10,8 @@ import pytest
 import yaml
 from runs import compose_run
 
-from sst.runlog import RunLog
-from sst.wandb_sweep import agent_overrides, main, sweep_config
+from sst.runs.runlog import RunLog
+from sst.study.sweep_cli import agent_overrides, main, sweep_config
 
 
 def cells(config: dict) -> list[dict]:

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from sst.runs.load import load_run
+
 from .export import FORMATS, export_model
 from .size import format_size_table, size_report
 
@@ -70,8 +72,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from sst.runs import load_run  # the run reader; imported here, when it is needed
-
     run = load_run(args.run_folder)
     if args.input_shape:
         shape = tuple(int(v) for v in args.input_shape.split(","))

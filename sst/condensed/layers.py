@@ -24,14 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cpu
-from .packing import (
-    Condensed,
-    condense_matrix,
-    describe,
-    flat_to_unit,
-    index_dtype,
-    value_dtype,
-)
+from .packing import Condensed, condense_matrix, describe, flat_to_unit, index_dtype, value_dtype
 
 
 class _CondensedBase(nn.Module):

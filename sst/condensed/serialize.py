@@ -33,7 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, fx, nn
 
-from ..files import atomic_write
+from sst.files import atomic_write
+
 from . import codec
 from .layers import CondensedConv2d, CondensedLinear, CSRConv2d, CSRLinear
 from .packing import flat_to_unit, nm_metadata, nm_positions, unit_to_flat

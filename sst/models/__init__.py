@@ -6,11 +6,11 @@ where ``input_shape`` is ``(channels, height, width)``.
 
 from __future__ import annotations
 
-from sst.models.mlp import mlp
-from sst.models.resnet50 import resnet50
-from sst.models.resnet_cifar import resnet18_cifar, resnet20, resnet32, resnet56, resnet_cifar
-from sst.models.vit import vit_b_16
-from sst.models.wide_resnet import wide_resnet, wrn22_2
+from .mlp import mlp
+from .resnet50 import resnet50
+from .resnet_cifar import resnet18_cifar, resnet20, resnet32, resnet56, resnet_cifar
+from .vit import vit_b_16
+from .wide_resnet import wide_resnet, wrn22_2
 
 __all__ = [
     "mlp",

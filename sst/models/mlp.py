@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from sst.models.shapes import check_input_shape
+from .shapes import check_input_shape
 
 
 def mlp(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torchvision
 from torch import nn
 
-from sst.models.shapes import check_input_shape
-from sst.models.weight_init import kaiming_conv
+from .shapes import check_input_shape
+from .weight_init import kaiming_conv
 
 
 def resnet50(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:

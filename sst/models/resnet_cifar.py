@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from sst.models.blocks import BasicBlock, conv3x3
-from sst.models.shapes import check_input_shape
-from sst.models.weight_init import init_conv_bn
+from .blocks import BasicBlock, conv3x3
+from .shapes import check_input_shape
+from .weight_init import init_conv_bn
 
 
 class CifarResNet(nn.Module):

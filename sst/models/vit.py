@@ -8,7 +8,7 @@ import math
 from torch import nn
 from torchvision.models import VisionTransformer
 
-from sst.models.shapes import check_input_shape
+from .shapes import check_input_shape
 
 
 def vit_b_16(

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sst.models.blocks import conv3x3
-from sst.models.shapes import check_input_shape
-from sst.models.weight_init import init_conv_bn
+from .blocks import conv3x3
+from .shapes import check_input_shape
+from .weight_init import init_conv_bn
 
 
 class WideBlock(nn.Module):

@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .. import dist
+from sst import dist
+
 from .layers import weight_owner
 from .mask_ops import as_float
 

@@ -19,33 +19,9 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .config import ConfigError, check_keys
+from .keys import ConfigError, check_keys, forwarded_functions
 
 TOP_LEVEL = ("seed", "output_dir", "name", "group")
-
-
-@dataclass
-class TrainerSettings:
-    """``conf/trainer/*.yaml``."""
-
-    epochs: int
-    max_steps: int | None
-    batch_size: int
-    eval_batch_size: int
-    grad_accumulation: int
-    label_smoothing: float
-    grad_clip: float | None
-    amp: str
-    channels_last: bool
-    deterministic: bool
-    device: str
-    num_workers: int
-    log_every: int
-    eval_every_epochs: int
-    checkpoint_every_epochs: int
-    progress_bar: bool
-    sync_batchnorm: bool = False
-    mask_check: bool = True
 
 
 @dataclass
@@ -83,8 +59,9 @@ class SlurmSettings:
     max_requeues: int
 
 
+# The schemas of the groups without a ``_target_`` that the run itself reads; the trainer's
+# is the engine's ``TrainerSettings``, added by the launcher (``sst.launch.build``).
 SCHEMAS = {
-    "trainer": TrainerSettings,
     "logger": LoggerSettings,
     "distill": DistillSettings,
     "slurm": SlurmSettings,
@@ -154,15 +131,10 @@ def check_value(path: str, value: Any, hint: Any) -> None:
 
 
 def target_hints(target: Callable) -> dict[str, Any]:
-    """Parameter name -> type hint of ``target`` (a class: its ``__init__`` and those of its
-    bases that it forwards ``**kwargs`` to)."""
-    functions = (
-        [c.__init__ for c in inspect.getmro(target)] if inspect.isclass(target) else [target]
-    )
+    """Parameter name -> type hint of ``target`` and of the functions it forwards
+    ``**kwargs`` to (``sst.config.keys.forwarded_functions``)."""
     hints: dict[str, Any] = {}
-    for function in functions:
-        if function is object.__init__:
-            break
+    for function in forwarded_functions(target):
         try:
             found = typing.get_type_hints(function)
         except Exception:  # hints that do not evaluate are not checked
@@ -172,10 +144,13 @@ def target_hints(target: Callable) -> dict[str, Any]:
     return hints
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Keys and value types of every group of a composed config (see module docstring)."""
-    check_keys(cfg, SCHEMAS, TOP_LEVEL)
-    for group, schema in SCHEMAS.items():
+def check_config(cfg: DictConfig, schemas: dict[str, type] | None = None) -> None:
+    """Keys and value types of every group of a composed config (see module docstring);
+    ``schemas`` maps the groups without ``_target_`` to their dataclass (default:
+    ``SCHEMAS``)."""
+    schemas = SCHEMAS if schemas is None else schemas
+    check_keys(cfg, schemas, TOP_LEVEL)
+    for group, schema in schemas.items():
         if group not in cfg:
             continue
         hints = typing.get_type_hints(schema)

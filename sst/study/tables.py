@@ -7,7 +7,7 @@ import csv
 import io
 from collections.abc import Sequence
 
-from .results import Stat
+from .results import Run, Stat
 
 TEXT_FORMATS = ("markdown", "latex", "csv")
 FORMATS = (*TEXT_FORMATS, "json")
@@ -95,3 +95,14 @@ def render(
     ]
     lines += [f"% {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def problem_notes(problems: Sequence[Run]) -> list[str]:
+    """One line per run that is not in the table: its folder, status and last step."""
+    if not problems:
+        return []
+    lines = [f"Not in the table: {len(problems)} run(s) that did not finish:"]
+    for run in problems:
+        step = "" if run.last_step is None else f", last step {run.last_step}"
+        lines.append(f"- {run.source}: {run.status}{step}")
+    return lines

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import plots
-from .results import DEFAULT_KEYS, METRICS, aggregate, read_run
-from .table_cli import gather, problem_notes
+from .results import DEFAULT_KEYS, METRICS, aggregate, gather, read_run
+from .tables import problem_notes
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,7 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def make_figure(args: argparse.Namespace):
     if args.command == "accuracy":
-        found = gather(argparse.Namespace(paths=args.runs, wandb=None, where=args.where))
+        found = gather(args.runs, where=args.where)
         for line in problem_notes(found.problems):
             print(line, file=sys.stderr)
         keys = list(dict.fromkeys([*DEFAULT_KEYS, *args.by]))

@@ -30,8 +30,10 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
+from sst.runs.checkpoint import load_latest
+from sst.runs.folder import RunFolder
+
 from .results import Group, Run, read_run
-from .runs import RunFolder
 
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
 FIGURE_FORMATS = ("png", "pdf")
@@ -239,8 +241,10 @@ def training_curves(run_dirs: Sequence[str | Path], labels: Sequence[str] | None
 def load_mask(run_dir: str | Path, layer: str) -> torch.Tensor:
     """A layer's mask from the run's checkpoint as a 2-D boolean tensor (out, fan-in)."""
     folder = RunFolder(run_dir)
-    state = torch.load(folder.checkpoint_path, map_location="cpu", weights_only=True)
-    masks = (state.get("sparsity") or {}).get("masks") or {}
+    found = load_latest(folder.checkpoint_path)  # last.pt, else prev.pt
+    if found is None:
+        raise FileNotFoundError(f"{folder.path} has no checkpoint: {folder.checkpoint_path}")
+    masks = (found[0].get("sparsity") or {}).get("masks") or {}
     if layer not in masks:
         raise ValueError(
             f"layer {layer!r} has no mask in {folder.checkpoint_path}: "

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .sparsity.stages import Stage
+from sst.sparsity.stages import Stage
 
 
 class Hook:

@@ -12,7 +12,6 @@ match value means any of its items.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -20,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .results import METRICS, Run, Stat, mixed_settings, sort_key
+from .results import METRICS, Run, Stat, mixed_settings, same_value, sort_key
 
 TABLE_AXES = ("sparsity", "density")
 
@@ -111,18 +110,6 @@ def load_paper_table(name: str) -> PaperTable:
         rows=rows,
         digits=int(data.get("digits", 2)),
     )
-
-
-def same_value(actual: Any, wanted: Any) -> bool:
-    """Config value equality, numbers compared as numbers (``0`` matches ``0.0``)."""
-    if isinstance(wanted, list):
-        return any(same_value(actual, w) for w in wanted)
-    numbers = (int, float)
-    if isinstance(actual, numbers) and isinstance(wanted, numbers):
-        if isinstance(actual, bool) or isinstance(wanted, bool):
-            return actual is wanted
-        return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-9)
-    return actual == wanted
 
 
 def run_matches(run: Run, criteria: dict[str, Any], density: float) -> bool:

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from .train import CONFIG_DIR
+from sst.config import runtime
 
 SEARCH_METHODS = ("grid", "random")
 AGENT_COMMAND = ["${env}", "${interpreter}", "-m", "sst.train"]
@@ -56,8 +55,7 @@ def sweep_grid(overrides: Sequence[str]) -> tuple[dict[str, list[Any]], list[str
     """The sweep ``sst-train -m <overrides>`` would run: the experiment's
     ``hydra.sweeper.params`` (command-line grids take precedence) and the fixed overrides."""
     swept, fixed = split_overrides(overrides)
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    cfg = runtime.compose(fixed)
     preset = dict(cfg.hydra.sweeper.get("params") or {})
     grid: dict[str, list[Any]] = {}
     for key, text in preset.items():

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .identity import IDENTITY_KEYS, NOT_IDENTITY
-from .runs import CHECKPOINT, CONFIG_FILE, FINISHED, SUMMARY_FILE, RunFolder
+from sst.runs.folder import CHECKPOINT, CONFIG_FILE, FINISHED, SUMMARY_FILE, RunFolder
+from sst.runs.identity import IDENTITY_KEYS, NOT_IDENTITY
 
+DEFAULT_RUNS = "outputs/runs"
 DEFAULT_KEYS = ("dataset", "model", "method", "sparsity", "distill")
 METRICS = {"final": "final_test_acc", "best": "best_test_acc"}
 FLOPS = ("train_flops_rel", "inference_flops_rel")
@@ -179,12 +180,42 @@ def parse_where(pairs: Sequence[str]) -> dict[str, Any]:
     return where
 
 
+def same_value(actual: Any, wanted: Any) -> bool:
+    """Config value equality, numbers compared as numbers (``0`` matches ``0.0``)."""
+    if isinstance(wanted, list):
+        return any(same_value(actual, w) for w in wanted)
+    numbers = (int, float)
+    if isinstance(actual, numbers) and isinstance(wanted, numbers):
+        if isinstance(actual, bool) or isinstance(wanted, bool):
+            return actual is wanted
+        return math.isclose(float(actual), float(wanted), rel_tol=1e-9, abs_tol=1e-9)
+    return actual == wanted
+
+
 def select(runs: Sequence[Run], where: dict[str, Any]) -> list[Run]:
     """The runs whose value of every key of ``where`` equals the given one (numbers compared
     as numbers: ``0`` matches ``0.0``)."""
-    from .papers import same_value
-
     return [r for r in runs if all(same_value(r.value(k), v) for k, v in where.items())]
+
+
+def gather(
+    paths: Sequence[str | Path] = (), *, wandb: str | None = None, where: Sequence[str] = ()
+) -> Collection:
+    """The runs of a study: under the run folders ``paths`` and/or in the W&B project
+    ``wandb``, keeping those whose settings match every ``KEY=VALUE`` of ``where``
+    (unfinished runs are kept when their config matches or is unknown)."""
+    if wandb:
+        found = wandb_runs(wandb)
+        if paths:
+            local = collect(paths)
+            found = Collection(found.runs + local.runs, found.problems + local.problems)
+    else:
+        found = collect(paths or [DEFAULT_RUNS])
+    criteria = parse_where(where)
+    if not criteria:
+        return found
+    problems = [r for r in found.problems if not r.config or select([r], criteria)]
+    return Collection(select(found.runs, criteria), problems)
 
 
 # ----------------------------------------------------------------------------- aggregating

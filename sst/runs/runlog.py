@@ -15,8 +15,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .files import write_json_atomic, write_text_atomic
-from .runs import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from sst.files import write_json_atomic, write_text_atomic
+
+from .folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from .jsonl import read_jsonl
 from .wandb_file import read_history
 
 LOGGER_KINDS = ("wandb", "none")
@@ -122,15 +124,8 @@ class RunLog:
         the run had never stopped."""
         if not self.metrics_path.exists():
             return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a hard kill
-                continue
-            if record["step"] <= step:
-                kept.append(line)
-        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
+        kept = [r for r in read_jsonl(self.metrics_path) if r["step"] <= step]
+        write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def resume_at(self, step: int) -> int:
         """Brings the records of a resumed run to ``step``: ``metrics.jsonl`` loses what
@@ -143,7 +138,7 @@ class RunLog:
             return 0
         logged = self.wandb_steps()
         last = max(logged) if logged else -1
-        missing = [r for r in self._records() if last < r["step"] <= step]
+        missing = [r for r in read_jsonl(self.metrics_path) if last < r["step"] <= step]
         for record in missing:
             metrics = {k: v for k, v in record.items() if k not in ("step", "epoch")}
             self.wandb_run.log({**metrics, "epoch": record["epoch"]}, step=record["step"])
@@ -161,17 +156,6 @@ class RunLog:
                 if "_step" in row:
                     steps.add(int(row["_step"]))
         return steps
-
-    def _records(self) -> list[dict[str, Any]]:
-        records = []
-        for line in (
-            self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
-        ):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
 
     def log(self, metrics: dict[str, float], *, step: int, epoch: float) -> None:
         record = {"step": step, "epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}

@@ -4,7 +4,7 @@ Hydra refuses an unknown key on the command line, but a preset (``experiment=...
 any key, and a misspelled one (``trainer.epochz``) would be silently ignored. ``check_keys``
 compares every group's keys with the settings the group accepts: the keyword arguments of
 its ``_target_`` (followed through ``**kwargs`` to the base classes), or the fields of its
-schema in ``sst.settings``; an unknown key is an error that names the close matches.
+schema in ``sst.config.schema``; an unknown key is an error that names the close matches.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from typing import Any
 
 from hydra.utils import get_object
 from omegaconf import DictConfig
-
-from . import identity as _identity  # noqa: F401  (registers the run-folder resolver)
 
 HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
@@ -40,16 +38,34 @@ def unknown_key_error(path: str, known: Iterable[str]) -> ConfigError:
     )
 
 
+def forwarded_functions(target: Callable) -> list[Callable]:
+    """The functions that receive ``target``'s keyword arguments: ``target`` itself, or a
+    class's ``__init__`` followed, while it takes ``**kwargs``, by its bases' ``__init__``
+    in method resolution order (the one walk behind both the key and the type check)."""
+    if not inspect.isclass(target):
+        return [target]
+    functions = []
+    for cls in inspect.getmro(target):
+        function = cls.__init__
+        if function is object.__init__:
+            break
+        if functions and function is functions[-1]:  # inherited, not its own
+            continue
+        functions.append(function)
+        try:
+            parameters = inspect.signature(function).parameters.values()
+        except (TypeError, ValueError):
+            break
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    return functions
+
+
 def accepted_keywords(target: Callable) -> set[str] | None:
     """Keyword arguments ``target`` accepts; None when it takes arbitrary ``**kwargs`` that
     no base class accounts for (then any key may be right)."""
-    functions = (
-        [c.__init__ for c in inspect.getmro(target)] if inspect.isclass(target) else [target]
-    )
     names: set[str] = set()
-    for function in functions:
-        if function is object.__init__:
-            break
+    for function in forwarded_functions(target):
         try:
             parameters = inspect.signature(function).parameters.values()
         except (TypeError, ValueError):

@@ -111,23 +111,7 @@ def run_folder_name(cfg: DictConfig | dict) -> str:
     return f"{cfg['name']}-{config_hash(cfg)}"
 
 
-def _run_folder_resolver(*, _root_: DictConfig) -> str:
-    return run_folder_name(_root_)
-
-
 def distill_tag(choice: str | None) -> str:
     """The W&B group's suffix for a ``distill`` choice: none for ``none``, ``-<choice>``
     otherwise (``-kd``), so distilled and plain runs never share a group."""
     return "" if choice in (None, "none") else f"-{choice}"
-
-
-def register_resolvers() -> None:
-    """``${sst.run_folder:}`` in ``conf/config.yaml`` names the run folder;
-    ``${sst.distill_tag:<choice>}`` marks distilled runs in the W&B group."""
-    if not OmegaConf.has_resolver("sst.run_folder"):
-        OmegaConf.register_new_resolver("sst.run_folder", _run_folder_resolver)
-    if not OmegaConf.has_resolver("sst.distill_tag"):
-        OmegaConf.register_new_resolver("sst.distill_tag", distill_tag)
-
-
-register_resolvers()

@@ -2,8 +2,8 @@
 
 loss = (1 - lambda) * CE(y, z_s) + lambda * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)),
 the KL averaged per sample. The teacher runs in eval mode under no_grad, outside DDP and
-outside every sparsity hook. The teacher is a finished run (``sst.teacher`` finds it, and
-trains it first when the student names it by overrides).
+outside every sparsity hook. The teacher is a finished run (``sst.launch.teacher`` plans it, and
+``sst.launch.run`` trains it first when the student names it by overrides).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sst.runs.identity import config_hash
+from sst.runs.load import LoadedRun, load_run
+
 from .hooks import Hook
-from .identity import config_hash
-from .runs import LoadedRun, load_run
 
 
 def soft_loss(
@@ -56,7 +57,7 @@ def load_teacher(run_dir: str | Path) -> LoadedRun:
 
 def teacher_identity(teacher: LoadedRun) -> dict[str, Any]:
     """What identifies the teacher in the student's summary: folder, config hash (the
-    suffix of the folder's name, ``sst.identity``), checkpoint sha256, test accuracy."""
+    suffix of the folder's name, ``sst.runs.identity``), checkpoint sha256, test accuracy."""
     folder = teacher.folder
     suffix = folder.path.name.rsplit("-", 1)[-1]
     is_hash = len(suffix) == 8 and all(c in "0123456789abcdef" for c in suffix)
@@ -97,11 +98,13 @@ class DistillHook(Hook):
     def loss(self, inputs, targets, logits, loss):
         with torch.no_grad():
             teacher_logits = self.teacher(inputs)
-        soft = soft_loss(logits, teacher_logits, self.temperature)
-        terms = torch.stack([loss.detach().float(), soft.detach()])
+            soft = soft_loss(logits.detach(), teacher_logits, self.temperature)
+        terms = torch.stack([loss.detach().float(), soft])
         self._sums = terms if self._sums is None else self._sums + terms
         self._count += 1
-        return (1.0 - self.weight) * loss + self.weight * soft
+        return kd_loss(
+            logits, teacher_logits, loss, temperature=self.temperature, weight=self.weight
+        )
 
     def train_metrics(self) -> dict[str, float]:
         if self._sums is None or not self._count:

@@ -22,21 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from .papers import Cell, PaperTable, fill, load_paper_table, paper_table_names
-from .results import (
-    DEFAULT_KEYS,
-    METRICS,
-    Collection,
-    Group,
-    Run,
-    aggregate,
-    collect,
-    parse_where,
-    select,
-    wandb_runs,
-)
-from .tables import FORMATS, mean_std, number, percent, render
+from .results import DEFAULT_KEYS, DEFAULT_RUNS, METRICS, Group, Run, aggregate, gather
+from .tables import FORMATS, mean_std, number, percent, problem_notes, render
 
-DEFAULT_RUNS = "outputs/runs"
 METRIC_LABEL = {"final": "final test acc (%)", "best": "best test acc (%)"}
 
 
@@ -46,17 +34,6 @@ def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def problem_notes(problems: Sequence[Run]) -> list[str]:
-    """One line per run that is not in the table: its folder, status and last step."""
-    if not problems:
-        return []
-    lines = [f"Not in the table: {len(problems)} run(s) that did not finish:"]
-    for run in problems:
-        step = "" if run.last_step is None else f", last step {run.last_step}"
-        lines.append(f"- {run.source}: {run.status}{step}")
-    return lines
 
 
 def mixed_notes(label: str, mixed: Sequence[str]) -> list[str]:
@@ -246,22 +223,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def gather(args: argparse.Namespace) -> Collection:
-    """The runs of the paths (and of W&B with ``--wandb``), narrowed by ``--where``."""
-    if args.wandb:
-        found = wandb_runs(args.wandb)
-        if args.paths:
-            local = collect(args.paths)
-            found = Collection(found.runs + local.runs, found.problems + local.problems)
-    else:
-        found = collect(args.paths or [DEFAULT_RUNS])
-    where = parse_where(getattr(args, "where", []))
-    if not where:
-        return found
-    problems = [r for r in found.problems if not r.config or select([r], where)]
-    return Collection(select(found.runs, where), problems)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list_papers:
@@ -272,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         table = load_paper_table(args.paper) if args.paper else None
-        found = gather(args)
+        found = gather(args.paths, wandb=args.wandb, where=args.where)
     except (ValueError, FileNotFoundError) as error:
         print(f"sst-table: {error}", file=sys.stderr)
         return 2

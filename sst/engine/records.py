@@ -1,0 +1,119 @@
+"""What a run records: train records and evaluations (``metrics.jsonl`` and W&B through the
+run log), the best and last test metrics, one row per finished stage of a multi-stage run,
+and the progress bar. Rank 0 alone writes; every rank keeps the same numbers."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from tqdm import tqdm
+
+from sst import dist
+from sst.runs.runlog import RunLog, SilentRunLog
+
+log = logging.getLogger("sst.engine")
+
+
+class Records:
+    """``run_log`` receives the records (None: nothing is written)."""
+
+    def __init__(self, run_log: RunLog | SilentRunLog | None, progress_bar: bool) -> None:
+        self.run_log = run_log
+        self.progress_bar = progress_bar
+        self.best_acc = -math.inf
+        self.last_eval: dict[str, float] = {}
+        self.stage_results: list[dict[str, Any]] = []
+        self._progress: tqdm | None = None
+        self._postfix: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- writing
+    def log(self, metrics: dict[str, float], *, step: int, epoch: float) -> None:
+        if self.run_log is not None and dist.is_main():
+            self.run_log.log(metrics, step=step, epoch=round(epoch, 4))
+
+    def train(self, record: dict[str, float], *, step: int, epoch: float) -> None:
+        """A train record (``train/loss``, ``train/lr`` and the hooks' metrics)."""
+        self._postfix["loss"] = f"{record['train/loss']:.4f}"
+        self._postfix["lr"] = f"{record['train/lr']:.3g}"
+        if self._progress is not None:
+            self._progress.set_postfix(self._postfix, refresh=False)
+        self.log(record, step=step, epoch=epoch)
+
+    def evaluation(
+        self, metrics: dict[str, float], extra: dict[str, float], *, step: int, epoch: float
+    ) -> None:
+        """Test ``metrics`` now, logged with ``extra`` (stage, the hooks' metrics)."""
+        self.last_eval = dict(metrics)
+        self.best_acc = max(self.best_acc, metrics["test/acc"])
+        self.log({**metrics, "test/best_acc": self.best_acc, **extra}, step=step, epoch=epoch)
+        self._postfix["test_acc"] = f"{metrics['test/acc']:.2f}"
+        if self._progress is not None:
+            self._progress.set_postfix(self._postfix)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        log.info("epoch %d step %d: %s", math.floor(epoch), step, shown)
+
+    def stage_end(self, index: int, label: str | None, step: int, masked: float | None) -> None:
+        """The row of a finished stage, from the evaluation just recorded."""
+        row: dict[str, Any] = {
+            "stage": index,
+            "step": step,
+            "test_acc": self.last_eval["test/acc"],
+            "sparsity_masked_layers": masked,
+        }
+        if label:
+            row["label"] = label
+        self.stage_results.append(row)
+
+    # ----------------------------------------------------------------- progress bar
+    def open_progress(self, total: int, initial: int) -> None:
+        self._progress = tqdm(
+            total=total,
+            initial=initial,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.progress_bar and dist.is_main()),
+        )
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.update()
+
+    def describe_epoch(self, epoch: int, total_epochs: int) -> None:
+        if self._progress is not None:
+            self._progress.set_description(f"epoch {epoch + 1}/{total_epochs}")
+
+    def close_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    # ----------------------------------------------------------------- results
+    def results(self, multi_stage: bool) -> dict[str, Any]:
+        """The summary's accuracy fields (and per-stage rows of a multi-stage run)."""
+        out: dict[str, Any] = {
+            "final_test_acc": self.last_eval.get("test/acc"),
+            "best_test_acc": self.best_acc if math.isfinite(self.best_acc) else None,
+            "final_test_loss": self.last_eval.get("test/loss"),
+        }
+        if "test/acc_top5" in self.last_eval:
+            out["final_test_acc_top5"] = self.last_eval["test/acc_top5"]
+        if multi_stage:
+            out["stages"] = list(self.stage_results)
+            for row in self.stage_results:
+                if row.get("label"):
+                    out[f"test_acc_{row['label']}"] = row["test_acc"]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best_acc": self.best_acc,
+            "last_eval": dict(self.last_eval),
+            "stage_results": list(self.stage_results),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_acc = state["best_acc"]
+        self.last_eval = dict(state["last_eval"])
+        self.stage_results = list(state["stage_results"])

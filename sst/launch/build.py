@@ -1,0 +1,257 @@
+"""The one place that turns a composed config into objects: data, model, optimizer, LR
+schedule, sparsity method, hooks, run log, and the ``Loop`` that trains them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from sst import dist
+from sst.config import runtime
+from sst.config.keys import ConfigError
+from sst.config.schema import SCHEMAS, check_config
+from sst.data import make_loader
+from sst.engine.distill import DistillHook, load_teacher, teacher_identity
+from sst.engine.hooks import Hook, SparsityHook
+from sst.engine.loop import Loop
+from sst.engine.precision import Precision
+from sst.engine.rng import seed_everything
+from sst.engine.settings import TrainerSettings, step_plan
+from sst.runs.load import load_run
+from sst.runs.runlog import RunLog, SilentRunLog, git_commit
+
+from .device import check_launch, pick_device, place_model, prepare_model
+from .teacher import plan_teacher
+
+
+@contextmanager
+def config_errors(group: str, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Re-raises a bad setting's error (and ``also``) as a ``ConfigError`` that starts with
+    the config group's name."""
+    try:
+        yield
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        raise ConfigError(f"{group}: {cause}") from cause
+    except (ValueError, TypeError, FileNotFoundError, *also) as error:
+        raise ConfigError(f"{group}: {error}") from error
+
+
+def make(group: str, node: DictConfig, **kwargs: Any) -> Any:
+    """instantiate(node, **kwargs) under ``config_errors(group)``."""
+    with config_errors(group):
+        return instantiate(node, **kwargs)
+
+
+def trainer_settings(trainer: DictConfig) -> TrainerSettings:
+    """``trainer`` as the engine's settings (its values checked there)."""
+    try:
+        return TrainerSettings(**OmegaConf.to_container(trainer, resolve=True))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def run_weights(sparsity: DictConfig) -> dict[str, Any]:
+    """The trained weights of the finished runs that the sparsity method's settings name
+    (the keys in its ``RUN_WEIGHTS``, e.g. one-shot's ``dense_run``), read from their folders
+    (``sst.runs.load_run``): the method itself takes a state dict."""
+    try:
+        keys = getattr(get_object(sparsity._target_), "RUN_WEIGHTS", ())
+    except Exception:  # an unimportable target is reported when it is instantiated
+        return {}
+    out = {}
+    for key in keys:
+        folder = sparsity.get(key)
+        if isinstance(folder, str):
+            try:
+                out[key] = load_run(folder).model.state_dict()
+            except (FileNotFoundError, ValueError) as error:
+                raise ConfigError(f"sparsity.{key}={folder!r}: {error}") from error
+    return out
+
+
+def build_method(cfg: DictConfig, model, optimizer, total_steps: int, data, device):
+    """The sparsity method (``sparsity=dense`` when none), sized for a stage of
+    ``total_steps`` optimizer steps."""
+    example = torch.zeros(1, *data.input_shape, device=device)
+    return make(
+        "sparsity",
+        cfg.sparsity,
+        model=model,
+        optimizer=optimizer,
+        total_steps=total_steps,
+        seed=cfg.seed,
+        example_input=example,
+        **run_weights(cfg.sparsity),
+    )
+
+
+def build_hooks(
+    cfg: DictConfig, method, device: torch.device, teacher_folder: Path | None
+) -> list[Hook]:
+    """The loop's hooks: distillation (with a teacher) and the sparsity method."""
+    hooks: list[Hook] = [SparsityHook(method)]
+    if teacher_folder is not None:
+        # RuntimeError: teacher weights that do not fit the teacher's architecture
+        with config_errors("distill", also=(RuntimeError,)):
+            loaded = load_teacher(teacher_folder)
+            teacher = place_model(loaded.model, device, cfg.trainer.channels_last)
+            hook = DistillHook(
+                teacher.eval().requires_grad_(False),
+                temperature=cfg.distill.temperature,
+                weight=cfg.distill.weight,
+                identity=teacher_identity(loaded),
+            )
+        hooks.insert(0, hook)
+    return hooks
+
+
+def run_info(cfg: DictConfig, choices: dict[str, str]) -> dict[str, Any]:
+    """The run's key settings, repeated in ``summary.json`` so tables need no config parsing."""
+    return {
+        "name": cfg.get("name"),
+        "model": choices.get("model"),
+        "dataset": choices.get("dataset"),
+        "method": choices.get("sparsity"),
+        "density": cfg.sparsity.density,
+        "distribution": cfg.sparsity.get("distribution"),
+        "structure": cfg.sparsity.get("structure", "unstructured"),
+        "seed": cfg.seed,
+        "experiment": choices.get("experiment"),
+        "git_commit": git_commit(),
+    }
+
+
+@dataclass
+class Placement:
+    """Where and how a run trains: its settings, launch, device and precision."""
+
+    settings: TrainerSettings
+    launch: dist.Environment
+    device: torch.device
+    precision: Precision
+
+
+def place(cfg: DictConfig) -> Placement:
+    """Checks the run's settings, starts the process group and seeds every RNG."""
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
+    check_config(cfg, {**SCHEMAS, "trainer": TrainerSettings})
+    settings = trainer_settings(cfg.trainer)
+    launch = dist.environment()
+    check_launch(settings, launch)
+    device = pick_device(settings.device, launch)
+    with config_errors("trainer"):
+        precision = Precision(settings.amp, device)
+    dist.setup(launch, device)
+    # the same seed on every rank: the same initial weights and masks everywhere
+    seed_everything(cfg.seed, deterministic=settings.deterministic)
+    return Placement(settings, launch, device, precision)
+
+
+def loaders(cfg: DictConfig, data, where: Placement) -> tuple[Any, Any]:
+    """(train, test) loaders of global (micro-)batches, each rank its slice of every one."""
+    settings, launch = where.settings, where.launch
+    common = {
+        "seed": cfg.seed,
+        "num_workers": settings.num_workers,
+        "pin_memory": where.device.type == "cuda",
+        "rank": launch.rank,
+        "world_size": launch.world_size,
+    }
+    train = make_loader(
+        data.train,
+        batch_size=settings.batch_size // settings.grad_accumulation,
+        shuffle=True,
+        drop_last=True,
+        **common,
+    )
+    test = make_loader(data.test, batch_size=settings.eval_batch_size, shuffle=False, **common)
+    return train, test
+
+
+def build(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    choices: dict[str, str] | None = None,
+    *,
+    teacher_folder: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> Loop:
+    """Composed config -> a ready ``Loop`` writing into ``run_dir``. A distilled run loads
+    its teacher from ``teacher_folder`` (planned here when not given); ``overrides``
+    (default: the current Hydra job's) are recorded in ``config.json``."""
+    choices = choices or {}
+    where = place(cfg)
+    with dist.main_first():  # rank 0 downloads or unpacks, the others then read
+        data = make("dataset", cfg.dataset)
+    shape = tuple(data.input_shape)
+    model = make("model", cfg.model, num_classes=data.num_classes, input_shape=shape)
+    model = prepare_model(model, where.device, where.settings, where.launch)
+    train_loader, test_loader = loaders(cfg, data, where)
+    # DDP wraps the model; the optimizer steps its parameters (the model's own tensors) and
+    # the sparsity method masks the unwrapped model's weights
+    trained = dist.wrap(model, where.device)
+    optimizer = make("optimizer", cfg.optimizer, params=trained.parameters())
+    with config_errors("trainer"):
+        per_epoch, stage_steps = step_plan(len(train_loader), where.settings)
+    lr_multiplier = make(
+        "lr_schedule", cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=stage_steps
+    )
+    method = build_method(cfg, model, optimizer, stage_steps, data, where.device)
+    method.mask_set.check_ranks = where.settings.mask_check
+    if cfg.distill.enabled and teacher_folder is None:
+        teacher_folder = plan_teacher(cfg).folder
+    teacher = Path(teacher_folder) if cfg.distill.enabled else None
+    info = run_info(cfg, choices)
+    overrides = runtime.job_overrides() if overrides is None else overrides
+    record = {**info, **OmegaConf.to_container(cfg, resolve=True)}
+    record.update(choices=choices, overrides=overrides)
+    return Loop(
+        model=trained,
+        optimizer=optimizer,
+        lr_multiplier=lr_multiplier,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        num_classes=data.num_classes,
+        settings=where.settings,
+        device=where.device,
+        steps_per_epoch=per_epoch,
+        stages=method.stages(stage_steps),
+        precision=where.precision,
+        run_log=make_run_log(cfg, run_dir, record) if dist.is_main() else SilentRunLog(),
+        run_dir=run_dir,
+        hooks=build_hooks(cfg, method, where.device, teacher),
+        run_info=info,
+        model_meta={
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "num_classes": data.num_classes,
+            "input_shape": list(shape),
+        },
+    )
+
+
+def make_run_log(cfg: DictConfig, run_dir: str | Path, config: dict[str, Any]) -> RunLog:
+    logger = cfg.logger
+    try:
+        return RunLog(
+            run_dir,
+            config=config,
+            kind=logger.kind,
+            mode=logger.get("mode", "offline"),
+            project=logger.get("project", "sst"),
+            entity=logger.get("entity"),
+            name=cfg.get("name"),
+            group=cfg.get("group"),
+            tags=list(logger.get("tags") or []),
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from error

@@ -1,0 +1,127 @@
+"""One run from its composed config to its summary: finished? -> teacher first -> lock ->
+build -> fit -> summary. ``sst.train`` calls ``run`` inside Hydra's job."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from sst import dist
+from sst.config.keys import ConfigError
+from sst.engine.signals import Preempted
+from sst.runs.folder import finished_summary
+from sst.runs.lock import RunFolderBusy, RunLock
+
+from .build import build
+from .teacher import TeacherPlan, plan_teacher
+
+log = logging.getLogger("sst")
+
+
+def run(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    choices: dict[str, str] | None = None,
+    *,
+    wait_if_busy: bool = False,
+    overrides: list[str] | None = None,
+) -> dict:
+    """Trains the run of ``cfg`` in ``run_dir``: resumes from its checkpoint if any, and
+    returns at once with the stored summary if the run already finished. A teacher named by
+    overrides is trained first. Another process training the same folder makes this one
+    fail with a message naming it, or, with ``wait_if_busy`` (a distillation teacher that
+    several students need), wait for it and then find the run finished."""
+    run_dir = Path(run_dir)
+    done = finished_summary(run_dir)
+    if done is None:
+        teacher = plan_teacher(cfg)  # composed once for the whole run
+        if teacher is not None and teacher.config is not None:
+            train_teacher(teacher)
+        folder = teacher.folder if teacher is not None else None
+        if not dist.is_main():  # rank 0 alone holds the run folder's lock
+            return train(cfg, run_dir, choices, folder, overrides)
+        try:
+            with RunLock(run_dir, wait=wait_if_busy):
+                done = finished_summary(run_dir)  # it may have finished while this one waited
+                if done is None:
+                    return train(cfg, run_dir, choices, folder, overrides)
+        except RunFolderBusy as busy:
+            raise ConfigError(str(busy)) from None
+    if dist.is_main():
+        print(f"sst: run already finished, skipping: {run_dir}")
+    return done
+
+
+def train_teacher(plan: TeacherPlan) -> None:
+    """Trains a teacher named by overrides in its own folder, unless it finished already;
+    another student training it meanwhile is waited for."""
+    if finished_summary(plan.folder) is not None:
+        return
+    print(f"sst: training the teacher first: {' '.join(plan.overrides)}")
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    with _log_to(plan.folder / "train.log"):
+        run(plan.config, plan.folder, plan.choices, wait_if_busy=True, overrides=plan.overrides)
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def train(
+    cfg: DictConfig,
+    run_dir: Path,
+    choices: dict[str, str] | None,
+    teacher_folder: Path | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
+    """Builds the run and fits it; the W&B run is finished however the fit ends."""
+    loop = build(cfg, run_dir, choices, teacher_folder=teacher_folder, overrides=overrides)
+    run_log = loop.run_log
+    try:
+        summary = loop.fit()
+        run_log.write_summary(summary)
+    except Preempted as stop:
+        log.warning("%s", stop)
+        run_log.finish(exit_code=0)
+        raise
+    except BaseException:
+        run_log.finish(exit_code=1)
+        raise
+    run_log.finish(exit_code=0)
+    if not dist.is_main():
+        return summary
+    print(format_summary(summary, run_dir))
+    if run_log.wandb_mode == "offline":
+        print(f"  W&B (offline): wandb sync {run_dir}/wandb/offline-run-*")
+    return summary
+
+
+def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
+    def pct(value):
+        return "n/a" if value is None else f"{value:.2f}%"
+
+    return "\n".join(
+        [
+            f"sst: finished {summary.get('name')} in {summary['wall_time_s']:.1f}s "
+            f"({summary['steps']} steps)",
+            f"  test accuracy: final {pct(summary['final_test_acc'])}, "
+            f"best {pct(summary['best_test_acc'])}",
+            f"  sparsity: masked layers {100 * summary['sparsity_masked_layers']:.2f}%, "
+            f"all parameters {100 * summary['sparsity_all_params']:.2f}%",
+            f"  run folder: {run_dir}",
+        ]
+    )

@@ -1,0 +1,90 @@
+"""Run folders: their layout, and the one reader that everything after training uses.
+
+One run, one folder (``<output_dir>/runs/<name>-<hash>``, see ``sst.runs.identity``)::
+
+    config.json            the fully resolved config (plain JSON, group choices included)
+    metrics.jsonl          one record per line: step, epoch, train and test metrics
+    summary.json           written when the run finishes ("finished": true)
+    checkpoints/last.pt    model, optimizer, sparsity state (top-level key "sparsity"),
+                           model_meta (what rebuilds the model without the dataset), RNG, step
+    train.log, wandb/       console log, the W&B run
+    .lock                  held while a process trains the run (``sst.runs.lock``)
+
+``RunFolder`` reads the light files (config, summary, metrics) for tables;
+``sst.runs.load.load_run`` also rebuilds the trained model with its masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .jsonl import read_jsonl
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT = Path("checkpoints") / "last.pt"  # the one place that names it; prev.pt beside it
+
+FINISHED, UNFINISHED, EMPTY = "finished", "unfinished", "empty"
+
+
+class RunFolder:
+    """A run folder's files, read on demand."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The resolved config (``config.json``); a folder without one raises."""
+        path = self.path / CONFIG_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{self.path} is not an sst run folder: {path} is missing")
+        return json.loads(path.read_text())
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        """``summary.json`` of a finished run, else None."""
+        path = self.path / SUMMARY_FILE
+        if path.exists():
+            summary = json.loads(path.read_text())
+            if summary.get("finished"):
+                return summary
+        return None
+
+    @property
+    def status(self) -> str:
+        """``finished`` (summary written), ``unfinished`` (started: a config or checkpoint
+        but no summary, i.e. running, interrupted or crashed) or ``empty``."""
+        if self.summary is not None:
+            return FINISHED
+        if (self.path / CONFIG_FILE).exists() or self.checkpoint_path.exists():
+            return UNFINISHED
+        return EMPTY
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (a line cut short by a hard kill is skipped)."""
+        return read_jsonl(self.path / METRICS_FILE)
+
+    def checkpoint_sha256(self) -> str:
+        digest = hashlib.sha256()
+        with open(self.checkpoint_path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``summary.json`` if the run finished, else None."""
+    return RunFolder(run_dir).summary
