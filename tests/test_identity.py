@@ -3,9 +3,12 @@ later settings, and misspelled keys on the command line and in presets."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from hydra.utils import get_object
 from runs import QUICK, compose_run, compose_with_hydra, hydra_conf_single_thread
 
 import sst.runs.identity as identity
@@ -116,3 +119,30 @@ def test_a_misspelled_key_in_a_preset_fails_before_the_first_step(tmp_path):
     ):
         build(cfg, run_dir, choices)
     assert not run_dir.exists()
+
+
+@uses_hydra
+def test_moving_a_target_keeps_the_identity(monkeypatch):
+    """A module move changes ``_target_`` in conf/ and the entry in ``identity.TARGETS``;
+    the run keeps its folder."""
+    stable = str(compose_with_hydra([]).lr_schedule._target_)
+    moved = "sst.schedules.learning_rate." + stable.rsplit(".", 1)[1]
+    monkeypatch.setitem(identity.TARGETS, stable, moved)
+    assert folder([f"lr_schedule._target_={moved}"]) == PINNED[0][1]
+    # without the entry, the moved path is a different run (and the old path still counts)
+    monkeypatch.setitem(identity.TARGETS, stable, stable)
+    assert folder([f"lr_schedule._target_={moved}"]) != PINNED[0][1]
+    assert folder([]) == PINNED[0][1]
+
+
+def test_every_target_of_sst_in_conf_has_a_stable_name():
+    """A moved module whose new path is not in ``identity.TARGETS`` would move every
+    finished run that used it: each sst ``_target_`` in conf/ must be an entry's current
+    path, and import."""
+    found = set()
+    for path in Path(CONFIG_DIR).rglob("*.yaml"):
+        found |= set(re.findall(r"_target_:\s*(sst\.[\w.]+)", path.read_text()))
+    current = set(identity.TARGETS.values())
+    assert found <= current, f"add {sorted(found - current)} to sst.runs.identity.TARGETS"
+    for target in current:
+        get_object(target)

@@ -9,7 +9,9 @@ canonical JSON of the run's result-changing config groups with
 - the settings named in ``AS_WRITTEN`` taken as written, not as resolved: a data root set
   through an environment variable (``${oc.env:SST_DATA,data}/cifar10``) is the same run
   wherever the variable points, a root written out names the data;
-- the settings named in ``NEUTRAL`` left out while they hold their neutral value.
+- the settings named in ``NEUTRAL`` left out while they hold their neutral value;
+- every ``_target_`` of sst's own code counted by its stable name in ``TARGETS``, not by the
+  module path it has today, so that moving code never moves a finished run's folder.
 
 The number of processes (DDP world size) is not a setting: ``trainer.batch_size`` is the
 global batch, so a run resumed on another number of GPUs is the same run in the same folder.
@@ -61,7 +63,46 @@ NEUTRAL: dict[str, Any] = {
     "trainer.sync_batchnorm": False,
 }
 
-_MISSING = object()
+# Stable name of a target -> where the code lives now. The stable name is the path the target
+# had when runs were first made with it, and it is what the identity hashes. When code moves,
+# change the right-hand side only (and the ``_target_`` in conf/): finished runs keep their
+# folders. Targets outside sst (``torch.optim.SGD``) count as written.
+TARGETS: dict[str, str] = {
+    "sst.data.cifar10": "sst.data.cifar10",
+    "sst.data.cifar100": "sst.data.cifar100",
+    "sst.data.digits": "sst.data.digits",
+    "sst.data.imagefolder": "sst.data.imagefolder",
+    "sst.data.imagenet": "sst.data.imagenet",
+    "sst.data.synthetic": "sst.data.synthetic",
+    "sst.lr_schedules.constant": "sst.lr_schedules.constant",
+    "sst.lr_schedules.cosine": "sst.lr_schedules.cosine",
+    "sst.lr_schedules.multistep": "sst.lr_schedules.multistep",
+    "sst.lr_schedules.step_decay": "sst.lr_schedules.step_decay",
+    "sst.models.mlp": "sst.models.mlp",
+    "sst.models.resnet18_cifar": "sst.models.resnet18_cifar",
+    "sst.models.resnet50": "sst.models.resnet50",
+    "sst.models.resnet_cifar": "sst.models.resnet_cifar",
+    "sst.models.vit_b_16": "sst.models.vit_b_16",
+    "sst.models.wide_resnet": "sst.models.wide_resnet",
+    "sst.sparsity.Dense": "sst.sparsity.Dense",
+    "sst.sparsity.GMP": "sst.sparsity.GMP",
+    "sst.sparsity.LRRewinding": "sst.sparsity.LRRewinding",
+    "sst.sparsity.OneShot": "sst.sparsity.OneShot",
+    "sst.sparsity.RigL": "sst.sparsity.RigL",
+    "sst.sparsity.SET": "sst.sparsity.SET",
+    "sst.sparsity.SRigL": "sst.sparsity.SRigL",
+    "sst.sparsity.Static": "sst.sparsity.Static",
+    "sst.sparsity.TargetedDropout": "sst.sparsity.TargetedDropout",
+}
+
+
+def stable_target(path: str) -> str:
+    """The name a ``_target_`` counts by in the identity: its stable name in ``TARGETS``
+    when it is where an entry says the code lives now, else the path as written."""
+    for name, current in TARGETS.items():
+        if current == path:
+            return name
+    return path
 
 
 def _canonical(node: Any, written: Any, path: str) -> Any:
@@ -77,6 +118,8 @@ def _canonical(node: Any, written: Any, path: str) -> Any:
                 continue
             if child in AS_WRITTEN:
                 out[key] = written.get(key, value)
+            elif key == "_target_" and isinstance(value, str):
+                out[key] = stable_target(value)
             else:
                 out[key] = _canonical(value, written.get(key), child)
         return out
