@@ -15,7 +15,6 @@ signal before acting on it.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,12 +27,13 @@ from sst import dist
 from sst.runs.folder import RunFolder
 from sst.runs.runlog import RunLog, SilentRunLog
 from sst.sparsity.layers import unwrap
-from sst.sparsity.stages import Stage, check_stages, stage_at
+from sst.sparsity.stages import Stage
 
 from . import cadence, rng
 from .checkpointer import Checkpointer
 from .evaluation import evaluate
 from .hooks import Hook
+from .position import Position
 from .precision import Precision
 from .records import Records
 from .settings import TrainerSettings
@@ -80,10 +80,7 @@ class Loop:
         self.num_classes = num_classes
         self.settings = settings
         self.device = device
-        self.steps_per_epoch = steps_per_epoch
-        self.stages = list(stages)
-        check_stages(self.stages)
-        self.total_steps = self.stages[-1].end
+        self.position = Position(list(stages), steps_per_epoch)
         self.hooks = list(hooks)
         self.run_info = run_info or {}
         self.model_meta = model_meta or {}
@@ -97,31 +94,14 @@ class Loop:
         folder = RunFolder(run_dir).checkpoint_path if run_dir is not None else None
         self.checkpointer = Checkpointer(folder)
         self.signals = StopSignals()
-        self.step = self.epoch = self.step_in_epoch = 0
-        self.stage_started = -1  # index of the last stage whose start hooks ran
         self.elapsed = 0.0  # seconds trained by earlier launches of the run
         self._start = time.perf_counter()
         self._lr = 0.0
 
-    # ----------------------------------------------------------------- position
     @property
-    def stage(self) -> Stage:
-        """The stage of the step about to be taken."""
-        return stage_at(self.stages, self.step)
-
-    def stage_at_last_step(self) -> Stage:
-        """The stage of the step just taken; once a last stage without steps has started,
-        that stage."""
-        last = self.stages[-1]
-        if last.steps == 0 and self.stage_started >= last.index:
-            return last
-        return stage_at(self.stages, max(self.step - 1, 0))
-
-    def _epoch_float(self) -> float:
-        return self.epoch + self.step_in_epoch / self.steps_per_epoch
-
-    def _stage_fields(self) -> dict[str, float]:
-        return {"stage": self.stage_at_last_step().index} if len(self.stages) > 1 else {}
+    def step(self) -> int:
+        """Optimizer steps taken."""
+        return self.position.step
 
     # ----------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -136,10 +116,7 @@ class Loop:
             "scaler": self.precision.state_dict(),
             "hooks": hooks,
             "rng": rng.rng_state(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "stage_started": self.stage_started,
+            **self.position.state_dict(),
             **self.records.state_dict(),
             "elapsed": self.elapsed + time.perf_counter() - self._start,
             "loss_window": self.losses.state_dict(),
@@ -154,9 +131,7 @@ class Loop:
         for hook in self.hooks:
             hook.load_state_dict(hooks[hook.name])
         rng.set_rng_state(state["rng"])  # RNG states stay CPU tensors
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.step_in_epoch = state["step_in_epoch"]
-        self.stage_started = state["stage_started"]
+        self.position.load_state_dict(state)
         self.records.load_state_dict(state)
         self.elapsed = state["elapsed"]
         self.losses.load_state_dict(state["loss_window"])
@@ -178,7 +153,7 @@ class Loop:
         self.checkpointer.saved_step = self.step
         if self.run_log is not None and dist.is_main():
             self.run_log.resume_at(self.step)
-        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.position.epoch)
         return True
 
     # ----------------------------------------------------------------- records
@@ -193,11 +168,11 @@ class Loop:
         metrics."""
         self.losses.check_finite(self.step, self.checkpointer.saved_step)
         record = {"train/loss": self.losses.mean_over_ranks(), "train/lr": self._lr}
-        record.update(self._stage_fields())
+        record.update(self.position.stage_fields())
         for hook in self.hooks:
             record.update(hook.train_metrics())
         record.update(self._hook_metrics())
-        self.records.train(record, step=self.step, epoch=self._epoch_float())
+        self.records.train(record, step=self.step, epoch=self.position.epoch_float())
 
     def evaluate_and_record(self, stage_end: bool = False) -> None:
         """Test metrics now; at a stage's end of a multi-stage run also its row."""
@@ -211,59 +186,52 @@ class Loop:
             self.settings.channels_last,
         )
         hooks = self._hook_metrics()
-        extra = {**self._stage_fields(), **hooks}
-        self.records.evaluation(metrics, extra, step=self.step, epoch=self._epoch_float())
-        if stage_end and len(self.stages) > 1:
-            stage = self.stage_at_last_step()
+        extra = {**self.position.stage_fields(), **hooks}
+        self.records.evaluation(metrics, extra, step=self.step, epoch=self.position.epoch_float())
+        if stage_end and len(self.position.stages) > 1:
+            stage = self.position.stage_at_last_step()
             masked = hooks.get("sparsity/masked_layers")
             self.records.stage_end(stage.index, stage.label, self.step, masked)
 
     # ----------------------------------------------------------------- the run
     def _micro_batches(self) -> Iterator:
         """Micro-batches from the current position on, epoch after epoch."""
-        accumulation = self.settings.grad_accumulation
-        total_epochs = sum(math.ceil(s.steps / self.steps_per_epoch) for s in self.stages)
+        position = self.position
         while True:
-            self.train_loader.set_epoch(self.epoch, skip_batches=self.step_in_epoch * accumulation)
-            self.records.describe_epoch(self.epoch, total_epochs)
-            epoch = self.epoch
+            skip = position.step_in_epoch * self.settings.grad_accumulation
+            self.train_loader.set_epoch(position.epoch, skip_batches=skip)
+            self.records.describe_epoch(position.epoch, position.total_epochs())
+            epoch = position.epoch
             for batch in self.train_loader:
                 yield batch
-                if self.epoch != epoch:  # the epoch closed early (a stage ended)
+                if position.epoch != epoch:  # the epoch closed early (a stage ended)
                     break
 
     def _start_stage_if_due(self) -> None:
-        stage = self.stage
-        if self.stage_started < stage.index:
+        stage = self.position.stage
+        if self.position.stage_started < stage.index:
             for hook in self.hooks:
                 hook.on_stage_start(stage)
-            self.stage_started = stage.index
+            self.position.stage_started = stage.index
 
     def _one_step(self, micro_batches: Iterator) -> None:
         """A step and the duties it makes due (``sst.engine.cadence``)."""
+        position, settings = self.position, self.settings
         self._start_stage_if_due()
-        self._lr = self.train_step.set_lr(self.lr_multiplier(self.stage.schedule_step(self.step)))
+        factor = self.lr_multiplier(position.stage.schedule_step(position.step))
+        self._lr = self.train_step.set_lr(factor)
         self.train_step(micro_batches)
-        self.step += 1
-        self.step_in_epoch += 1
+        boundary = position.advance()
         self.records.advance()
-        boundary = cadence.boundary_after(
-            self.step,
-            self.step_in_epoch,
-            self.steps_per_epoch,
-            self.stage_at_last_step().end,
-            self.total_steps,
-        )
         if boundary.epoch:
             for hook in self.hooks:
-                hook.on_epoch_end(self.epoch)
-            self.epoch += 1
-            self.step_in_epoch = 0
-        if cadence.train_record_due(self.step, self.settings.log_every):
+                hook.on_epoch_end(position.epoch)
+            position.close_epoch()
+        if cadence.train_record_due(position.step, settings.log_every):
             self.record_train()
-        if cadence.epoch_duty_due(boundary, self.epoch, self.settings.eval_every_epochs):
+        if cadence.epoch_duty_due(boundary, position.epoch, settings.eval_every_epochs):
             self.evaluate_and_record(stage_end=boundary.stage)
-        if cadence.epoch_duty_due(boundary, self.epoch, self.settings.checkpoint_every_epochs):
+        if cadence.epoch_duty_due(boundary, position.epoch, settings.checkpoint_every_epochs):
             self.save_checkpoint()
         self._stop_if_signalled()
 
@@ -287,11 +255,11 @@ class Loop:
         self.resume()
         dist.check_same("the step to start from", self.step)
         self.model.train()
-        self.records.open_progress(self.total_steps, self.step)
+        self.records.open_progress(self.position.total_steps, self.step)
         try:
             with self.signals.installed():
                 micro_batches = self._micro_batches()
-                while self.step < self.total_steps:
+                while self.step < self.position.total_steps:
                     self._one_step(micro_batches)
                 self._run_stage_without_steps()
             self.signals.close()
@@ -306,8 +274,8 @@ class Loop:
         """A last stage with no steps starts after the last step (its hooks may change the
         model, e.g. a final prune) and ends at once: evaluated and checkpointed like any
         stage end."""
-        last = self.stages[-1]
-        if last.steps == 0 and self.stage_started < last.index:
+        last = self.position.stages[-1]
+        if last.steps == 0 and self.position.stage_started < last.index:
             self._start_stage_if_due()
             self.evaluate_and_record(stage_end=True)
             self.save_checkpoint()
@@ -317,8 +285,8 @@ class Loop:
             **self.run_info,
             "finished": True,
             "steps": self.step,
-            "epochs": self.epoch,
-            **self.records.results(multi_stage=len(self.stages) > 1),
+            "epochs": self.position.epoch,
+            **self.records.results(multi_stage=len(self.position.stages) > 1),
             "wall_time_s": self.elapsed + time.perf_counter() - self._start,
         }
         for hook in self.hooks:
