@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from sst.sparsity.layers import unwrap
 
@@ -226,6 +226,71 @@ def _capture_inputs(model: nn.Module, names: list[str], example_input: Tensor) -
     return seen
 
 
+def _masked_copy(
+    model: nn.Module, masks: Mapping[str, Tensor] | None
+) -> tuple[nn.Module, dict[str, Tensor]]:
+    """An eval-mode copy of ``model`` with its masks applied to the weights, and the masks."""
+    model = copy.deepcopy(unwrap(model)).eval()
+    masks = layer_masks(model, masks)
+    layers = weight_layers(model)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            layers[name].weight.mul_(mask)
+    return model, masks
+
+
+def _graph_surgery(
+    model: nn.Module, masks: Mapping[str, Tensor], fold_bn: bool, remove_ablated: bool
+) -> tuple[nn.Module, list[str], dict[str, surgery.Removal]]:
+    """The model traced by torch.fx with BatchNorms folded and ablated neurons removed, the
+    folded convs and the removals; the model itself when it cannot be traced."""
+    try:
+        target = surgery.trace(model)
+    except Exception as error:  # fx raises many types for untraceable forwards
+        warnings.warn(
+            f"torch.fx cannot trace {type(model).__name__} ({error}); layers are condensed "
+            f"in place without BN folding or neuron removal, and save() will refuse the model",
+            stacklevel=3,
+        )
+        return model, [], {}
+    folded = surgery.fold_batchnorms(target) if fold_bn else []
+    removed = surgery.remove_ablated(target, masks) if remove_ablated else {}
+    return target, folded, removed
+
+
+def _export_layer(
+    name: str,
+    layer: nn.Module,
+    mask: Tensor,
+    kind: tuple[str, tuple[int, int] | None],
+    ragged: bool,
+    formats: str,
+    dtype: torch.dtype,
+    example: Tensor | None,
+) -> tuple[nn.Module, LayerExport]:
+    """The fastest of a layer's candidate forms on its captured input (``example``), else
+    the rule's choice; and the report row."""
+    kind_name, nm = kind
+    if nm is not None and nm_pattern(mask) != nm:
+        nm = None  # surgery removed inputs: no longer N:M, still condensed
+    options = _candidates(name, layer, mask, kind_name, nm, ragged, formats, dtype)
+    density = float(mask.float().mean()) if mask.numel() else 1.0
+    timings: dict[str, float] = {}
+    built: dict[str, nn.Module] = {}
+    if example is not None and len(options) > 1:
+        built = {label: build() for label, build in options.items()}
+        timings = {k: v * 1e6 for k, v in time_modules(built, example).items()}
+        choice = min(timings, key=timings.__getitem__)
+    else:
+        choice = _rule(options, density)
+    if choice == "condensed:auto":
+        module = options["condensed:direct"]()
+        module.mode = "auto"
+    else:
+        module = built.get(choice) or options[choice]()
+    return module, LayerExport(name, kind_name, choice, density, nm, timings)
+
+
 def condense_with_report(
     model: nn.Module,
     masks: Mapping[str, Tensor] | None = None,
@@ -240,58 +305,21 @@ def condense_with_report(
     if formats not in FORMATS:
         raise ValueError(f"formats={formats!r} is unknown: allowed values are {FORMATS}")
     dtype = value_dtype(dtype)
-    model = copy.deepcopy(unwrap(model)).eval()
-    masks = layer_masks(model, masks)
-    layers = weight_layers(model)
-    with torch.no_grad():
-        for name, mask in masks.items():
-            layers[name].weight.mul_(mask)
+    model, masks = _masked_copy(model, masks)
     kinds = {name: classify(mask) for name, mask in masks.items()}
-
-    target: nn.Module = model
-    folded: list[str] = []
-    removed: dict[str, surgery.Removal] = {}
-    try:
-        target = surgery.trace(model)
-    except Exception as error:  # fx raises many types for untraceable forwards
-        warnings.warn(
-            f"torch.fx cannot trace {type(model).__name__} ({error}); layers are condensed "
-            f"in place without BN folding or neuron removal, and save() will refuse the model",
-            stacklevel=2,
-        )
-    if isinstance(target, fx.GraphModule):
-        if fold_bn:
-            folded = surgery.fold_batchnorms(target)
-        if remove_ablated:
-            removed = surgery.remove_ablated(target, masks)
+    target, folded, removed = _graph_surgery(model, masks, fold_bn, remove_ablated)
     ragged = {r.consumer for r in removed.values() if r.removed}
-
     names = [n for n in masks if kinds[n][0] != "dense" or n in ragged]
     inputs = _capture_inputs(target, names, example_input) if example_input is not None else {}
     report = []
     for name, mask in masks.items():
-        kind, nm = kinds[name]
         layer = target.get_submodule(name)
-        if nm is not None and nm_pattern(mask) != nm:
-            nm = None  # surgery removed inputs: no longer N:M, still condensed
-        options = _candidates(name, layer, mask, kind, nm, name in ragged, formats, dtype)
-        density = float(mask.float().mean()) if mask.numel() else 1.0
-        timings: dict[str, float] = {}
-        built: dict[str, nn.Module] = {}
-        if name in inputs and len(options) > 1:
-            built = {label: build() for label, build in options.items()}
-            timings = {k: v * 1e6 for k, v in time_modules(built, inputs[name]).items()}
-            choice = min(timings, key=timings.__getitem__)
-        else:
-            choice = _rule(options, density)
-        if choice == "condensed:auto":
-            module = options["condensed:direct"]()
-            module.mode = "auto"
-        else:
-            module = built.get(choice) or options[choice]()
+        module, row = _export_layer(
+            name, layer, mask, kinds[name], name in ragged, formats, dtype, inputs.get(name)
+        )
         if module is not layer:
             surgery.set_submodule(target, name, module)
-        report.append(LayerExport(name, kind, choice, density, nm, timings))
+        report.append(row)
     return target, report, removed, folded
 
 

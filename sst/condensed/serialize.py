@@ -273,6 +273,30 @@ def _nm_decode(values: Tensor, metadata: Tensor, spec: dict[str, Any]) -> Tensor
 
 
 # ------------------------------------------------------------------------------ save/load
+def _module_tensors(module: nn.Module, compress: bool) -> tuple[dict[str, Tensor], dict | None]:
+    """A module's tensors to store, and how its indices are encoded (None: as they are). A
+    condensed N:M layer stores 2-bit-style metadata instead of indices; ``compress``
+    delta-codes the indices of the other condensed layers."""
+    state = {k: v for k, v in module.state_dict().items() if v is not None}
+    if not isinstance(module, (CondensedLinear, CondensedConv2d)):
+        return state, None
+    packed = _nm_encode(module) if module.nm else None
+    if packed is not None:
+        state["values"], state["nm_metadata"] = packed
+        del state["indices"]
+        return state, {"codec": "nm"}
+    if not compress:
+        return state, None
+    blob = codec.encode_indices(module.indices)
+    state["indices"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    encoding = {
+        "codec": "zdelta",
+        "dtype": str(module.indices.dtype).removeprefix("torch."),
+        "shape": list(module.indices.shape),
+    }
+    return state, encoding
+
+
 def save(
     model: nn.Module, path: str | Path, *, compress: bool = False, metadata: dict | None = None
 ) -> None:
@@ -298,21 +322,9 @@ def save(
         if node.op == "call_module" and target not in modules:
             module = model.get_submodule(target)
             modules[target] = _module_spec(target, module)
-            state = {k: v for k, v in module.state_dict().items() if v is not None}
-            if isinstance(module, (CondensedLinear, CondensedConv2d)):
-                packed = _nm_encode(module) if module.nm else None
-                if packed is not None:
-                    state["values"], state["nm_metadata"] = packed
-                    del state["indices"]
-                    encodings[f"{target}.indices"] = {"codec": "nm"}
-                elif compress:
-                    blob = codec.encode_indices(module.indices)
-                    state["indices"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-                    encodings[f"{target}.indices"] = {
-                        "codec": "zdelta",
-                        "dtype": str(module.indices.dtype).removeprefix("torch."),
-                        "shape": list(module.indices.shape),
-                    }
+            state, encoding = _module_tensors(module, compress)
+            if encoding is not None:
+                encodings[f"{target}.indices"] = encoding
             for key, tensor in state.items():
                 tensors[f"{target}.{key}"] = tensor.detach().cpu().contiguous()
         elif node.op == "get_attr" and target not in attrs:

@@ -222,6 +222,74 @@ def _padded(conv: nn.Conv2d) -> bool:
     return any(p > 0 for p in conv.padding)
 
 
+def _delivered_constant(gm: fx.GraphModule, producer: nn.Module, chain, rows: int) -> Tensor:
+    """The constant each output channel of ``producer`` delivers to its consumer once its
+    weights are zero: the chain (BatchNorm, activation, ...) applied to the bias."""
+    bias = producer.bias.detach() if producer.bias is not None else None
+    device = producer.weight.device
+    value = torch.zeros(rows, device=device) if bias is None else bias.clone()
+    value = value.view(1, -1, 1, 1) if isinstance(producer, nn.Conv2d) else value.view(1, -1)
+    with torch.no_grad():
+        for link in chain:
+            value = _apply(gm, link, value)
+    return value.flatten()
+
+
+def _folded_bias(consumer: nn.Module, removable: Tensor, constant: Tensor) -> Tensor | None:
+    """What the removed channels' constants add to the consumer's bias (None if nothing)."""
+    w = consumer.weight.detach()
+    removed_w = w[:, removable]
+    c = constant[removable].to(w.dtype)
+    if isinstance(consumer, nn.Linear):
+        bias_add = removed_w @ c
+    else:
+        bias_add = (removed_w * c.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+    return bias_add if bool(bias_add.any()) else None
+
+
+def _remove_channels(gm, node, chain, consumer_node, keep: Tensor, bias_add, masks) -> None:
+    """Slices the producer's rows, the chain's BatchNorms and the consumer's inputs to
+    ``keep``, and the masks with them."""
+    set_submodule(gm, node.target, _slice_rows(gm.get_submodule(node.target), keep))
+    for link in chain:
+        module = _module(gm, link)
+        if isinstance(module, BATCHNORMS):
+            set_submodule(gm, link.target, _slice_batchnorm(module, keep))
+    consumer = gm.get_submodule(consumer_node.target)
+    set_submodule(gm, consumer_node.target, _slice_inputs(consumer, keep, bias_add))
+    masks[node.target] = masks[node.target][keep]
+    if consumer_node.target in masks:
+        masks[consumer_node.target] = masks[consumer_node.target][:, keep]
+
+
+def _remove_at(gm: fx.GraphModule, node, masks: dict[str, Tensor]) -> Removal | None:
+    """Removes the ablated neurons of one producer node where the graph allows it."""
+    producer = gm.get_submodule(node.target)
+    if not isinstance(producer, (nn.Linear, nn.Conv2d)):
+        return None
+    mask = masks[node.target].bool()
+    dead = ~mask.reshape(mask.shape[0], -1).any(dim=1)
+    found = _chain(gm, node) if bool(dead.any()) else None
+    if found is None:
+        return None
+    chain, consumer_node = found
+    consumer = gm.get_submodule(consumer_node.target)
+    constant = _delivered_constant(gm, producer, chain, mask.shape[0])
+    removable = dead.clone()
+    if isinstance(consumer, nn.Conv2d) and _padded(consumer):
+        removable &= constant == 0
+    if not bool(removable.any()):
+        return Removal(consumer_node.target, 0, int(dead.sum()))
+    bias_add = _folded_bias(consumer, removable, constant)
+    _remove_channels(gm, node, chain, consumer_node, ~removable, bias_add, masks)
+    return Removal(
+        consumer_node.target,
+        int(removable.sum()),
+        int((dead & ~removable).sum()),
+        [str(link.target) for link in chain],
+    )
+
+
 def remove_ablated(gm: fx.GraphModule, masks: dict[str, Tensor]) -> dict[str, Removal]:
     """Removes ablated output neurons (all-zero mask rows) where the graph allows it (see the
     module docstring); updates ``masks`` (rows of producers, columns of consumers) in place.
@@ -230,57 +298,9 @@ def remove_ablated(gm: fx.GraphModule, masks: dict[str, Tensor]) -> dict[str, Re
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or node.target not in masks:
             continue
-        producer = gm.get_submodule(node.target)
-        if not isinstance(producer, (nn.Linear, nn.Conv2d)):
-            continue
-        mask = masks[node.target].bool()
-        dead = ~mask.reshape(mask.shape[0], -1).any(dim=1)
-        if not bool(dead.any()):
-            continue
-        found = _chain(gm, node)
-        if found is None:
-            continue
-        chain, consumer_node = found
-        consumer = gm.get_submodule(consumer_node.target)
-        # The constant each channel delivers to the consumer: the chain applied to the bias.
-        bias = producer.bias.detach() if producer.bias is not None else None
-        value = torch.zeros(mask.shape[0], device=mask.device) if bias is None else bias.clone()
-        value = value.view(1, -1, 1, 1) if isinstance(producer, nn.Conv2d) else value.view(1, -1)
-        with torch.no_grad():
-            for link in chain:
-                value = _apply(gm, link, value)
-        constant = value.flatten()
-        removable = dead.clone()
-        if isinstance(consumer, nn.Conv2d) and _padded(consumer):
-            removable &= constant == 0
-        keep = ~removable
-        if not bool(removable.any()):
-            done[node.target] = Removal(consumer_node.target, 0, int(dead.sum()))
-            continue
-        w = consumer.weight.detach()
-        removed_w = w[:, removable]
-        c = constant[removable].to(w.dtype)
-        if isinstance(consumer, nn.Linear):
-            bias_add = removed_w @ c
-        else:
-            bias_add = (removed_w * c.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
-        if not bool(bias_add.any()):
-            bias_add = None
-        set_submodule(gm, node.target, _slice_rows(producer, keep))
-        for link in chain:
-            module = _module(gm, link)
-            if isinstance(module, BATCHNORMS):
-                set_submodule(gm, link.target, _slice_batchnorm(module, keep))
-        set_submodule(gm, consumer_node.target, _slice_inputs(consumer, keep, bias_add))
-        masks[node.target] = masks[node.target][keep]
-        if consumer_node.target in masks:
-            masks[consumer_node.target] = masks[consumer_node.target][:, keep]
-        done[node.target] = Removal(
-            consumer_node.target,
-            int(removable.sum()),
-            int((dead & ~removable).sum()),
-            [str(link.target) for link in chain],
-        )
+        removal = _remove_at(gm, node, masks)
+        if removal is not None:
+            done[node.target] = removal
     gm.recompile()
     return done
 
