@@ -22,7 +22,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 @pytest.fixture
 def study(tmp_path: Path) -> Path:
     """3 seeds of SRigL and 2 of RigL at 90%, 1 SRigL seed at 99%, one unfinished run, one
-    run that crashed before writing anything but Hydra's record, and a stray file."""
+    run that crashed before writing anything but its train.log, and a stray file."""
     root = tmp_path / "runs"
     for seed, acc in enumerate([90.0, 92.0, 94.0]):
         make_run(root, seed=seed, acc=acc, flops=0.1 + seed * 0.01)
@@ -30,7 +30,8 @@ def study(tmp_path: Path) -> Path:
         make_run(root, method="rigl", seed=seed, acc=acc)
     make_run(root, density=0.01, acc=70.0)
     make_run(root, density=0.01, seed=1, acc=None, last_step=7)
-    (root / "crashed" / ".hydra").mkdir(parents=True)
+    (root / "crashed").mkdir(parents=True)
+    (root / "crashed" / "train.log").write_text("")
     (root / "notes.txt").write_text("not a run")
     return root
 

@@ -27,6 +27,7 @@ from .jsonl import read_jsonl
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"  # Hydra's job log (conf/config.yaml), written from the job's start
 CHECKPOINT = Path("checkpoints") / "last.pt"  # the one place that names it; prev.pt beside it
 
 FINISHED, UNFINISHED, EMPTY = "finished", "unfinished", "empty"

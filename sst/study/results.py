@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sst.runs.folder import CHECKPOINT, CONFIG_FILE, FINISHED, SUMMARY_FILE, RunFolder
+from sst.runs.folder import CHECKPOINT, CONFIG_FILE, FINISHED, LOG_FILE, SUMMARY_FILE, RunFolder
 from sst.runs.identity import IDENTITY_KEYS, NOT_IDENTITY
 
 DEFAULT_RUNS = "outputs/runs"
@@ -88,9 +88,9 @@ def lookup(tree: dict[str, Any], dotted: str, default: Any = None) -> Any:
 
 # ----------------------------------------------------------------------------- collecting
 def is_run_folder(path: Path) -> bool:
-    """A folder sst-train (or Hydra for it) wrote into: config, summary, checkpoint or the
-    ``.hydra`` record a job leaves even when it crashed before training."""
-    return any((path / name).exists() for name in (CONFIG_FILE, SUMMARY_FILE, CHECKPOINT, ".hydra"))
+    """A folder sst-train wrote into: config, summary, checkpoint, or the ``train.log`` a
+    job leaves even when it crashed before training."""
+    return any((path / name).exists() for name in (CONFIG_FILE, SUMMARY_FILE, CHECKPOINT, LOG_FILE))
 
 
 def find_run_folders(paths: Iterable[str | Path]) -> list[Path]:
