@@ -54,7 +54,7 @@ datasets=(digits)
   # SRigL's neuron ablation at 99% sparsity: one run's active neurons and mask
   run_99=$(python - "$RUNS" <<'PY'
 import sys
-from sst.results import collect
+from sst.study.results import collect
 for run in collect([sys.argv[1]]).runs:
     cell = [run.value(k) for k in ("dataset", "method", "density", "sparsity.gamma_sal", "seed")]
     if cell == ["digits", "srigl", 0.01, 0.3, 0]:

@@ -94,7 +94,7 @@ class InterruptAt(Hook):
 
 
 def run_with(monkeypatch, cfg: DictConfig, run_dir: Path, choices: dict, hooks=()) -> dict:
-    """``sst.train.run`` with ``hooks`` appended to the loop that ``build`` returns."""
+    """``sst.launch.run.run`` with ``hooks`` appended to the loop that ``build`` returns."""
 
     def build_with_hooks(*args, **kwargs):
         loop = build(*args, **kwargs)

@@ -112,7 +112,7 @@ def sweep_cells(name: str) -> list[list[str]]:
 
 
 def plan(cfg: DictConfig, dataset_size: int) -> tuple[int, int]:
-    """(optimizer steps per epoch, total steps), computed as sst.build does: micro-batches
+    """(optimizer steps per epoch, total steps), computed as sst.launch.build does: micro-batches
     with drop_last, grouped by grad_accumulation."""
     micro = cfg.trainer.batch_size // cfg.trainer.grad_accumulation
     return step_plan(dataset_size // micro, trainer_settings(cfg.trainer))

@@ -40,7 +40,7 @@ class DistillSettings:
     """``conf/distill/*.yaml``."""
 
     enabled: bool
-    teacher_run: str | list[str] | None = None  # a run folder, or overrides (sst.teacher)
+    teacher_run: str | list[str] | None = None  # a run folder, or overrides (sst.launch.teacher)
     temperature: float = 4.0
     weight: float = 0.9
 
