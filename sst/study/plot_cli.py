@@ -2,6 +2,7 @@
 
 sst-plot accuracy outputs/runs -o figures/acc                  # accuracy vs sparsity per method
 sst-plot accuracy outputs/runs --by sparsity.gamma_sal -o figures/gamma
+sst-plot accuracy outputs/runs --ci -o figures/acc_ci          # 95% confidence bands
 sst-plot layers RUN_ERK RUN_UNIFORM -o figures/layers          # per-layer density
 sst-plot neurons RUN -o figures/neurons                        # SRigL active neurons over steps
 sst-plot curves RUN [RUN ...] -o figures/curves                # train loss and test accuracy
@@ -39,6 +40,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     acc.add_argument("--by", nargs="+", default=[], metavar="KEY", help="more series keys")
     acc.add_argument("--metric", choices=sorted(METRICS), default="final")
     acc.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE", help="keep only")
+    acc.add_argument(
+        "--ci",
+        action="store_true",
+        help="95%% confidence bands of the mean (Student's t over seeds) in place of ±1 std",
+    )
     layers = command("layers", "per-layer density of runs", "run folders")
     layers.add_argument("--labels", nargs="+", help="legend labels, one per run")
     command("neurons", "active neurons per layer over training", "a run folder")
@@ -58,7 +64,7 @@ def make_figure(args: argparse.Namespace):
         groups = aggregate(found.runs, keys, metric=args.metric)
         series = [k for k in keys if k != "sparsity" and len({repr(g.key[k]) for g in groups}) > 1]
         return plots.accuracy_vs_sparsity(
-            groups, series_keys=series or ["method"], metric=args.metric
+            groups, series_keys=series or ["method"], metric=args.metric, ci=args.ci
         )
     if args.command == "layers":
         return plots.layer_densities([read_run(r) for r in args.runs], args.labels)

@@ -2,7 +2,8 @@
 written as PNG and PDF from the same data.
 
 - ``accuracy_vs_sparsity``: mean test accuracy over seeds per method, the seed spread as a
-  band (one standard deviation) and error bar; the x axis is the density 1 - s on a log
+  band (one standard deviation) and error bar, or with ``ci=True`` the 95% confidence
+  interval of the mean (Student's t over the seeds); the x axis is the density 1 - s on a log
   scale, reversed, labelled by sparsity (90%, 99%, ...), as the RigL and SRigL papers draw
   high sparsities apart. Dense runs are a dashed horizontal line.
 - ``layer_densities``: the per-layer density of one or more runs (``summary.json``
@@ -17,6 +18,7 @@ written as PNG and PDF from the same data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,8 @@ from matplotlib.ticker import FixedLocator, NullLocator
 from sst.runs.checkpoint import load_latest
 from sst.runs.folder import RunFolder
 
-from .results import Group, Run, read_run
+from .compare import t_quantile
+from .results import Group, Run, Stat, read_run
 
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
 FIGURE_FORMATS = ("png", "pdf")
@@ -85,11 +88,51 @@ def _label(values: dict[str, Any]) -> str:
     )
 
 
+def band_half_width(stat: Stat, ci: bool = False) -> float:
+    """Half the height of a point's band and error bar: the sample standard deviation s of
+    its n seeds, or with ``ci`` the 95% confidence interval of the mean,
+    t_{0.975, n-1} · s / sqrt(n) (Student's t); 0 for one seed."""
+    if stat.std is None or stat.n < 2:
+        return 0.0
+    if not ci:
+        return stat.std
+    return t_quantile(0.975, stat.n - 1) * stat.std / math.sqrt(stat.n)
+
+
+def _sparsity_axis(ax: Any, densities: Sequence[float]) -> None:
+    """x: the density on a log axis, reversed (sparser to the right), labelled by sparsity."""
+    ax.set_xscale("log")
+    ax.set_xlim(max(densities) * 1.4, min(densities) / 1.4)
+    ax.xaxis.set_major_locator(FixedLocator(densities))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{100 * (1 - d):.4g}" for d in densities])
+    ax.set_xlabel("sparsity (%), log scale of density 1 - s")
+
+
+def _dense_lines(ax: Any, dense: Sequence[Group]) -> None:
+    for group in dense:
+        ax.axhline(group.accuracy.mean, color="black", linestyle="--", linewidth=0.8)
+        ax.annotate(
+            f"dense (n={group.accuracy.n})",
+            (1.0, group.accuracy.mean),
+            xycoords=("axes fraction", "data"),
+            ha="right",
+            va="bottom",
+            fontsize=6.5,
+        )
+
+
 def accuracy_vs_sparsity(
-    groups: Sequence[Group], *, series_keys: Sequence[str] = ("method",), metric: str = "final"
+    groups: Sequence[Group],
+    *,
+    series_keys: Sequence[str] = ("method",),
+    metric: str = "final",
+    ci: bool = False,
 ) -> Figure:
     """Mean accuracy against sparsity, one series per value of ``series_keys`` (groups from
-    ``sst.results.aggregate``, which must include ``sparsity``)."""
+    ``sst.results.aggregate``, which must include ``sparsity``); the band and error bars are
+    one standard deviation, or with ``ci`` the 95% confidence interval of the mean
+    (``band_half_width``)."""
     series: dict[str, list[Group]] = {}
     dense: list[Group] = []
     for group in groups:
@@ -109,38 +152,24 @@ def accuracy_vs_sparsity(
             members = sorted(members, key=lambda g: g.key["sparsity"])
             x = np.array([1.0 - g.key["sparsity"] for g in members])
             mean = np.array([g.accuracy.mean for g in members])
-            std = np.array([g.accuracy.std or 0.0 for g in members])
+            half = np.array([band_half_width(g.accuracy, ci) for g in members])
             seeds = sorted({g.accuracy.n for g in members})
             n = f"n={seeds[0]}" if len(seeds) == 1 else f"n={min(seeds)}-{max(seeds)}"
             line = ax.errorbar(
                 x,
                 mean,
-                yerr=std,
+                yerr=half,
                 marker=markers[i % len(markers)],
                 capsize=2,
                 label=f"{label} ({n})",
             )
-            ax.fill_between(x, mean - std, mean + std, alpha=0.15, color=line[0].get_color())
-        for group in dense:
-            ax.axhline(group.accuracy.mean, color="black", linestyle="--", linewidth=0.8)
-            ax.annotate(
-                f"dense (n={group.accuracy.n})",
-                (1.0, group.accuracy.mean),
-                xycoords=("axes fraction", "data"),
-                ha="right",
-                va="bottom",
-                fontsize=6.5,
-            )
-        densities = sorted({1.0 - g.key["sparsity"] for s in series.values() for g in s})
-        ax.set_xscale("log")
-        ax.set_xlim(max(densities) * 1.4, min(densities) / 1.4)  # sparser to the right
-        ax.xaxis.set_major_locator(FixedLocator(densities))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticklabels([f"{100 * (1 - d):.4g}" for d in densities])
+            ax.fill_between(x, mean - half, mean + half, alpha=0.15, color=line[0].get_color())
+        _dense_lines(ax, dense)
+        _sparsity_axis(ax, sorted({1.0 - g.key["sparsity"] for s in series.values() for g in s}))
         ax.margins(y=0.12)
-        ax.set_xlabel("sparsity (%), log scale of density 1 - s")
         ax.set_ylabel(f"{metric} test accuracy (%)")
-        ax.legend(loc="lower left", frameon=False)
+        band = "bands: 95% CI of the mean (t)" if ci else "bands: ±1 std over seeds"
+        ax.legend(loc="lower left", frameon=False, title=band, title_fontsize=6.5)
     return fig
 
 
