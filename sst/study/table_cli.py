@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .compare import CompareSpec, compare, parse_compare
 from .papers import Cell, PaperTable, fill, load_paper_table, paper_table_names
-from .results import DEFAULT_KEYS, DEFAULT_RUNS, METRICS, Group, Run, aggregate, gather
-from .tables import FORMATS, mean_std, number, percent, problem_notes, render
+from .results import DEFAULT_KEYS, DEFAULT_RUNS, METRICS, Collection, Group, Run, aggregate, gather
+from .tables import FORMATS, comparison_table, mean_std, number, percent, problem_notes, render
 
 METRIC_LABEL = {"final": "final test acc (%)", "best": "best test acc (%)"}
 
@@ -220,7 +221,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--list-papers", action="store_true", help="list the published tables")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from W&B (online)")
     parser.add_argument("-o", "--output", type=Path, help="write the table to this file")
+    parser.add_argument(
+        "--compare",
+        metavar="KEY=A,B",
+        help="B against A in every group, paired by seed: mean difference, 95%% CI, resolved, "
+        "seeds needed (estimate); KEY is any --by/--where key, e.g. method=rigl,srigl",
+    )
     return parser.parse_args(argv)
+
+
+def compare_option(args: argparse.Namespace) -> CompareSpec | None:
+    """``--compare KEY=A,B`` read (ValueError with a one-line message when malformed)."""
+    if not args.compare:
+        return None
+    if args.paper:
+        raise ValueError("--compare KEY=A,B compares sst's runs: leave out --paper")
+    return parse_compare(args.compare)
+
+
+def comparison_text(args: argparse.Namespace, spec: CompareSpec, found: Collection) -> str:
+    """The ``--compare`` table; ValueError when no run has either value of KEY."""
+    keys = list(dict.fromkeys([*DEFAULT_KEYS, *args.by]))
+    rows = compare(found.runs, spec, keys, metric=args.metric, problems=found.problems)
+    if not rows:
+        raise ValueError(f"no runs with {spec.key}={spec.a} or {spec.key}={spec.b}")
+    return comparison_table(rows, list(rows[0].key), args.metric, args.format, found.problems)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -233,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         table = load_paper_table(args.paper) if args.paper else None
+        spec = compare_option(args)
         found = gather(args.paths, wandb=args.wandb, where=args.where)
     except (ValueError, FileNotFoundError) as error:
         print(f"sst-table: {error}", file=sys.stderr)
@@ -246,9 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in problem_notes(found.problems):
                 print(line, file=sys.stderr)
             return 1
-        keys = list(dict.fromkeys([*DEFAULT_KEYS, *args.by]))
-        groups = aggregate(found.runs, keys, metric=args.metric)
-        text = results_table(groups, keys, args.metric, args.format, found.problems)
+        if spec is not None:
+            try:
+                text = comparison_text(args, spec, found)
+            except ValueError as error:
+                print(f"sst-table: {error}", file=sys.stderr)
+                return 1
+        else:
+            keys = list(dict.fromkeys([*DEFAULT_KEYS, *args.by]))
+            groups = aggregate(found.runs, keys, metric=args.metric)
+            text = results_table(groups, keys, args.metric, args.format, found.problems)
     if args.format == "csv":
         for line in problem_notes(found.problems):
             print(line, file=sys.stderr)
