@@ -15,7 +15,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sst import dist
+from sst import __version__, dist
 from sst.config import CONFIG_DIR, ConfigError, register_resolvers, runtime
 from sst.config.keys import check_command_line
 from sst.engine.signals import Preempted
@@ -43,6 +43,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """``sst-train``: a misspelled setting on the command line fails with its close
     matches before Hydra composes; then Hydra runs the job (or the sweep)."""
+    if "--version" in sys.argv[1:]:  # sst's version, not Hydra's
+        print(f"sst {__version__}")
+        return
     try:
         check_command_line(sys.argv[1:], CONFIG_DIR)
     except ConfigError as error:

@@ -146,3 +146,39 @@ def test_every_target_of_sst_in_conf_has_a_stable_name():
     assert found <= current, f"add {sorted(found - current)} to sst.runs.identity.TARGETS"
     for target in current:
         get_object(target)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["experiment=srigl_resnet18_cifar"], r"Did you mean experiment=srigl_resnet18_cifar10"),
+        (["-m", "experiment=srigl_resnet18_cifar10,nope"], r"experiment=nope is not an option"),
+        (["sparsity=rigll"], r"Did you mean sparsity=rigl"),
+    ],
+)
+def test_an_option_that_does_not_exist_fails_with_close_matches(args, message):
+    with pytest.raises(ConfigError, match=message):
+        check_command_line(args, CONFIG_DIR)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["dataset=imagefolder", "dataset.root=/data/flowers"],  # a mandatory ??? setting
+        ["-sc", "install=bash"],  # Hydra's flag and its value, not an override
+        ["--shell-completion", "install=bash"],
+        ["--cfg", "job", "sparsity=rigl"],
+        ["-m", "sparsity=rigl,srigl", "seed=0,1"],
+    ],
+)
+def test_valid_command_lines_pass_the_check(args):
+    check_command_line(args, CONFIG_DIR)
+
+
+def test_sst_train_version_is_sst_version(capsys, monkeypatch):
+    import sst
+    import sst.train
+
+    monkeypatch.setattr("sys.argv", ["sst-train", "--version"])
+    sst.train.main()
+    assert capsys.readouterr().out.strip() == f"sst {sst.__version__}"

@@ -109,21 +109,54 @@ def check_keys(cfg: DictConfig, schemas: dict[str, Any], top_level: Iterable[str
         check_group_keys(group, cfg[group], fields)
 
 
+def check_group_choice(group: str, option: str, config_dir: str) -> None:
+    """Raises ``ConfigError`` when ``conf/<group>/<option>.yaml`` does not exist, naming the
+    close matches: Hydra quietly composes the default for an unknown option of an
+    ``optional`` group (``experiment``)."""
+    folder = Path(config_dir) / group
+    if not folder.is_dir() or option in ("null", "None"):
+        return
+    options = sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+    if option in options:
+        return
+    close = difflib.get_close_matches(option, options, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(f'{group}={c}' for c in close)}?" if close else ""
+    raise ConfigError(
+        f"{group}={option} is not an option.{hint} The options of {group} are: {', '.join(options)}"
+    )
+
+
+def command_line_overrides(args: list[str]) -> list[str] | None:
+    """The overrides of an ``sst-train`` command line, Hydra's own flags and their values
+    set apart as Hydra's argument parser does; None for a command that runs no job
+    (``--shell-completion``, ``--help``, ``--hydra-help``, ``--info``)."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        parsed = get_args_parser().parse_args(args)
+    except SystemExit:  # Hydra reports its own usage errors
+        return None
+    if parsed.shell_completion or parsed.help or parsed.hydra_help or parsed.info:
+        return None
+    return list(parsed.overrides)
+
+
 def check_command_line(args: list[str], config_dir: str) -> None:
-    """Raises ``ConfigError`` for a ``key=value`` argument whose key is no setting of the
-    config that the command's group choices compose, naming the close matches (Hydra alone
-    says only that the key is "not in struct"). Arguments this check cannot judge (sweeps
-    over groups, ``+``/``~`` overrides, Hydra's own keys, syntax errors) are left to Hydra.
-    """
+    """Raises ``ConfigError`` for a ``group=option`` whose option does not exist, or a
+    ``key=value`` argument whose key is no setting of the config that the command's group
+    choices compose, naming the close matches (Hydra alone says only that the key is "not in
+    struct"). Arguments this check cannot judge (sweeps over groups for the keys, ``+``/``~``
+    overrides, Hydra's own keys, syntax errors) are left to Hydra."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
     from omegaconf import OmegaConf
 
+    lines = command_line_overrides(args)
+    if not lines:
+        return
     try:
-        overrides = OverridesParser.create().parse_overrides(
-            [a for a in args if "=" in a and not a.startswith("-")]
-        )
+        overrides = OverridesParser.create().parse_overrides(lines)
     except Exception:
         return
     groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}
@@ -133,6 +166,14 @@ def check_command_line(args: list[str], config_dir: str) -> None:
         if override.type is not OverrideType.CHANGE or key.startswith("hydra"):
             continue
         if key in groups or "/" in key or "@" in key:
+            if key in groups:
+                values = (
+                    list(override.sweep_string_iterator())
+                    if override.is_sweep_override()
+                    else [override.value()]
+                )
+                for option in values:
+                    check_group_choice(key, str(option), config_dir)
             if override.is_sweep_override():
                 return
             group_args.append(override.input_line)
@@ -150,5 +191,5 @@ def check_command_line(args: list[str], config_dir: str) -> None:
         node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
         if not isinstance(node, DictConfig):
             raise unknown_key_error(parent, [str(k) for k in cfg])
-        if leaf not in node:
+        if leaf not in {str(k) for k in node}:  # a mandatory ??? key is a setting
             raise unknown_key_error(key, [str(k) for k in node])
