@@ -96,7 +96,7 @@ def test_no_import_circle_between_modules():
         path.append(module)
         for target in sorted(edges[module]):
             if state[target] == 1:
-                return path[path.index(target) :] + [target]
+                return [*path[path.index(target) :], target]
             if state[target] == 0 and (cycle := visit(target)):
                 return cycle
         path.pop()
