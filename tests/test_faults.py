@@ -162,3 +162,17 @@ def test_records_that_wandb_lost_are_sent_again_on_resume(tmp_path, monkeypatch)
             if key != "step":
                 assert history[record["step"]][key] == pytest.approx(value), (record["step"], key)
     assert json.loads((run_dir / "summary.json").read_text())["finished"]
+
+
+def test_a_kill_before_the_first_checkpoint_leaves_no_duplicate_record(tmp_path, monkeypatch):
+    """A crash before any checkpoint: the relaunch starts from scratch and its records
+    replace the first start's, so every step is recorded once."""
+    overrides = [*QUIET, "trainer.checkpoint_every_epochs=50", "trainer.log_every=5"]
+    cfg, run_dir, choices = compose_run(overrides, tmp_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_with(monkeypatch, cfg, run_dir, choices, [InterruptAt(30, "crash")])
+    assert not (run_dir / "checkpoints").exists()
+    assert read_metrics(run_dir)  # the first start logged records before the crash
+    run_module.run(cfg, run_dir, choices)
+    steps = [(r["step"], "train/loss" in r) for r in read_metrics(run_dir)]
+    assert len(steps) == len(set(steps))

@@ -144,9 +144,12 @@ class Loop:
 
     def resume(self) -> bool:
         """Loads the newest readable checkpoint (``last.pt``, else ``prev.pt``) if the run
-        folder has one, and brings the run's records back to its step."""
+        folder has one, and brings the run's records back to its step (to none without a
+        checkpoint: a kill before the first one leaves records the new start logs again)."""
         found = self.checkpointer.load()
-        if found is None:
+        if found is None:  # a start from scratch: records of an earlier, unsaved start go
+            if self.run_log is not None and dist.is_main():
+                self.run_log.resume_at(0)
             return False
         state, path = found
         self.load_state_dict(state)
