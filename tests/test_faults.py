@@ -18,7 +18,7 @@ from sst.config.keys import ConfigError
 from sst.engine.signals import Preempted
 from sst.engine.step import NonFiniteLoss
 from sst.launch.build import build
-from sst.runs.checkpoint import CorruptCheckpoint, load_latest
+from sst.runs.checkpoint import CorruptCheckpoint, load_latest, verify
 from sst.runs.lock import RunLock
 from sst.runs.wandb_file import read_history
 
@@ -176,3 +176,27 @@ def test_a_kill_before_the_first_checkpoint_leaves_no_duplicate_record(tmp_path,
     run_module.run(cfg, run_dir, choices)
     steps = [(r["step"], "train/loss" in r) for r in read_metrics(run_dir)]
     assert len(steps) == len(set(steps))
+
+
+def test_a_checkpoint_with_changed_bytes_is_refused_and_the_good_one_kept(
+    tmp_path, monkeypatch, caplog
+):
+    """A last.pt that still loads but whose tensor bytes changed on disk fails its digest:
+    the run resumes from prev.pt, sets the bad file aside, and its next save keeps prev.pt's
+    content instead of rotating the bad file into its place."""
+    cfg, run_dir, choices = finished_checkpoint_run(tmp_path / "a", monkeypatch)
+    last = run_dir / "checkpoints/last.pt"
+    state = torch.load(last, weights_only=True)
+    weight = next(v for v in state["model"].values() if v.dim() == 2)
+    weight[0, :16] = float("nan")  # as if 64 bytes had flipped on disk
+    torch.save(state, last)
+    with pytest.raises(ValueError, match="do not match the digest"):
+        verify(torch.load(last, weights_only=True), last)
+    summary = run_with(monkeypatch, cfg, run_dir, choices)
+    assert "previous checkpoint" in caplog.text
+    assert (run_dir / "checkpoints/last.pt.corrupt").exists()
+    reference_cfg, reference_dir, reference_choices = compose_run(
+        [*QUIET, "trainer.deterministic=true"], tmp_path / "b"
+    )
+    reference = run_with(monkeypatch, reference_cfg, reference_dir, reference_choices)
+    assert summary["final_test_acc"] == reference["final_test_acc"]
