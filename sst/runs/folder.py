@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "train.log"  # Hydra's job log (conf/config.yaml), written from the job's start
 CHECKPOINT = Path("checkpoints") / "last.pt"  # the one place that names it; prev.pt beside it
+
+log = logging.getLogger(__name__)
 
 FINISHED, UNFINISHED, EMPTY = "finished", "unfinished", "empty"
 
@@ -56,13 +59,18 @@ class RunFolder:
 
     @property
     def summary(self) -> dict[str, Any] | None:
-        """``summary.json`` of a finished run, else None."""
+        """``summary.json`` of a finished run, else None; a file that cannot be read raises
+        ``ValueError`` naming it."""
         path = self.path / SUMMARY_FILE
-        if path.exists():
+        if not path.exists():
+            return None
+        try:
             summary = json.loads(path.read_text())
-            if summary.get("finished"):
-                return summary
-        return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} cannot be read: {error}") from error
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path} cannot be read: not a JSON object")
+        return summary if summary.get("finished") else None
 
     @property
     def status(self) -> str:
@@ -87,5 +95,11 @@ class RunFolder:
 
 
 def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's ``summary.json`` if the run finished, else None."""
-    return RunFolder(run_dir).summary
+    """The run's ``summary.json`` if the run finished, else None. An unreadable summary is
+    a run not known to have finished: a relaunch resumes from its checkpoint and writes the
+    summary again."""
+    try:
+        return RunFolder(run_dir).summary
+    except ValueError as error:
+        log.warning("%s; the run is treated as unfinished", error)
+        return None

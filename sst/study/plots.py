@@ -218,6 +218,8 @@ def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np
 
 def neurons_over_training(run_dir: str | Path) -> Figure:
     """The active fraction of each layer's output neurons against the step."""
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a folder: give a run folder")
     records = RunFolder(run_dir).metrics()
     layers = sorted(
         {k.split("/", 1)[1] for r in records for k in r if k.startswith("active_neurons/")}

@@ -117,14 +117,17 @@ def find_run_folders(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def read_run(path: str | Path) -> Run:
-    """A run folder as a ``Run`` (an empty or unreadable config reads as ``{}``)."""
+    """A run folder as a ``Run`` (an empty or unreadable config reads as ``{}``; an
+    unreadable summary makes the run's status say so, naming the file)."""
     folder = RunFolder(path)
-    status = folder.status
     try:
         config = folder.config
     except (FileNotFoundError, ValueError):
         config = {}
-    summary = folder.summary
+    try:
+        status, summary = folder.status, folder.summary
+    except ValueError as error:  # listed under the table with the file named
+        status, summary = f"unreadable ({error})", None
     last_step = None
     if summary is None:
         steps = [r["step"] for r in folder.metrics() if isinstance(r.get("step"), int)]
