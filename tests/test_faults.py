@@ -200,3 +200,16 @@ def test_a_checkpoint_with_changed_bytes_is_refused_and_the_good_one_kept(
     )
     reference = run_with(monkeypatch, reference_cfg, reference_dir, reference_choices)
     assert summary["final_test_acc"] == reference["final_test_acc"]
+
+
+def test_a_folder_holding_another_run_is_refused_naming_the_settings(tmp_path):
+    """A run folder given by hand (hydra.run.dir) and reused with other settings: neither
+    a finished nor an interrupted run there is skipped or continued as the new one."""
+    cfg, run_dir, choices = compose_run(QUIET, tmp_path)
+    run_module.run(cfg, run_dir, choices)
+    config_before = (run_dir / "config.json").read_text()
+    other, _, other_choices = compose_run([*QUIET, "sparsity=rigl"], tmp_path)
+    with pytest.raises(ConfigError, match=r"holds another run.*sparsity\._target_"):
+        run_module.run(other, run_dir, other_choices)
+    assert (run_dir / "config.json").read_text() == config_before
+    assert run_module.run(cfg, run_dir, choices)["finished"]  # the same settings: skipped

@@ -25,6 +25,7 @@ from sst.engine.loop import Loop
 from sst.engine.precision import Precision
 from sst.engine.rng import seed_everything
 from sst.engine.settings import TrainerSettings, step_plan
+from sst.runs.identity import config_hash
 from sst.runs.load import load_run
 from sst.runs.runlog import RunLog, SilentRunLog, git_commit
 
@@ -214,7 +215,7 @@ def build(
     info = run_info(cfg, choices)
     overrides = runtime.job_overrides() if overrides is None else overrides
     record = {**info, **OmegaConf.to_container(cfg, resolve=True)}
-    record.update(choices=choices, overrides=overrides)
+    record.update(choices=choices, overrides=overrides, identity_hash=config_hash(cfg))
     return Loop(
         model=trained,
         optimizer=optimizer,

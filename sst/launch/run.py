@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 from sst import dist
 from sst.config.keys import ConfigError
 from sst.engine.signals import Preempted
-from sst.runs.folder import finished_summary
+from sst.runs.folder import RunFolder, finished_summary
+from sst.runs.identity import config_hash, identity_differences
 from sst.runs.lock import RunFolderBusy, RunLock
 
 from .build import build
@@ -37,6 +38,7 @@ def run(
     fail with a message naming it, or, with ``wait_if_busy`` (a distillation teacher that
     several students need), wait for it and then find the run finished."""
     run_dir = Path(run_dir)
+    check_same_run(cfg, run_dir)
     done = finished_summary(run_dir)
     if done is None:
         teacher = plan_teacher(cfg)  # composed once for the whole run
@@ -55,6 +57,24 @@ def run(
     if dist.is_main():
         print(f"sst: run already finished, skipping: {run_dir}")
     return done
+
+
+def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuses a folder that holds another run (a ``hydra.run.dir`` given by hand, reused
+    with other settings): its ``config.json`` records the identity hash it was made with."""
+    try:
+        stored = RunFolder(run_dir).config
+    except (FileNotFoundError, ValueError):
+        return
+    recorded = stored.get("identity_hash")
+    if recorded is None or recorded == config_hash(cfg):
+        return
+    differences = identity_differences(stored, cfg)
+    raise ConfigError(
+        f"{run_dir} holds another run (identity {recorded}, this command's is "
+        f"{config_hash(cfg)}); settings that differ: {'; '.join(differences) or 'unknown'}. "
+        "Give this run its own folder, or repeat the folder's settings to resume it."
+    )
 
 
 def train_teacher(plan: TeacherPlan) -> None:

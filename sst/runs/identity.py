@@ -149,6 +149,29 @@ def config_hash(cfg: DictConfig | dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+_UNSET = object()
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: tree}
+
+
+def identity_differences(stored: DictConfig | dict, cfg: DictConfig | dict) -> list[str]:
+    """The identity settings in which two configs differ, as ``key: stored -> new``."""
+    old = _flat(dict(zip(IDENTITY_KEYS, identity(stored), strict=True)))
+    new = _flat(dict(zip(IDENTITY_KEYS, identity(cfg), strict=True)))
+    return [
+        f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, _UNSET) != new.get(key, _UNSET)
+    ]
+
+
 def run_folder_name(cfg: DictConfig | dict) -> str:
     """``<name>-<hash>``: the run's folder under ``<output_dir>/runs/``."""
     return f"{cfg['name']}-{config_hash(cfg)}"
