@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 
 def make_run(
@@ -21,8 +22,10 @@ def make_run(
     flops: float = 0.1,
     distribution: str = "erk",
     last_step: int = 20,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
-    """A run folder shaped like sst-train's; ``acc=None`` leaves it unfinished."""
+    """A run folder shaped like sst-train's; ``acc=None`` leaves it unfinished.
+    ``settings`` sets more config values by dotted path (``{"trainer.batch_size": 512}``)."""
     folder = root / f"{dataset}-{model}-{method}-{distribution}-d{density}-g{gamma_sal}-s{seed}"
     (folder / "checkpoints").mkdir(parents=True)
     sparsity = {"_target_": f"sst.sparsity.{method}", "density": density}
@@ -41,6 +44,12 @@ def make_run(
         "method": method,
         "density": density,
     }
+    for dotted, value in (settings or {}).items():
+        *parents, key = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = value
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "checkpoints" / "last.pt").write_bytes(b"")
     (folder / "metrics.jsonl").write_text(json.dumps({"step": last_step, "epoch": 1.0}) + "\n")

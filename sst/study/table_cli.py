@@ -22,11 +22,30 @@ from pathlib import Path
 from typing import Any
 
 from .compare import CompareSpec, compare, parse_compare
-from .papers import Cell, PaperTable, fill, load_paper_table, paper_table_names
-from .results import DEFAULT_KEYS, DEFAULT_RUNS, METRICS, Collection, Group, Run, aggregate, gather
+from .papers import (
+    METRIC_TEXT,
+    Cell,
+    PaperTable,
+    fill,
+    load_paper_table,
+    paper_table_names,
+    show_match,
+)
+from .results import (
+    DEFAULT_KEYS,
+    DEFAULT_RUNS,
+    METRICS,
+    Collection,
+    Group,
+    Run,
+    Stat,
+    aggregate,
+    gather,
+)
 from .tables import FORMATS, comparison_table, mean_std, number, percent, problem_notes, render
 
 METRIC_LABEL = {"final": "final test acc (%)", "best": "best test acc (%)"}
+NO_RUNS = Stat(None, None, 0)
 
 
 def _show(value: Any) -> str:
@@ -103,82 +122,119 @@ def results_table(
 
 
 # ----------------------------------------------------------------------------- paper table
-def paper_table(
-    table: PaperTable, cells: Sequence[Cell], fmt: str, metric: str, problems: Sequence[Run]
+def _paper_json(
+    table: PaperTable, cells: Sequence[Cell], metric: str, problems: Sequence[Run]
 ) -> str:
-    if fmt == "json":
-        return json.dumps(
-            {
-                "paper": table.name,
-                "title": table.title,
-                "source": table.source,
-                "experiment": table.experiment,
-                "metric": metric,
-                "cells": [
-                    {
-                        "row": c.row,
-                        "sparsity": c.sparsity,
-                        "density": c.density,
-                        "published": c.published,
-                        "sst_mean": c.accuracy.mean,
-                        "sst_std": c.accuracy.std,
-                        "n": c.accuracy.n,
-                        "difference": c.difference,
-                        "runs": [r.source for r in c.runs],
-                        "unfinished": [r.source for r in c.unfinished],
-                        "mixed": c.mixed,
-                    }
-                    for c in cells
-                ],
-                "not_finished": [
-                    {"run": r.source, "status": r.status, "last_step": r.last_step}
-                    for r in problems
-                ],
-            },
-            indent=2,
-        )
-    axis = table.axis
-    headers = ["method", axis, "published", f"sst {METRIC_LABEL[metric]}", "n", "Δ", "epochs"]
-    rows = []
-    notes: list[str] = []
-    for c in cells:
-        where = percent(c.sparsity if axis == "sparsity" else c.density)
-        if c.accuracy.n:
-            reproduced = mean_std(c.accuracy, table.digits)
-        else:
-            reproduced = "missing" + (f" ({len(c.unfinished)} unfinished)" if c.unfinished else "")
-        epochs = sorted({_show((r.config.get("trainer") or {}).get("epochs")) for r in c.runs})
-        rows.append(
-            [
-                c.row,
-                where,
-                number(c.published, table.digits),
-                reproduced,
-                str(c.accuracy.n),
-                number(c.difference, table.digits, signed=True),
-                ",".join(epochs),
-            ]
-        )
-        notes += mixed_notes(f"{c.row} at {where}", c.mixed)
-    found = sum(1 for c in cells if c.accuracy.n)
+    """The published table and sst's cells as one JSON document."""
+    return json.dumps(
+        {
+            "paper": table.name,
+            "title": table.title,
+            "source": table.source,
+            "experiment": table.experiment,
+            "metric": table.metric,
+            "published_metric": METRIC_TEXT[table.metric],
+            "sst_metric": METRIC_TEXT[table.metric],
+            "also": [] if metric == table.metric else [metric],
+            "cells": [
+                {
+                    "row": c.row,
+                    "match": c.match,
+                    "sparsity": c.sparsity,
+                    "density": c.density,
+                    "published": c.published,
+                    "sst_mean": c.accuracy.mean,
+                    "sst_std": c.accuracy.std,
+                    "n": c.accuracy.n,
+                    "difference": c.difference,
+                    **{f"sst_{m}_mean": s.mean for m, s in c.also.items()},
+                    **{f"sst_{m}_std": s.std for m, s in c.also.items()},
+                    "runs": [r.source for r in c.runs],
+                    "unfinished": [r.source for r in c.unfinished],
+                    "mixed": c.mixed,
+                }
+                for c in cells
+            ],
+            "not_finished": [
+                {"run": r.source, "status": r.status, "last_step": r.last_step} for r in problems
+            ],
+        },
+        indent=2,
+    )
+
+
+def _paper_row(table: PaperTable, c: Cell, also: Sequence[str]) -> list[str]:
+    """One cell of the published table as a text row (see ``_paper_headers``)."""
+    where = percent(c.sparsity if table.axis == "sparsity" else c.density)
+    if c.accuracy.n:
+        reproduced = mean_std(c.accuracy, table.digits)
+    else:
+        reproduced = "missing" + (f" ({len(c.unfinished)} unfinished)" if c.unfinished else "")
+    epochs = sorted({_show((r.config.get("trainer") or {}).get("epochs")) for r in c.runs})
+    return [
+        c.row,
+        where,
+        number(c.published, table.digits),
+        reproduced,
+        str(c.accuracy.n),
+        number(c.difference, table.digits, signed=True),
+        *(mean_std(c.also.get(m, NO_RUNS), table.digits) for m in also),
+        ",".join(epochs),
+    ]
+
+
+def _paper_headers(table: PaperTable, also: Sequence[str]) -> list[str]:
+    label = METRIC_LABEL[table.metric]
+    others = [f"sst {METRIC_LABEL[m]}, not compared" for m in also]
+    return ["method", table.axis, f"published {label}", f"sst {label}", "n", "Δ", *others, "epochs"]
+
+
+def _paper_notes(table: PaperTable, cells: Sequence[Cell], also: Sequence[str]) -> list[str]:
+    """Source, metric of each side, the settings each row matched on, what is missing."""
     source = table.source
+    found = sum(1 for c in cells if c.accuracy.n)
     notes = [
         f"Source: {source['paper']}; {source['table']}.",
         f"Setting: {source['setting']}.",
         f"Preset: sst-train -m experiment={table.experiment}" if table.experiment else "",
-        f"{found} of {len(cells)} cells reproduced; Δ = sst mean - published; "
-        f"published metric: {table.metric}.",
-        *notes,
+        f"Metric: published = {METRIC_TEXT[table.metric]}; sst = the same metric of its runs "
+        f"(summary.json {METRICS[table.metric]}), mean ± std over seeds.",
+        *(
+            f"The sst {METRIC_LABEL[m]} column is the {METRIC_TEXT[m]} (summary.json "
+            f"{METRICS[m]}), shown beside, not compared."
+            for m in also
+        ),
+        f"{found} of {len(cells)} cells reproduced; Δ = sst mean - published, both "
+        f"{table.metric} accuracy.",
+        "A run counts for a cell when it has the cell's density and these settings"
+        + (f" ({show_match(table.match)} in every row):" if table.match else ":"),
     ]
-    if metric != "final":
-        notes.append("! sst column is the BEST test accuracy during training, not the final one.")
+    for row in table.rows:
+        notes.append(f"- {row.label}: {show_match(row.match) or 'no more'}.")
+    for c in cells:
+        where = percent(c.sparsity if table.axis == "sparsity" else c.density)
+        notes += mixed_notes(f"{c.row} at {where}", c.mixed)
+    return [n for n in notes if n]
+
+
+def paper_table(
+    table: PaperTable, cells: Sequence[Cell], fmt: str, metric: str, problems: Sequence[Run]
+) -> str:
+    """The published table with sst's runs beside it, as ``fmt``. sst's column is the
+    table's own metric (``table.metric``), so Δ compares like with like; ``metric`` (the
+    user's ``--metric``) adds a column of that metric where it is another one."""
+    if fmt == "json":
+        return _paper_json(table, cells, metric, problems)
+    also = [] if metric == table.metric else [metric]
+    headers = _paper_headers(table, also)
+    rows = [_paper_row(table, c, also) for c in cells]
     return render(
         headers,
         rows,
         fmt,
-        numeric=[False, True, True, True, True, True, True],
+        numeric=[False] + [True] * (len(headers) - 1),
         title=f"{table.title} ({table.name})",
-        notes=[n for n in notes if n] + problem_notes(problems),
+        notes=_paper_notes(table, cells, also) + problem_notes(problems),
     )
 
 
