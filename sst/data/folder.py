@@ -59,6 +59,7 @@ def imagefolder(
     num_classes: int | None = None,
     train_subset: int | None = None,
     test_subset: int | None = None,
+    train_crop: str = "random_resized",
 ) -> DataSplits:
     """torchvision ImageFolder on ``root/train_dir`` and ``root/test_dir``.
 
@@ -66,13 +67,16 @@ def imagefolder(
     center crop) or "cifar" (reflect-pad 4 + random crop + flip). ``normalize``
     uses ImageNet or CIFAR-10 statistics to match the preset. ``train_subset`` /
     ``test_subset`` keep that many images, the same number from every class (CPU-scale
-    studies); None keeps all.
+    studies); None keeps all. ``train_crop`` is the ImageNet preset's training crop
+    (``sst.data.transforms.IMAGENET_CROPS``).
     """
     if transform == "imagenet":
         stats = IMAGENET_STATS if normalize else None
-        train_tf = imagenet_transform(True, size=image_size, stats=stats)
-        test_tf = imagenet_transform(False, size=image_size, stats=stats)
+        train_tf = imagenet_transform(True, size=image_size, stats=stats, crop=train_crop)
+        test_tf = imagenet_transform(False, size=image_size, stats=stats, crop=train_crop)
     elif transform == "cifar":
+        if train_crop != "random_resized":
+            raise ValueError("dataset.train_crop is an option of transform=imagenet only")
         stats = CIFAR10_STATS if normalize else None
         train_tf = cifar_transform(True, size=image_size, stats=stats)
         test_tf = cifar_transform(False, size=image_size, stats=stats, center_crop=True)
@@ -107,9 +111,15 @@ def imagefolder(
 
 
 def imagenet(
-    root: str, *, image_size: int = 224, normalize: bool = True, num_classes: int | None = None
+    root: str,
+    *,
+    image_size: int = 224,
+    normalize: bool = True,
+    num_classes: int | None = None,
+    train_crop: str = "random_resized",
 ) -> DataSplits:
-    """ImageNet laid out as ``root/train/<wnid>/*`` and ``root/val/<wnid>/*``."""
+    """ImageNet laid out as ``root/train/<wnid>/*`` and ``root/val/<wnid>/*``; ``train_crop``
+    is how a training image is cropped (``sst.data.transforms.IMAGENET_CROPS``)."""
     splits = imagefolder(
         root,
         image_size=image_size,
@@ -118,5 +128,6 @@ def imagenet(
         train_dir="train",
         test_dir="val",
         num_classes=num_classes,
+        train_crop=train_crop,
     )
     return replace(splits, name="imagenet")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torchvision import transforms as T
 
 Stats = tuple[Sequence[float], Sequence[float]]
@@ -45,10 +46,56 @@ def cifar_transform(
     return _finish(steps, stats)
 
 
-def imagenet_transform(train: bool, *, size: int = 224, stats: Stats | None = None) -> T.Compose:
-    """ImageNet preset: RandomResizedCrop + flip for training, Resize + CenterCrop for test."""
+# How an ImageNet training image is cropped to ``size``:
+# - random_resized: torchvision's RandomResizedCrop (a random 8-100% area, aspect 3/4-4/3,
+#   resized to ``size``), the Inception-style crop of the torchvision and RigL TF recipes;
+# - resize_256_480: the shorter side resized to 256 or 480 (for size 224; both scale with
+#   size) at random, then a random ``size`` crop: the SRigL authors' ResNet-50 training
+#   (calgaryml/condensed-sparsity, src/rigl_torch/datasets/_imagenet.py, _get_transform).
+IMAGENET_CROPS = ("random_resized", "resize_256_480")
+
+
+class RandomShorterSide(torch.nn.Module):
+    """Resizes an image's shorter side to one of ``sizes``, picked uniformly with torch's
+    generator (so the loader's per-batch seed decides it, as for the other transforms)."""
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.resizes = [T.Resize(int(s)) for s in sizes]
+
+    def forward(self, image):
+        pick = int(torch.randint(len(self.resizes), ()).item())
+        return self.resizes[pick](image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sizes={[r.size for r in self.resizes]})"
+
+
+def imagenet_train_crop(crop: str, size: int) -> list:
+    """The training crop ``crop`` (one of ``IMAGENET_CROPS``) to ``size`` pixels square."""
+    if crop == "random_resized":
+        return [T.RandomResizedCrop(size)]
+    if crop == "resize_256_480":
+        return [
+            RandomShorterSide([round(size * 256 / 224), round(size * 480 / 224)]),
+            T.RandomCrop(size),
+        ]
+    raise ValueError(unknown_crop(crop))
+
+
+def unknown_crop(crop: str) -> str:
+    return f"dataset.train_crop={crop!r} is unknown: allowed values are {', '.join(IMAGENET_CROPS)}"
+
+
+def imagenet_transform(
+    train: bool, *, size: int = 224, stats: Stats | None = None, crop: str = "random_resized"
+) -> T.Compose:
+    """ImageNet preset: the training crop ``crop`` (``IMAGENET_CROPS``; RandomResizedCrop by
+    default) + flip for training, Resize + CenterCrop for test."""
+    if crop not in IMAGENET_CROPS:
+        raise ValueError(unknown_crop(crop))
     if train:
-        steps: list = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+        steps: list = [*imagenet_train_crop(crop, size), T.RandomHorizontalFlip()]
     else:
         steps = [T.Resize(int(size * 256 / 224)), T.CenterCrop(size)]
     return _finish(steps, stats)
