@@ -271,7 +271,9 @@ def test_srigl_resnet50_imagenet_recipe() -> None:
     assert method.grad_accumulation == 8 and method._needs_dense_grad(793)
     assert not method._needs_dense_grad(792)
     first = next(iter(method.candidates))
-    assert first not in method.masks  # the first layer stays dense
+    assert first in method.masks  # the authors' configs leave the first conv sparse
+    # the authors' crop: shorter side 256 or 480 at random, random 224 crop, flip
+    assert cfg.dataset.train_crop == "resize_256_480"
 
 
 def test_srigl_vit_b16_imagenet_recipe() -> None:
@@ -287,6 +289,11 @@ def test_srigl_vit_b16_imagenet_recipe() -> None:
     assert schedule(total - 1) < 1e-3
     method = stand_in_method(cfg, total)
     assert method.gamma_sal == 0.95  # the paper's ViT setting
+    # the dense gradient of the 8 optimizer steps (of 4096) before each update, as the
+    # authors' rigl/vit.yaml grad_accumulation_n: 8
+    assert method.grad_accumulation == 8 and update_steps(method, 300) == [100, 200, 300]
+    assert method._needs_dense_grad(93) and not method._needs_dense_grad(92)
+    assert "train_crop" not in cfg.dataset  # their ViT loader uses RandomResizedCrop too
     densities = set(method.layer_density.values())
     assert len(densities) == 1, "uniform distribution"
 
@@ -303,13 +310,17 @@ def test_rigl_resnet50_imagenet_recipe() -> None:
     method = stand_in_method(cfg, total)
     assert method.skip_optimizer_step and update_steps(method, 300) == [100, 200, 300]
     assert method.drop_fraction(0) == pytest.approx(0.3)
+    # the TF reference's maskupdate_end_step: 25000 of 32000 (not 75% = 24000)
+    assert method.t_end == 25_000 and update_steps(method, total)[-1] == 24_900
 
     uniform = stand_in_method(preset("rigl_resnet50_imagenet", f"{DISTRIBUTION}=uniform"), total)
     assert next(iter(uniform.candidates)) not in uniform.masks  # first layer dense, on top
     assert set(uniform.layer_density.values()) == {0.1, 1.0}
-    for method_name in ("set", "rigl"):
+    for method_name, skips in (("set", False), ("rigl", True)):
         cell = stand_in_method(preset("rigl_resnet50_imagenet", f"{METHOD}={method_name}"), total)
-        assert cell.skip_optimizer_step and update_steps(cell, 300) == [100, 200, 300]
+        # the TF RigL skips the SGD step on update iterations; the TF SET steps, then updates
+        assert cell.skip_optimizer_step is skips and update_steps(cell, 300) == [100, 200, 300]
+        assert cell.t_end == 25_000
     static = stand_in_method(preset("rigl_resnet50_imagenet", f"{METHOD}=static"), total)
     assert type(static) is sst.sparsity.Static
 
@@ -320,11 +331,16 @@ def test_rigl_wrn22_2_cifar10_recipe() -> None:
     assert (choices.model, choices.dataset, choices.sparsity) == ("wrn22_2", "cifar10", "rigl")
     per_epoch, total = plan(cfg, 50_000)
     assert total == 250 * CIFAR_STEPS_PER_EPOCH
-    assert first_sgd_step(cfg) == pytest.approx(sgd_expected(0.1, 0.9, 5e-4, nesterov=False))
+    # the TF reference: MomentumOptimizer(use_nesterov=True)
+    assert first_sgd_step(cfg) == pytest.approx(sgd_expected(0.1, 0.9, 5e-4, nesterov=True))
     schedule, _ = lr_factors(cfg, 50_000)
     # "divided by 5 every 30k steps": the first drop lands within one epoch of step 30000.
     assert schedule(30_000 - per_epoch) == 1.0
     assert schedule(30_000 + per_epoch) == pytest.approx(0.2)
+    method = stand_in_method(preset("rigl_wrn22_2_cifar10", "sparsity.exclude=[]"), total)
+    # the TF reference's maskupdate_end_step 75000 (75% of sst's 97,500 steps would be 73,125)
+    assert method.t_end == 75_000 and update_steps(method, total)[-1] == 74_900
+    assert method.skip_optimizer_step
 
 
 # ----------------------------------------------------------------------------- LR rewinding
