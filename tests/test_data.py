@@ -397,6 +397,29 @@ def test_unpack_once_redoes_an_interrupted_extraction(tmp_path: Path) -> None:
         unpack_once(tmp_path / "absent.tar.gz", cache)
 
 
+def test_another_archive_under_the_same_name_is_unpacked_again(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = _make_tar(tmp_path / "set.tar.gz", {"train/a/0.txt": b"x", "test/a/0.txt": b"y"})
+    unpack_once(first, cache)
+    three_classes = {f"{split}/{c}/0.txt": b"z" for split in ("train", "test") for c in "abc"}
+    (tmp_path / "new").mkdir()
+    second = _make_tar(tmp_path / "new" / "set.tar.gz", three_classes)
+    root = unpack_once(second, cache)
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["a", "b", "c"]
+
+
+def test_a_corrupt_archive_and_an_unusable_cache_are_named(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"not a gzip file at all")
+    with pytest.raises(ValueError, match=rf"the archive {broken} cannot be unpacked"):
+        unpack_once(broken, tmp_path / "cache")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    archive = _layout_tar(tmp_path / "set.tgz")
+    with pytest.raises(ValueError, match="set SST_CACHE_DIR to a writable folder"):
+        unpack_once(archive, blocker / "cache")
+
+
 def test_find_split_root_in_an_archive_or_a_folder(tmp_path: Path, monkeypatch) -> None:
     archive = _make_tar(
         tmp_path / "jpeg.tar.gz", {"inner/train/a/0.txt": b"x", "inner/test/a/0.txt": b"y"}

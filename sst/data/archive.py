@@ -42,7 +42,21 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def fingerprint(archive: Path) -> str:
+    """What identifies an archive's content for the cache: its resolved path, size and
+    modification time (an archive replaced under the same name is unpacked again)."""
+    stat = archive.stat()
+    return f"{archive.resolve()} {stat.st_size} {stat.st_mtime_ns}"
+
+
 def _extract(archive: Path, dest: Path) -> None:
+    try:
+        _extract_members(archive, dest)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise ValueError(f"the archive {archive} cannot be unpacked: {error}") from error
+
+
+def _extract_members(archive: Path, dest: Path) -> None:
     with tarfile.open(archive) as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(dest, filter="data")
@@ -58,21 +72,33 @@ def unpack_once(archive: str | Path, cache_dir: str | Path) -> Path:
     """Extract ``archive`` into ``cache_dir/<stem>/`` unless already done; return that folder.
 
     Extraction goes to a temporary folder in ``cache_dir`` that is renamed into
-    place; a marker file ``cache_dir/<stem>.unpacked`` written afterwards says the
-    folder is complete, so an interrupted run is redone on the next call.
+    place; a marker file ``cache_dir/<stem>.unpacked`` written afterwards holds the
+    archive's ``fingerprint``: an interrupted extraction, or another archive under the
+    same name, is unpacked again on the next call.
     """
     archive = Path(archive).expanduser()
     if not archive.is_file():
         raise FileNotFoundError(f"archive not found: {archive}")
     cache = Path(cache_dir).expanduser()
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"the cache folder {cache} for unpacked archives cannot be made ({error}): set "
+            "SST_CACHE_DIR to a writable folder"
+        ) from error
     stem = archive_stem(archive)
     target = cache / stem
     marker = cache / (stem + MARKER_SUFFIX)
-    if marker.is_file() and target.is_dir():
+    wanted = fingerprint(archive)
+
+    def unpacked() -> bool:
+        return marker.is_file() and target.is_dir() and marker.read_text().strip() == wanted
+
+    if unpacked():
         return target
     with _locked(cache / (stem + ".lock")):
-        if marker.is_file() and target.is_dir():
+        if unpacked():
             return target
         marker.unlink(missing_ok=True)
         if target.exists():
@@ -85,7 +111,7 @@ def unpack_once(archive: str | Path, cache_dir: str | Path) -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        marker.write_text(f"{archive}\n")
+        marker.write_text(f"{wanted}\n")
     return target
 
 
