@@ -49,6 +49,13 @@ QUIET = [*QUICK, "logger=none"]
         ),
         ("sparsity.structure=3", r"sparsity\.structure=3 has the wrong type: it must be a string"),
         ("trainer.amp=fp16", r"trainer\.amp=fp16 needs a CUDA device"),
+        (
+            "lr_schedule.warmup_epochs=-1",
+            r"lr_schedule\.warmup_epochs=-1 is out of range: allowed values are >= 0",
+        ),
+        ("trainer.num_workers=-1", r"trainer\.num_workers=-1 must be >= 0"),
+        ("trainer.eval_batch_size=0", r"trainer\.eval_batch_size=0 must be >= 1"),
+        ("trainer.batch_size=100000", r"an epoch has 0 batches"),
     ],
 )
 def test_a_wrong_type_or_range_names_the_setting_before_anything_is_written(

@@ -74,6 +74,8 @@ RANGES: dict[str, tuple[Any, float | None, float | None]] = {
     "optimizer.weight_decay": (float, 0.0, None),
     "optimizer.momentum": (float, 0.0, 1.0),
     "optimizer.eps": (float, 0.0, None),
+    "lr_schedule.warmup_epochs": (float, 0.0, None),
+    "lr_schedule.gamma": (float, 0.0, None),
 }
 
 
