@@ -20,6 +20,7 @@ from sst.config import CONFIG_DIR, ConfigError, register_resolvers, runtime
 from sst.config.keys import check_command_line
 from sst.engine.signals import Preempted
 from sst.launch.run import run
+from sst.runs.folder import remove_if_unused
 
 # The entry point registers the resolvers when it is imported: Hydra's joblib and submitit
 # launchers import it in their workers, which resolve ${sst.run_folder:} before the job runs.
@@ -35,6 +36,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         stop.hand_over()  # e.g. submitit requeues the job, now that the checkpoint is saved
         sys.exit(124)
     except ConfigError as error:  # a setting that cannot run: its message says which
+        remove_if_unused(runtime.job_output_dir())  # the folder Hydra made for nothing
         print(f"sst: {error}", file=sys.stderr)
         sys.exit(2)
     return summary.get("final_test_acc")

@@ -220,3 +220,21 @@ def test_a_folder_holding_another_run_is_refused_naming_the_settings(tmp_path):
         run_module.run(other, run_dir, other_choices)
     assert (run_dir / "config.json").read_text() == config_before
     assert run_module.run(cfg, run_dir, choices)["finished"]  # the same settings: skipped
+
+
+@pytest.mark.parametrize(
+    "bad", ["trainer.epochs=0", "sparsity.density=1.5", "trainer.amp=fp16", "seed=-1"]
+)
+def test_a_bad_setting_on_the_command_line_leaves_no_folder(tmp_path, monkeypatch, capsys, bad):
+    """sst-train exits 2 with one sst: line, and the run folder Hydra made before the check
+    is removed with its empty train.log and lock."""
+    import sst.train
+
+    args = ["sst-train", f"output_dir={tmp_path / 'out'}", "logger=none", bad]
+    monkeypatch.setattr("sys.argv", args)
+    with pytest.raises(SystemExit) as exit_code:
+        sst.train.main()
+    assert exit_code.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sst: ")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))

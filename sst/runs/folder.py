@@ -16,6 +16,7 @@ One run, one folder (``<output_dir>/runs/<name>-<hash>``, see ``sst.runs.identit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .jsonl import read_jsonl
+from .lock import LOCK_FILE
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -92,6 +94,27 @@ class RunFolder:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
+
+
+def remove_if_unused(run_dir: str | Path) -> bool:
+    """Removes a run folder that holds nothing but an empty lock and the log of a job that
+    failed before training (Hydra makes the folder and its ``train.log`` before sst checks
+    the settings); returns whether it did. A folder with anything else is left alone."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        return False
+    allowed = {LOG_FILE, LOCK_FILE}
+    entries = list(path.iterdir())
+    if any(e.name not in allowed or not e.is_file() for e in entries):
+        return False
+    if any(e.name == LOCK_FILE and e.stat().st_size for e in entries):  # held by a process
+        return False
+    for entry in entries:
+        entry.unlink()
+    path.rmdir()
+    with contextlib.suppress(OSError):  # <output_dir>/runs, if this was its only run
+        path.parent.rmdir()
+    return True
 
 
 def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:
