@@ -5,6 +5,8 @@ which runs a row accepts, checked on run configs composed from sst's own presets
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from fabricated import make_run
 from omegaconf import OmegaConf
 from runs import compose_with_hydra, hydra_conf_single_thread
 
+from sst.config.schema import check_config
 from sst.launch.build import run_info
 from sst.study.papers import (
     METRIC_TEXT,
@@ -259,3 +262,38 @@ def test_output_shows_the_settings_each_row_matched_on(tmp_path: Path, capsys) -
     assert "- RigL: method=rigl, distribution=erk, sparsity.delta_t=800." in out
     assert sst_table([str(tmp_path), "--paper", "rigl-wrn22-2-cifar10"]) == 0
     assert "- Pruning: method=gmp, distribution=erk." in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- docs
+DOC = Path(__file__).resolve().parents[1] / "docs" / "reproducing.md"
+
+
+def doc_commands() -> list[list[str]]:
+    """The ``sst-train`` commands of docs/reproducing.md, continuation lines joined, comments
+    and ``-m`` dropped."""
+    blocks = re.findall(r"```\n(.*?)```", DOC.read_text(), flags=re.S)
+    text = "\n".join(blocks).replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["sst-train"]:
+            commands.append([w for w in words[1:] if w != "-m"])
+    return commands
+
+
+def test_reproducing_doc_names_each_tables_metric() -> None:
+    sections = DOC.read_text().split("\n## ")
+    for name in paper_table_names():
+        table = load_paper_table(name)
+        section = next(s for s in sections if f"`{name}`" in s)
+        assert f"**Metric: `{table.metric}`" in section, name
+        if table.experiment:
+            assert f"experiment={table.experiment}" in section, name
+
+
+@pytest.mark.parametrize("command", doc_commands(), ids=" ".join)
+def test_reproducing_doc_commands_compose(hydra_conf, command) -> None:
+    """Each command of docs/reproducing.md composes into a config sst-train accepts."""
+    cfg = compose_with_hydra(command)
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    check_config(job)
