@@ -223,14 +223,22 @@ def test_a_folder_holding_another_run_is_refused_naming_the_settings(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "bad", ["trainer.epochs=0", "sparsity.density=1.5", "trainer.amp=fp16", "seed=-1"]
+    "bad",
+    [
+        ["trainer.epochs=0"],
+        ["sparsity.density=1.5"],
+        ["trainer.amp=fp16"],
+        ["seed=-1"],
+        ["dataset=imagefolder"],  # its root is mandatory
+        ["distill=kd", "distill.teacher_run=/no/such/run"],
+    ],
 )
 def test_a_bad_setting_on_the_command_line_leaves_no_folder(tmp_path, monkeypatch, capsys, bad):
     """sst-train exits 2 with one sst: line, and the run folder Hydra made before the check
     is removed with its empty train.log and lock."""
     import sst.train
 
-    args = ["sst-train", f"output_dir={tmp_path / 'out'}", "logger=none", bad]
+    args = ["sst-train", f"output_dir={tmp_path / 'out'}", "logger=none", *bad]
     monkeypatch.setattr("sys.argv", args)
     with pytest.raises(SystemExit) as exit_code:
         sst.train.main()

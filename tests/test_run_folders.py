@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from fabricated import make_run
 
+from sst.condensed.cli import main as sst_export
 from sst.runs.folder import RunFolder, finished_summary
 from sst.study.plots import neurons_over_training
 from sst.study.results import aggregate, collect
@@ -45,3 +46,11 @@ def test_sst_table_lists_an_unreadable_run_and_prints_the_rest(tmp_path, capsys)
 def test_the_neurons_figure_of_a_missing_folder_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         neurons_over_training(tmp_path / "nope")
+
+
+def test_sst_export_of_a_missing_or_unfinished_run_is_one_line(tmp_path, capsys):
+    unfinished = make_run(tmp_path, acc=None)
+    for folder in (tmp_path / "nope", unfinished):
+        assert sst_export([str(folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sst-export: ") and str(folder) in err[0]

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from sst.runs.checkpoint import CorruptCheckpoint
 from sst.runs.load import load_run
 
 from .export import FORMATS, export_model
@@ -72,7 +73,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    run = load_run(args.run_folder)
+    try:
+        run = load_run(args.run_folder)
+    except (FileNotFoundError, ValueError, CorruptCheckpoint) as error:
+        print(f"sst-export: {error}", file=sys.stderr)
+        return 2
     if args.input_shape:
         shape = tuple(int(v) for v in args.input_shape.split(","))
     else:

@@ -151,6 +151,8 @@ def check_config(cfg: DictConfig, schemas: dict[str, type] | None = None) -> Non
     ``schemas`` maps the groups without ``_target_`` to their dataclass (default:
     ``SCHEMAS``)."""
     schemas = SCHEMAS if schemas is None else schemas
+    for path in sorted(OmegaConf.missing_keys(cfg)):
+        raise ConfigError(f"{path} is required and has no value: set it, e.g. {path}=<value>")
     check_keys(cfg, schemas, TOP_LEVEL)
     for group, schema in schemas.items():
         if group not in cfg:

@@ -212,7 +212,8 @@ def build(
     if cfg.distill.enabled and teacher_folder is None:
         teacher_folder = plan_teacher(cfg).folder
     teacher = Path(teacher_folder) if cfg.distill.enabled else None
-    info = run_info(cfg, choices)
+    hooks = build_hooks(cfg, method, where.device, teacher)  # before the run log: no folder
+    info = run_info(cfg, choices)  # is written for a teacher that cannot be loaded
     overrides = runtime.job_overrides() if overrides is None else overrides
     record = {**info, **OmegaConf.to_container(cfg, resolve=True)}
     record.update(choices=choices, overrides=overrides, identity_hash=config_hash(cfg))
@@ -230,7 +231,7 @@ def build(
         precision=where.precision,
         run_log=make_run_log(cfg, run_dir, record) if dist.is_main() else SilentRunLog(),
         run_dir=run_dir,
-        hooks=build_hooks(cfg, method, where.device, teacher),
+        hooks=hooks,
         run_info=info,
         model_meta={
             "model": OmegaConf.to_container(cfg.model, resolve=True),
