@@ -4,12 +4,14 @@ sst-train                                   # the embedded default (digits, MLP,
 sst-train model=resnet18_cifar dataset=cifar10 sparsity=rigl sparsity.density=0.05
 sst-train -m experiment=srigl_resnet18_cifar10   # a paper table as a sweep
 
-Exit codes: 0 trained (or already finished), 2 a setting that cannot run, 124 stopped by a
-signal after saving its checkpoint (the launcher requeues it).
+Exit codes: 0 trained (or already finished), 1 the run failed (a file that cannot be read or
+written is named in one line, the traceback is in train.log), 2 a setting that cannot run,
+124 stopped by a signal after saving its checkpoint (the launcher requeues it).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import hydra
@@ -20,7 +22,10 @@ from sst.config import CONFIG_DIR, ConfigError, register_resolvers, runtime
 from sst.config.keys import check_command_line
 from sst.engine.signals import Preempted
 from sst.launch.run import run
+from sst.runs.checkpoint import CorruptCheckpoint
 from sst.runs.folder import remove_if_unused
+
+log = logging.getLogger("sst")
 
 # The entry point registers the resolvers when it is imported: Hydra's joblib and submitit
 # launchers import it in their workers, which resolve ${sst.run_folder:} before the job runs.
@@ -39,6 +44,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
         remove_if_unused(runtime.job_output_dir())  # the folder Hydra made for nothing
         print(f"sst: {error}", file=sys.stderr)
         sys.exit(2)
+    except (CorruptCheckpoint, OSError) as error:  # files, not code: one line, log kept
+        log.exception("the run stopped")  # the traceback goes to train.log
+        print(f"sst: {error}", file=sys.stderr)
+        sys.exit(1)
     return summary.get("final_test_acc")
 
 

@@ -246,3 +246,21 @@ def test_a_bad_setting_on_the_command_line_leaves_no_folder(tmp_path, monkeypatc
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sst: ")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+
+
+def test_no_readable_checkpoint_on_the_command_line_is_one_line(tmp_path, monkeypatch, capsys):
+    """sst-train exits 1 with one sst: line naming the files; the traceback is kept in the
+    run's train.log."""
+    import sst.train
+
+    _, run_dir, _ = compose_run(QUIET, tmp_path)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name in ("last.pt", "prev.pt"):
+        (run_dir / "checkpoints" / name).write_bytes(b"")
+    monkeypatch.setattr("sys.argv", ["sst-train", *QUIET, f"output_dir={tmp_path}"])
+    with pytest.raises(SystemExit) as exit_code:
+        sst.train.main()
+    assert exit_code.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint of this run can be read" in err[0]
+    assert "Traceback" in (run_dir / "train.log").read_text()
