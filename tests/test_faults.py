@@ -20,6 +20,7 @@ from sst.engine.step import NonFiniteLoss
 from sst.launch.build import build
 from sst.runs.checkpoint import CorruptCheckpoint, load_latest, verify
 from sst.runs.lock import RunLock
+from sst.runs.runlog import wandb_is_complete
 from sst.runs.wandb_file import read_history
 
 QUIET = [*QUICK, "logger=none"]
@@ -264,3 +265,20 @@ def test_no_readable_checkpoint_on_the_command_line_is_one_line(tmp_path, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no checkpoint of this run can be read" in err[0]
     assert "Traceback" in (run_dir / "train.log").read_text()
+
+
+def test_a_kill_after_the_summary_is_repaired_in_wandb_by_the_relaunch(tmp_path, monkeypatch):
+    """The process dies after summary.json: W&B lost its last records and the exit. The
+    relaunch skips the finished run and completes its W&B run."""
+    cfg, run_dir, choices = compose_run([*QUICK, "logger=wandb"], tmp_path)
+    run_module.run(cfg, run_dir, choices)
+    wandb.teardown()
+    (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data = log.read_bytes()
+    log.write_bytes(data[: len(data) // 2])  # a hard kill before W&B's last flush
+    assert not wandb_is_complete(run_dir)
+    summary_before = (run_dir / "summary.json").read_text()
+    assert run_module.run(cfg, run_dir, choices)["finished"]  # skipped ...
+    wandb.teardown()
+    assert wandb_is_complete(run_dir)  # ... and W&B has every record and the exit
+    assert (run_dir / "summary.json").read_text() == summary_before

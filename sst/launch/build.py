@@ -241,7 +241,7 @@ def build(
     )
 
 
-def make_run_log(cfg: DictConfig, run_dir: str | Path, config: dict[str, Any]) -> RunLog:
+def make_run_log(cfg: DictConfig, run_dir: str | Path, config: dict[str, Any] | None) -> RunLog:
     logger = cfg.logger
     try:
         return RunLog(

@@ -17,8 +17,9 @@ from sst.engine.signals import Preempted
 from sst.runs.folder import RunFolder, finished_summary
 from sst.runs.identity import config_hash, identity_differences
 from sst.runs.lock import RunFolderBusy, RunLock
+from sst.runs.runlog import wandb_is_complete
 
-from .build import build
+from .build import build, make_run_log
 from .teacher import TeacherPlan, plan_teacher
 
 log = logging.getLogger("sst")
@@ -56,7 +57,22 @@ def run(
             raise ConfigError(str(busy)) from None
     if dist.is_main():
         print(f"sst: run already finished, skipping: {run_dir}")
+        repair_wandb(cfg, run_dir, done)
     return done
+
+
+def repair_wandb(cfg: DictConfig, run_dir: Path, summary: dict) -> None:
+    """A finished run whose W&B logs lost their last records or the exit (a process killed
+    after ``summary.json`` was written) sends them again, as a resumed run does."""
+    if cfg.logger.kind != "wandb" or wandb_is_complete(run_dir):
+        return
+    try:
+        run_log = make_run_log(cfg, run_dir, None)
+        run_log.resume_at(int(summary.get("steps", 0)))
+        run_log.send_summary(summary)
+        run_log.finish(exit_code=0)
+    except OSError as error:  # read-only storage: the run stays skipped, W&B as it was
+        log.warning("the W&B run of %s could not be completed: %s", run_dir, error)
 
 
 def check_same_run(cfg: DictConfig, run_dir: Path) -> None:

@@ -19,7 +19,7 @@ from sst.files import write_json_atomic, write_text_atomic
 
 from .folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 from .jsonl import read_jsonl
-from .wandb_file import read_history
+from .wandb_file import read_history, read_run
 
 LOGGER_KINDS = ("wandb", "none")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -59,7 +59,7 @@ class RunLog:
     Args:
         run_dir: the run's folder.
         config: the resolved config as a plain dict: written to ``config.json`` and sent to
-            W&B as its config.
+            W&B as its config (None: neither, for a run that only repairs its W&B run).
         kind: ``wandb`` or ``none``.
         mode: W&B mode, ``online``, ``offline`` (default: no account, no network) or
             ``disabled``.
@@ -72,7 +72,7 @@ class RunLog:
         self,
         run_dir: str | Path,
         *,
-        config: dict[str, Any],
+        config: dict[str, Any] | None,
         kind: str = "wandb",
         mode: str = "offline",
         project: str = "sst",
@@ -90,7 +90,8 @@ class RunLog:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS_FILE
         self.summary_path = self.run_dir / SUMMARY_FILE
-        write_json_atomic(self.run_dir / CONFIG_FILE, config)
+        if config is not None:  # None: attach to a finished run's W&B run to repair it
+            write_json_atomic(self.run_dir / CONFIG_FILE, config)
         self.wandb_run = None
         self.wandb_mode = mode if kind == "wandb" else "disabled"
         self.run_id = run_id
@@ -166,6 +167,10 @@ class RunLog:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.summary_path, summary)
+        self.send_summary(summary)
+
+    def send_summary(self, summary: dict[str, Any]) -> None:
+        """The summary's scalars as the W&B run's summary."""
         if self.wandb_run is not None:
             for key, value in summary.items():
                 if isinstance(value, (int, float, str, bool)):
@@ -176,6 +181,25 @@ class RunLog:
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=exit_code)
             self.wandb_run = None
+
+
+def wandb_is_complete(run_dir: str | Path) -> bool:
+    """Whether the run's local W&B logs (``wandb/*/run-<id>.wandb``) hold every step of
+    ``metrics.jsonl`` and the run's exit: a process killed after ``summary.json`` was
+    written leaves them short."""
+    run_dir = Path(run_dir)
+    id_file = run_dir / "wandb_id.txt"
+    if not id_file.exists():
+        return True  # the run never logged to W&B
+    run_id = id_file.read_text().strip()
+    steps: set[int] = set()
+    exited = False
+    for path in sorted(run_dir.glob(f"wandb/*/run-{run_id}.wandb")):
+        found = read_run(path)
+        steps |= {int(row["_step"]) for row in found["history"] if "_step" in row}
+        exited = exited or found["exit_code"] is not None
+    recorded = {int(r["step"]) for r in read_jsonl(run_dir / METRICS_FILE)}
+    return exited and recorded <= steps
 
 
 class SilentRunLog:
