@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from sst.sparsity import Static
 from sst.sparsity import distributions as dist
 
 
@@ -89,3 +90,51 @@ def test_unknown_dense_layer_is_rejected():
 def test_dense_layers_larger_than_budget_are_rejected():
     with pytest.raises(ValueError, match="no budget"):
         dist.erk({"big": (100, 100), "small": (2, 2)}, 0.1, dense=["big"])
+
+
+# ----------------------------------------------------------------------------- the registry
+WEIGHTS = {"a": torch.randn(10, 20), "b": torch.randn(30, 10), "c": torch.randn(8, 4, 3, 3)}
+
+
+def test_the_registry_dispatches_to_the_distribution_functions():
+    shapes = {n: tuple(w.shape) for n, w in WEIGHTS.items()}
+    kw = {"dense": ["a"], "fixed": {"c": 0.5}}
+    expected = {
+        "uniform": dist.uniform(shapes, 0.6, **kw),
+        "uniform_uncompensated": dist.uniform(shapes, 0.6, compensate=False, **kw),
+        "erk": dist.erk(shapes, 0.6, power=0.5, **kw),
+        "er": dist.er(shapes, 0.6, power=0.5, **kw),
+        "global_magnitude": dist.global_magnitude(WEIGHTS, 0.6, **kw),
+        "explicit": {"a": 1.0, "b": 0.3, "c": 0.5},
+    }
+    assert set(expected) == set(dist.DISTRIBUTIONS)
+    for name, densities in expected.items():
+        fixed = {"b": 0.3, "c": 0.5} if name == "explicit" else kw["fixed"]
+        got = dist.layer_densities(name, WEIGHTS, 0.6, dense=["a"], fixed=fixed, power=0.5)
+        assert got == densities, name
+
+
+def test_an_unknown_distribution_lists_the_registry():
+    with pytest.raises(ValueError, match="distribution='erx' is unknown") as error:
+        dist.layer_densities("erx", WEIGHTS, 0.4)
+    for name in dist.DISTRIBUTIONS:
+        assert repr(name) in str(error.value), name
+    dist.DISTRIBUTIONS["custom"] = dist.DISTRIBUTIONS["uniform"]  # one list for both uses
+    try:
+        with pytest.raises(ValueError, match="'custom'"):
+            dist.check_distribution("erx")
+        assert dist.layer_densities("custom", WEIGHTS, 0.4)["b"] == pytest.approx(0.4)
+    finally:
+        del dist.DISTRIBUTIONS["custom"]
+
+
+def test_a_method_rejects_an_unknown_distribution_under_every_structure():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    for structure in ("unstructured", "nm"):
+        with pytest.raises(ValueError, match=r"allowed values are .*'global_magnitude'"):
+            Static(model, density=0.5, distribution="erx", structure=structure)
+
+
+def test_explicit_needs_every_layer():
+    with pytest.raises(ValueError, match=r"missing \['b'\]"):
+        dist.explicit({"a": (4, 4), "b": (4, 4)}, 0.5, fixed={"a": 0.5})

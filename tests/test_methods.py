@@ -215,7 +215,7 @@ def test_flop_accounting_follows_the_rigl_paper(tiny_net):
     assert macs["stem"] == 8 * 3 * 9 * 64  # weight numel * 8x8 output positions
     assert macs["fc2"] == 32 * 4
     train_steps(tiny_net, opt, method, batches(5))
-    sparse, dense = method._sparse_macs()
+    sparse, dense = method.mask_metrics.sparse_macs()
     # 4 steps of 3 f_S, the 5th needs the dense gradient: 2 f_S + f_D
     # (the topology changes after the 5th step, f_S is taken before it)
     assert method.macs is macs

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import sst.models
 from sst.config import ConfigError
 from sst.launch.build import run_weights
-from sst.sparsity import GMP, OneShot
+from sst.sparsity import GMP, OneShot, SparsityMethod
 from sst.sparsity.schedules import cubic_sparsity
 from sst.sparsity.structure import Structure, layer_budget
 
@@ -135,6 +135,40 @@ def test_gmp_starts_at_s_init():
         TinyConvNet(), None, density=0.2, total_steps=40, s_init=0.4, distribution="uniform"
     )
     assert masked_sparsity(method) == pytest.approx(0.4, abs=1e-3)
+
+
+def test_first_masks_are_decided_over_a_mask_set_that_keeps_every_weight():
+    """The first masks come from the policy once the method's state exists (every weight
+    kept), pruned from the starting weights under both scopes."""
+    seen = {}
+
+    class Probe(GMP):
+        def initial_masks(self):
+            seen.update(self.mask_set.kept_counts())
+            return super().initial_masks()
+
+    for distribution in ("uniform", "global_magnitude"):
+        seen.clear()
+        torch.manual_seed(0)
+        model = TinyConvNet()
+        start = {n: w.detach().clone() for n, w in model.named_parameters()}
+        method = Probe(
+            model, None, density=0.2, total_steps=40, s_init=0.4, distribution=distribution
+        )
+        assert seen == {n: w.numel() for n, w in method.weights.items()}
+        assert masked_sparsity(method) == pytest.approx(0.4, abs=1e-2)
+        for name, weight in method.weights.items():
+            source = start[f"{name}.weight"]
+            mask = method.masks[name].bool()
+            assert torch.equal(weight[mask], source[mask]), name
+        # the ever-active sets start from the first masks, not from the dense start
+        assert method.metrics()["itop_rate"] == pytest.approx(1 - masked_sparsity(method))
+
+
+def test_only_oneshot_reads_run_weights():
+    assert SparsityMethod.RUN_WEIGHTS == ()
+    assert OneShot.RUN_WEIGHTS == ("dense_run",)
+    assert GMP.RUN_WEIGHTS == ()
 
 
 def test_gmp_in_a_plain_loop():

@@ -1,14 +1,16 @@
-"""Single RigL / SRigL updates on small hand-built tensors with known answers."""
+"""Single RigL / SRigL updates on small hand-built tensors with known answers, and the
+methods' updates checked against those rules."""
 
 import pytest
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from sst.sparsity import SRigL, rigl, srigl
+from sst.sparsity import SET, RigL, SRigL, rigl, srigl
+from sst.sparsity import set as set_rule
 from sst.sparsity.mask_ops import as_float, row_counts, top_indices
 from sst.sparsity.srigl import ablation_threshold
-from sst.sparsity.structure import layer_budget
+from sst.sparsity.structure import Structure, layer_budget
 
 
 def t(rows):
@@ -302,3 +304,127 @@ def test_srigl_ablation_does_not_cascade_over_updates():
         weight = method.weights[name]
         guard = layer_budget(weight.numel(), 0.1) // weight[0].numel()
         assert weight.shape[0] - counts[-1] >= 2 * (guard + 1), (name, counts)
+
+
+# ----------------------------------------------------------------------------- the methods
+# A method's update of a layer is its module's ``update_mask`` on the same inputs: the rule
+# the tests above pin is the rule training runs.
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
+    )
+
+
+def _update_inputs(method, model, opt, delta_t):
+    """Trains up to the first update step and stops where ``after_step`` would update;
+    returns what each layer's update sees: weights, boolean masks, dense gradients."""
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, delta_t + 1):
+        x, y = torch.randn(16, 64, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        method.before_step()
+        opt.step()
+        if step < delta_t:
+            method.after_step()
+    method.apply_masks()  # what after_step does before its update
+    weights = {n: w.detach().clone() for n, w in method.weights.items()}
+    masks = {n: m.bool().clone() for n, m in method.masks.items()}
+    grads = {n: g.clone() for n, g in method.dense_grads.items()}
+    return weights, masks, grads
+
+
+def _spy(monkeypatch, module):
+    calls = []
+    rule = module.update_mask
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].shape)
+        return rule(*args, **kwargs)
+
+    monkeypatch.setattr(module, "update_mask", spy)
+    return calls
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "constant_fanin"])
+def test_rigl_method_updates_each_layer_by_rigl_update_mask(monkeypatch, structure):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = RigL(model, opt, density=0.2, total_steps=100, delta_t=5, structure=structure)
+    weights, masks, grads = _update_inputs(method, model, opt, 5)
+    fraction = method.drop_fraction(5)
+    expected = {
+        n: rigl.update_mask(
+            weights[n], masks[n], grads[n], fraction, structure=Structure(structure)
+        )
+        for n in weights
+    }
+    calls = _spy(monkeypatch, rigl)
+    method.after_step()
+    assert len(calls) == len(weights)
+    for name, mask in expected.items():
+        assert not torch.equal(mask, masks[name]), name  # the update changed the layer
+        assert torch.equal(method.masks[name].bool(), mask), name
+
+
+def test_srigl_method_updates_each_layer_by_srigl_update_mask(monkeypatch):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = SRigL(model, opt, density=0.1, gamma_sal=0.9, total_steps=100, delta_t=5)
+    weights, masks, grads = _update_inputs(method, model, opt, 5)
+    fraction = method.drop_fraction(5)
+    expected = {
+        n: srigl.update_mask(
+            weights[n],
+            masks[n],
+            grads[n],
+            fraction,
+            0.9,
+            density=method.layer_density[n],
+            protected=n in method.protected,
+        )
+        for n in weights
+    }
+    calls = _spy(monkeypatch, srigl)
+    method.after_step()
+    assert len(calls) == len(weights)
+    assert sum(int(a.sum()) for _, a in expected.values()) > 0  # ablation is exercised
+    for name, (mask, ablated) in expected.items():
+        assert torch.equal(method.masks[name].bool(), mask), name
+        assert torch.equal(method.ablated[name], ablated), name
+
+
+def test_set_method_updates_each_layer_by_set_update_mask(monkeypatch):
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = SET(model, opt, density=0.2, total_steps=100, delta_t=5)
+    weights, masks, _ = _update_inputs(method, model, opt, 5)
+    generator = torch.Generator()
+    generator.set_state(method.generator.get_state())
+    fraction = method.drop_fraction(5)
+    expected = {n: set_rule.update_mask(weights[n], masks[n], fraction, generator) for n in weights}
+    calls = _spy(monkeypatch, set_rule)
+    method.after_step()
+    assert len(calls) == len(weights)
+    for name, mask in expected.items():
+        assert torch.equal(method.masks[name].bool(), mask), name
+
+
+def test_rigl_update_mask_keeps_every_unit_count_under_a_structure():
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(8, 16, generator=gen)
+    mask = Structure("nm", 2, 4).random_mask(weight.shape, 0.5, gen)
+    weight *= mask
+    nm = Structure("nm", 2, 4)
+    new = rigl.update_mask(weight, mask, torch.randn(8, 16, generator=gen), 0.5, structure=nm)
+    nm.verify(new, 2)
+    assert not torch.equal(new, mask)
+    fan_in = Structure("constant_fanin")
+    mask = fan_in.random_mask(weight.shape, 0.25, gen)
+    new = rigl.update_mask(
+        weight * mask, mask, torch.randn(8, 16, generator=gen), 0.5, structure=fan_in
+    )
+    fan_in.verify(new, 4)

@@ -10,11 +10,11 @@ sum_l density_l * numel_l == density * sum_l numel_l (up to rounding of one weig
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .checks import check_fraction
+from .checks import check_choice, check_fraction
 
 Shapes = Mapping[str, Sequence[int]]
 
@@ -188,4 +188,71 @@ def global_magnitude(
     return {name: result[name] for name in shapes}
 
 
-DISTRIBUTIONS = ("uniform", "uniform_uncompensated", "erk", "er", "global_magnitude", "explicit")
+def explicit(
+    shapes: Shapes,
+    density: float,
+    *,
+    dense: Iterable[str] = (),
+    fixed: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """Every layer's density given by hand: 1 for the ``dense`` layers, ``fixed[name]`` for
+    every other layer (``density`` is not used; a layer with neither is an error)."""
+    dense, fixed = list(dense), fixed or {}
+    missing = [n for n in shapes if n not in fixed and n not in dense]
+    if missing:
+        raise ValueError(
+            f"distribution=explicit needs a density for every layer: missing {missing}"
+        )
+    return {n: 1.0 if n in dense else fixed[n] for n in shapes}
+
+
+# The registry: every entry takes (weights, density, dense, fixed, power), the weights being
+# the candidate layers' (only their shapes matter but to ``global_magnitude``).
+Distribution = Callable[
+    [Mapping[str, torch.Tensor], float, Sequence[str], Mapping[str, float], float],
+    dict[str, float],
+]
+
+
+def _shapes(weights: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(w.shape) for name, w in weights.items()}
+
+
+DISTRIBUTIONS: dict[str, Distribution] = {
+    "uniform": lambda w, d, dense, fixed, _power: uniform(_shapes(w), d, dense=dense, fixed=fixed),
+    "uniform_uncompensated": lambda w, d, dense, fixed, _power: uniform(
+        _shapes(w), d, dense=dense, fixed=fixed, compensate=False
+    ),
+    "erk": lambda w, d, dense, fixed, power: erk(
+        _shapes(w), d, dense=dense, power=power, fixed=fixed
+    ),
+    "er": lambda w, d, dense, fixed, power: er(
+        _shapes(w), d, dense=dense, power=power, fixed=fixed
+    ),
+    "global_magnitude": lambda w, d, dense, fixed, _power: global_magnitude(
+        w, d, dense=dense, fixed=fixed
+    ),
+    "explicit": lambda w, d, dense, fixed, _power: explicit(
+        _shapes(w), d, dense=dense, fixed=fixed
+    ),
+}
+
+
+def check_distribution(name: str) -> None:
+    """Raises, listing the registry's names, unless ``name`` is in ``DISTRIBUTIONS``."""
+    check_choice("distribution", name, DISTRIBUTIONS)
+
+
+def layer_densities(
+    name: str,
+    weights: Mapping[str, torch.Tensor],
+    density: float,
+    *,
+    dense: Sequence[str] = (),
+    fixed: Mapping[str, float] | None = None,
+    power: float = 1.0,
+) -> dict[str, float]:
+    """Layer name -> density under the distribution ``name`` (a key of ``DISTRIBUTIONS``)
+    of the global ``density`` over the layers of ``weights``."""
+    check_distribution(name)
+    return DISTRIBUTIONS[name](weights, density, list(dense), dict(fixed or {}), power)

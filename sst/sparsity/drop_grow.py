@@ -36,6 +36,11 @@ def drop_smallest(weight: torch.Tensor, active: torch.Tensor, n_drop: int) -> to
     return kept.view(active.shape)
 
 
+def unit_counts(mask: torch.Tensor, structure: Structure) -> torch.Tensor:
+    """Active weights in every unit of ``structure`` (int64, one per row of ``units``)."""
+    return row_counts(structure.units(mask.bool()))
+
+
 def drop_and_grow(
     weight: torch.Tensor,
     mask: torch.Tensor,

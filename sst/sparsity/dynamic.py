@@ -1,8 +1,9 @@
 """Dynamic sparse training: drop and grow on RigL's schedule (Evci et al., ICML 2020).
 
 ``DynamicSparsity`` owns the schedule (``delta_t``, ``alpha``, ``t_end``, the drop-fraction
-decay), the dense gradient for growth and the update of every layer; a method says only where
-to grow (``grow_scores``) or, like SRigL, how to update a layer (``update_layer``).
+decay), the dense gradient for growth and the update of every layer; a method says only how
+one layer is updated (``update_layer``), by calling its module's pure rule
+(``rigl.update_mask``, ``srigl.update_mask``, ``set.update_mask``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import torch
 from torch import nn
 
 from .checks import check_at_least, check_choice, check_fraction, check_total_steps
-from .drop_grow import drop_and_grow
 from .method import SparsityMethod
 from .schedules import DROP_FRACTION_SCHEDULES, is_update_step
 
@@ -68,10 +68,6 @@ class DynamicSparsity(SparsityMethod):
         self.grad_accumulation = grad_accumulation
         self.skip_optimizer_step = skip_optimizer_step
         self.dense_grads: dict[str, torch.Tensor] = {}
-        self._unit_capacity = {  # per unit of structure.units, for update_layer
-            n: torch.full((self.structure.num_units(w.shape),), self.capacity[n], device=w.device)
-            for n, w in self.weights.items()
-        }
         self.nonfinite_grad_steps = 0  # window steps left out for inf/NaN gradients
         self.skipped_updates = 0  # updates skipped: no finite gradient in their window
         self._skipped = False  # this step's optimizer step was skipped for an update
@@ -141,12 +137,6 @@ class DynamicSparsity(SparsityMethod):
             self.update_topology(step)
 
     # ----------------------------------------------------------------- topology
-    def grow_scores(
-        self, name: str, weight: torch.Tensor, dense_grad: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Where to grow: higher is better. Subclasses define it."""
-        raise NotImplementedError
-
     def update_layer(
         self,
         name: str,
@@ -155,10 +145,10 @@ class DynamicSparsity(SparsityMethod):
         dense_grad: torch.Tensor | None,
         drop_fraction: float,
     ) -> torch.Tensor:
-        """The layer's new boolean mask; the default is structure-aware drop and grow."""
-        scores = self.grow_scores(name, weight, dense_grad)
-        capacity = self._unit_capacity[name]
-        return drop_and_grow(weight, mask, scores, drop_fraction, self.structure, capacity)
+        """Layer ``name``'s new boolean mask after dropping ``drop_fraction`` of its active
+        weights ``mask`` (boolean); ``dense_grad`` is the summed dense gradient, None for
+        a method that does not need it. Subclasses define it."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def update_topology(self, step: int) -> None:
@@ -169,14 +159,8 @@ class DynamicSparsity(SparsityMethod):
             return
         self.check_weights_current()
         if self.needs_dense_grad and not self.dense_grads:
-            if self.nonfinite_grad_steps:
-                self.nonfinite_grad_steps = 0
-                self.skipped_updates += 1
-                return
-            raise RuntimeError(
-                "an update needs the dense gradient, but no gradient was seen: "
-                "call before_step() after backward()"
-            )
+            self._skip_update()
+            return
         start = time.perf_counter()
         fraction = self.drop_fraction(step)
         new_masks = {}
@@ -199,6 +183,17 @@ class DynamicSparsity(SparsityMethod):
             "update/time_ms": 1000.0 * (time.perf_counter() - start),
             "update/step": float(step),
         }
+
+    def _skip_update(self) -> None:
+        """An update without a dense gradient: skipped and counted when the window's steps
+        were all left out for inf/NaN gradients, an error when no gradient was seen."""
+        if not self.nonfinite_grad_steps:
+            raise RuntimeError(
+                "an update needs the dense gradient, but no gradient was seen: "
+                "call before_step() after backward()"
+            )
+        self.nonfinite_grad_steps = 0
+        self.skipped_updates += 1
 
     def state_dict(self) -> dict:
         state = super().state_dict()

@@ -59,6 +59,36 @@ def _position_weights(n: int, multipliers: tuple[int, int], device, dtype) -> to
     return (index * k % p + 1).to(dtype)
 
 
+@torch.no_grad()
+def mask_checksum(
+    masks: Mapping[str, torch.Tensor], neuron_counts: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """Per layer of ``masks`` (in order), three int64 on the CPU: the number of active
+    weights (from ``neuron_counts``, active weights per output neuron) and two sums of
+    ``a_k(col) * b_k(row)`` over the active positions of the layer's (rows = output neurons)
+    x (columns = fan-in) matrix, with the integer position weights of ``_position_weights``.
+    Equal masks give equal checksums on any hardware (every sum is of integers, exact in the
+    float type used); masks that differ almost surely do not. Costs a matrix-vector product
+    per layer (about 0.05 s for ResNet-50's masks on 2 busy CPU cores)."""
+    rows = []
+    for name, mask in masks.items():
+        matrix = mask.reshape(mask.shape[0], -1)
+        n_rows, n_cols = matrix.shape
+        if matrix.dtype != torch.float64:  # a half type would round the sums
+            small = n_cols * max(_HASH_PRIMES) < _EXACT_FLOAT32
+            matrix = matrix.to(torch.float32 if small else torch.float64)
+        cols = _position_weights(n_cols, _HASH_MULTIPLIERS[0], matrix.device, matrix.dtype)
+        if matrix.device.type == "cpu":  # two matrix-vector products: 20x faster than one
+            per_row = torch.stack([matrix @ cols[:, k].contiguous() for k in range(2)], 1)
+        else:  # elementwise: a GPU matmul may run in TF32, which is not exact
+            per_row = (matrix.unsqueeze(2) * cols).sum(dim=1)
+        per_row = per_row.cpu().to(torch.int64)
+        weights = _position_weights(n_rows, _HASH_MULTIPLIERS[1], "cpu", torch.int64)
+        hashes = (per_row * weights).sum(dim=0)
+        rows.append(torch.cat([neuron_counts[name].sum().cpu().reshape(1), hashes]))
+    return torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.int64)
+
+
 class MaskDivergence(RuntimeError):
     """The ranks of a multi-process run hold different masks."""
 
@@ -77,8 +107,8 @@ class MaskSet:
     Args:
         model: the (unwrapped) model the weights belong to.
         weights: layer name -> weight of every masked layer.
-        masks: layer name -> boolean mask of the same shape: the first topology. The
-            weights are multiplied by it at once.
+        masks: layer name -> boolean mask of the same shape: the first topology (see
+            ``reset``); None keeps every weight until ``reset`` installs the first masks.
         optimizer: its per-weight state is zeroed wherever a weight is not kept (None for
             mask-only use).
     """
@@ -87,12 +117,10 @@ class MaskSet:
         self,
         model: nn.Module,
         weights: Mapping[str, torch.Tensor],
-        masks: Mapping[str, torch.Tensor],
+        masks: Mapping[str, torch.Tensor] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         check_optimizer(optimizer)
-        if set(masks) != set(weights):
-            raise ValueError(f"masks for {sorted(masks)} but weights {sorted(weights)}")
         self.model = model
         self.optimizer = optimizer
         self.weights = dict(weights)
@@ -104,12 +132,23 @@ class MaskSet:
         self.ever_active: dict[str, torch.Tensor] = {}
         self._forward_hooks: list = []
         self._swapped: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            for name, weight in self.weights.items():
-                keep = masks[name].to(weight.device, torch.bool)
-                self.masks[name] = as_float(keep, weight.dtype)
-                self.ever_active[name] = keep.clone()
-                self._mask_optimizer_state(weight, keep)  # an optimizer that has state
+        if masks is None:
+            masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in self.weights.items()}
+        self.reset(masks)
+
+    @torch.no_grad()
+    def reset(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Installs the boolean ``masks`` (one per weight) as the first topology: the
+        weights and any optimizer state are multiplied by them at once, and the ever-active
+        sets start from them. Unlike ``set``, nothing counts as grown and the ranks are not
+        compared."""
+        if set(masks) != set(self.weights):
+            raise ValueError(f"masks for {sorted(masks)} but weights {sorted(self.weights)}")
+        for name, weight in self.weights.items():
+            keep = masks[name].to(weight.device, torch.bool)
+            self.masks[name] = as_float(keep, weight.dtype)
+            self.ever_active[name] = keep.clone()
+            self._mask_optimizer_state(weight, keep)
         self._changed()
         self.apply()
 
@@ -197,33 +236,10 @@ class MaskSet:
                 )
 
     # ----------------------------------------------------------------- ranks
-    @torch.no_grad()
     def checksum(self) -> torch.Tensor:
-        """Per masked layer (in order), three int64 on the CPU: the number of active
-        weights and two sums of ``a_k(col) * b_k(row)`` over the active positions of the
-        layer's (rows = output neurons) x (columns = fan-in) matrix, with the integer position
-        weights of ``_position_weights``. Equal masks give equal checksums on any hardware
-        (every sum is of integers, exact in the float type used); masks that differ almost
-        surely do not. Costs a matrix-vector product per layer (about 0.05 s for ResNet-50's
-        masks on 2 busy CPU cores)."""
-        rows = []
-        counts = self.neuron_counts()
-        for name, mask in self.masks.items():
-            matrix = mask.reshape(mask.shape[0], -1)
-            n_rows, n_cols = matrix.shape
-            if matrix.dtype != torch.float64:  # a half type would round the sums
-                small = n_cols * max(_HASH_PRIMES) < _EXACT_FLOAT32
-                matrix = matrix.to(torch.float32 if small else torch.float64)
-            cols = _position_weights(n_cols, _HASH_MULTIPLIERS[0], matrix.device, matrix.dtype)
-            if matrix.device.type == "cpu":  # two matrix-vector products: 20x faster than one
-                per_row = torch.stack([matrix @ cols[:, k].contiguous() for k in range(2)], 1)
-            else:  # elementwise: a GPU matmul may run in TF32, which is not exact
-                per_row = (matrix.unsqueeze(2) * cols).sum(dim=1)
-            per_row = per_row.cpu().to(torch.int64)
-            weights = _position_weights(n_rows, _HASH_MULTIPLIERS[1], "cpu", torch.int64)
-            hashes = (per_row * weights).sum(dim=0)
-            rows.append(torch.cat([counts[name].sum().cpu().reshape(1), hashes]))
-        return torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.int64)
+        """The masks' checksum (``mask_checksum``): equal on every rank that holds the same
+        masks."""
+        return mask_checksum(self.masks, self.neuron_counts())
 
     def verify_ranks(self) -> None:
         """Raises ``MaskDivergence`` naming the layers whose masks differ between ranks (one

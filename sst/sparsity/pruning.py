@@ -79,23 +79,20 @@ class PruningMethod(SparsityMethod):
             dense=self.dense_layers,
             fixed=fixed,
         )
-        masks = self.mask_set.masks if hasattr(self, "mask_set") else {}
-        kept = self.mask_set.kept_counts() if masks else {}
+        kept = self.mask_set.kept_counts()
         out = {}
         for name, weight in self.weights.items():
             density = result[name]
             if self.structure.kind == "constant_fanin":  # every neuron keeps one weight
                 density = max(density, weight.shape[0] / weight.numel())
-            if name in masks:
-                # pruned weights are zeros: when the kept ones are fewer than the budget
-                # (constant fan-in rounds down), the threshold is 0 and admits them all
-                density = min(density, kept[name] / weight.numel())
-            out[name] = density
+            # pruned weights are zeros: when the kept ones are fewer than the budget
+            # (constant fan-in rounds down), the threshold is 0 and admits them all
+            out[name] = min(density, kept[name] / weight.numel())
         return out
 
     def _current_weights(self) -> dict[str, torch.Tensor]:
-        """The candidates' weights, masked when the masks exist."""
-        masks = self.mask_set.masks if hasattr(self, "mask_set") else {}
+        """The candidates' weights, the masked layers' times their masks."""
+        masks = self.mask_set.masks
         out = {}
         for name, weight in self.candidates.items():
             w = weight.detach()
@@ -107,17 +104,18 @@ class PruningMethod(SparsityMethod):
         """Boolean masks at ``progress``: the largest |w| among the weights still kept,
         per layer density and structure (``Structure.mask_at_density``)."""
         densities = self.densities_at(progress)
-        masks = self.mask_set.masks if hasattr(self, "mask_set") else {}
         out = {}
         for name, weight in self.weights.items():
             scores = weight.detach().abs().float()
-            if name in masks:  # pruned weights rank below every kept one
-                scores = torch.where(masks[name].bool(), scores, -1.0)
+            # pruned weights rank below every kept one
+            scores = torch.where(self.masks[name].bool(), scores, -1.0)
             out[name] = self.structure.mask_at_density(scores, densities[name])
         return out
 
     # ----------------------------------------------------------------- the policy
     def initial_masks(self) -> dict[str, torch.Tensor]:
+        """Every weight kept (progress 0), else the masks at ``start_progress``, pruned
+        from the starting weights (the mask set keeps every weight when this is asked)."""
         if self.start_progress <= 0.0:
             return {n: torch.ones_like(w, dtype=torch.bool) for n, w in self.weights.items()}
         return self.masks_at(self.start_progress)

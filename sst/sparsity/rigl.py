@@ -4,32 +4,49 @@ from __future__ import annotations
 
 import torch
 
-from .drop_grow import drop_and_grow
+from .drop_grow import drop_and_grow, unit_counts
 from .dynamic import DynamicSparsity
 from .structure import Structure
 
+UNSTRUCTURED = Structure("unstructured")
+
 
 def update_mask(
-    weight: torch.Tensor, mask: torch.Tensor, dense_grad: torch.Tensor, drop_fraction: float
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    dense_grad: torch.Tensor,
+    drop_fraction: float,
+    *,
+    structure: Structure = UNSTRUCTURED,
 ) -> torch.Tensor:
-    """One unstructured RigL update of one layer.
+    """One RigL update of one layer (Evci et al. 2020, Algorithm 1); the rule the ``RigL``
+    method runs on every masked layer.
 
-    Drops n_drop = int(n_active * drop_fraction) active weights of smallest |w|, then grows
-    n_drop connections at the largest |dL/d(m*w)| among positions not kept (a weight dropped
-    in this update may grow back). The active count is unchanged. Returns a boolean mask.
+    Drops n_drop = int(n_active * drop_fraction) active weights of smallest |w| layer-wide,
+    then grows every unit of ``structure`` back to its active count before the update at the
+    largest |dL/d(m*w)| among its positions not kept (a weight dropped in this update may
+    grow back). Unstructured (the default, the paper's rule): one unit, the whole layer, so
+    exactly n_drop connections grow. Constant fan-in / N:M: every neuron / group of M keeps
+    its count. Returns a boolean mask.
     """
-    n_active = torch.count_nonzero(mask).reshape(1)
-    return drop_and_grow(
-        weight, mask, dense_grad.abs(), drop_fraction, Structure("unstructured"), n_active
-    )
+    counts = unit_counts(mask, structure)
+    return drop_and_grow(weight, mask, dense_grad.abs(), drop_fraction, structure, counts)
 
 
 class RigL(DynamicSparsity):
     """RigL on any structure: every ``delta_t`` steps until ``t_end``, drop the smallest
-    weights and grow where the dense gradient is largest (Evci et al. 2020, Algorithm 1)."""
+    weights and grow where the dense gradient is largest (Evci et al. 2020, Algorithm 1),
+    each layer by ``update_mask``."""
 
     needs_dense_grad = True
 
-    def grow_scores(self, name: str, weight: torch.Tensor, dense_grad: torch.Tensor | None):
+    def update_layer(
+        self,
+        name: str,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        dense_grad: torch.Tensor | None,
+        drop_fraction: float,
+    ) -> torch.Tensor:
         assert dense_grad is not None
-        return dense_grad.abs()
+        return update_mask(weight, mask, dense_grad, drop_fraction, structure=self.structure)

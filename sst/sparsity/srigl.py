@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ def ablation_threshold(
     return threshold
 
 
+CONSTANT_FANIN = Structure("constant_fanin")
+
+
 def update_mask(
     weight: torch.Tensor,
     mask: torch.Tensor,
@@ -52,7 +55,8 @@ def update_mask(
     ablation_denominator: str = "sparse",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SRigL update of one layer (Lasby et al., ICLR 2024, section 4 and the SRigL
-    code's order); returns (new boolean mask, ablated-neuron vector).
+    code's order); the rule the ``SRigL`` method runs on every masked layer. Returns (new
+    boolean mask, ablated-neuron vector).
 
     With budget = int(numel * density), k0 = budget // n_out (the un-ablated constant
     fan-in, fixed for the run) and m = budget // dense_fan_in:
@@ -73,39 +77,59 @@ def update_mask(
        k' by largest |dense grad| among its positions not kept. New weights start at 0.
     """
     check_ablation_settings(gamma_sal, ablation_denominator)
-    n_out = weight.shape[0]
-    dense_fan_in = weight[0].numel()
+    n_out, dense_fan_in = weight.shape[0], weight[0].numel()
     budget = layer_budget(weight.numel(), density)
+    nonzero, n_keep, n_drop = _keep_counts(weight, mask, drop_fraction)
+    kept = _keep_largest(weight, nonzero, n_keep)
+    grad_magnitude = dense_grad.abs().float()
+    ablated = torch.zeros(n_out, dtype=torch.bool, device=weight.device)
+    if gamma_sal > 0 and not protected:
+        fan_in = budget // n_out if ablation_denominator == "sparse" else dense_fan_in
+        salient = kept | topk_mask(grad_magnitude, n_drop)
+        counts = row_counts(salient.reshape(n_out, -1))
+        ablated = counts < ablation_threshold(gamma_sal, fan_in, counts, budget // dense_fan_in)
+        kept = _drop_ablated(weight, nonzero, kept, ablated, n_keep)
+    n_alive = n_out - int(torch.count_nonzero(ablated).item())
+    capacity = torch.where(ablated, 0, budget // n_alive)
+    return regrow(weight, kept, grad_magnitude, CONSTANT_FANIN, capacity), ablated
+
+
+def _keep_counts(
+    weight: torch.Tensor, mask: torch.Tensor, drop_fraction: float
+) -> tuple[torch.Tensor, int, int]:
+    """Step 1: (the active non-zero weights, n_keep, n_drop)."""
     active = mask.bool()
     n_active = int(torch.count_nonzero(active).item())
     nonzero = active & (weight.detach() != 0)
     n_nonzero = int(torch.count_nonzero(nonzero).item())
     n_keep = min(n_active - int(n_active * drop_fraction), n_nonzero)
-    n_drop = n_active - n_keep
-    kept = drop_smallest(weight, nonzero, n_nonzero - n_keep)  # the top n_keep |w|
-    grad_magnitude = dense_grad.abs().float()
-    ablated = torch.zeros(n_out, dtype=torch.bool, device=weight.device)
-    if gamma_sal > 0 and not protected:
-        salient = kept | topk_mask(grad_magnitude, n_drop)
-        counts = row_counts(salient.reshape(n_out, -1))
-        fan_in = budget // n_out if ablation_denominator == "sparse" else dense_fan_in
-        threshold = ablation_threshold(gamma_sal, fan_in, counts, budget // dense_fan_in)
-        ablated = counts < threshold
-        # The ablated neurons' weights count toward the n_drop removals, so the survivors
-        # keep their own top n_keep. Unchanged when no ablated neuron held a kept weight.
-        if bool(row_counts(kept.reshape(n_out, -1))[ablated].any()):
-            survivors = (nonzero.reshape(n_out, -1) & ~ablated.unsqueeze(1)).view(mask.shape)
-            n_survivors = int(torch.count_nonzero(survivors).item())
-            kept = drop_smallest(weight, survivors, n_survivors - n_keep)
-    n_alive = n_out - int(torch.count_nonzero(ablated).item())
-    capacity = torch.where(ablated, 0, budget // n_alive)
-    structure = Structure("constant_fanin")
-    new_mask = regrow(weight, kept, grad_magnitude, structure, capacity)
-    return new_mask, ablated
+    return nonzero, n_keep, n_active - n_keep
+
+
+def _keep_largest(weight: torch.Tensor, candidates: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """The ``n_keep`` largest |w| among the boolean ``candidates`` (all, if fewer)."""
+    return drop_smallest(weight, candidates, int(torch.count_nonzero(candidates).item()) - n_keep)
+
+
+def _drop_ablated(
+    weight: torch.Tensor,
+    nonzero: torch.Tensor,
+    kept: torch.Tensor,
+    ablated: torch.Tensor,
+    n_keep: int,
+) -> torch.Tensor:
+    """Step 5's drop: the ablated neurons' weights count toward the n_drop removals, so the
+    survivors keep their own top n_keep; ``kept`` itself when no ablated neuron held a
+    kept weight."""
+    n_out = weight.shape[0]
+    if not bool(row_counts(kept.reshape(n_out, -1))[ablated].any()):
+        return kept
+    survivors = (nonzero.reshape(n_out, -1) & ~ablated.unsqueeze(1)).view(nonzero.shape)
+    return _keep_largest(weight, survivors, n_keep)
 
 
 class SRigL(DynamicSparsity):
-    """RigL with constant fan-in and dynamic neuron ablation.
+    """RigL with constant fan-in and dynamic neuron ablation, each layer by ``update_mask``.
 
     Args (besides ``DynamicSparsity``'s):
         gamma_sal: ablation threshold; 0 turns ablation off ("SRigL without ablation"),
@@ -150,7 +174,16 @@ class SRigL(DynamicSparsity):
             for n, w in self.weights.items()
         }
 
-    def update_layer(self, name, weight, mask, dense_grad, drop_fraction):
+    def update_layer(
+        self,
+        name: str,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        dense_grad: torch.Tensor | None,
+        drop_fraction: float,
+    ) -> torch.Tensor:
+        """``update_mask`` with this layer's settings; keeps its ablated neurons."""
+        assert dense_grad is not None
         new_mask, ablated = update_mask(
             weight,
             mask,
@@ -172,7 +205,7 @@ class SRigL(DynamicSparsity):
         state["ablated"] = {n: a.to("cpu", copy=True) for n, a in self.ablated.items()}
         return state
 
-    def load_state_dict(self, state) -> None:
+    def load_state_dict(self, state: Mapping) -> None:
         super().load_state_dict(state)
         self.ablated = {
             n: a.to(self.weights[n].device, copy=True) for n, a in state["ablated"].items()

@@ -72,14 +72,6 @@ class Structure:
             return tensor.reshape(tensor.shape[0], -1)
         return tensor.movedim(1, -1).reshape(-1, self.m)
 
-    def num_units(self, shape: Sequence[int]) -> int:
-        """Rows of ``units`` for a weight of this shape."""
-        if self.kind == "unstructured":
-            return 1
-        if self.kind == "constant_fanin":
-            return shape[0]
-        return math.prod(shape) // self.m
-
     def from_units(self, units: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """The weight-shaped tensor whose ``units`` are ``units``."""
         if self.kind == "nm" and len(shape) > 2:

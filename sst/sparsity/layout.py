@@ -1,0 +1,109 @@
+"""Which layers a sparsity method masks and how dense each one is.
+
+A ``Layout`` is decided once, at construction, from the method's settings: the candidate
+layers (by type and name), the layers kept dense or given a density by hand, each layer's
+density under the distribution (``distributions.DISTRIBUTIONS``) and structure, and the
+masked layers (those below density 1) with their per-unit capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import distributions
+from .layers import matching, select_layers
+from .structure import Structure
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The layers of a method.
+
+    Attributes:
+        candidates: layer name -> weight of every candidate layer, in model order.
+        dense_layers: candidates kept dense (``dense_first`` / ``dense_last``).
+        fixed_densities: candidates given a density by hand (``densities``).
+        layer_density: candidate name -> density.
+        weights: the masked layers: candidates whose density is below 1.
+        capacity: masked layer -> kept weights per unit of the structure when every unit
+            is alive (``Structure.capacity``).
+    """
+
+    candidates: dict[str, nn.Parameter]
+    dense_layers: list[str]
+    fixed_densities: dict[str, float]
+    layer_density: dict[str, float]
+    weights: dict[str, nn.Parameter]
+    capacity: dict[str, int]
+
+
+def plan_layout(
+    model: nn.Module,
+    structure: Structure,
+    *,
+    density: float,
+    distribution: str,
+    erk_power: float = 1.0,
+    layer_types: Sequence[str] = ("Linear", "Conv2d"),
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    dense_first: bool = False,
+    dense_last: bool = False,
+    densities: Mapping[str, float] | None = None,
+) -> Layout:
+    """The layout of ``model`` under a method's settings (see ``SparsityMethod``); every
+    masked layer is checked against the structure."""
+    distributions.check_distribution(distribution)
+    candidates = select_layers(model, layer_types=layer_types, include=include, exclude=exclude)
+    names = list(candidates)
+    dense = ([names[0]] if dense_first else []) + ([names[-1]] if dense_last else [])
+    fixed = fixed_densities(names, densities)
+    density_of = split_density(
+        candidates, structure, distribution, density, dense=dense, fixed=fixed, power=erk_power
+    )
+    weights = {n: p for n, p in candidates.items() if density_of[n] < 1.0}
+    for name, weight in weights.items():
+        structure.check_layer(name, weight.shape, density_of[name])
+    capacity = {n: structure.capacity(w.shape, density_of[n]) for n, w in weights.items()}
+    return Layout(candidates, dense, fixed, density_of, weights, capacity)
+
+
+def fixed_densities(
+    names: Sequence[str], densities: Mapping[str, float] | None
+) -> dict[str, float]:
+    """Layer name -> density from the ``{regex: density}`` overrides (a regex matching no
+    layer is an error; a later regex overrides an earlier one)."""
+    fixed = {}
+    for pattern, value in (densities or {}).items():
+        for name in matching(names, [str(pattern)], "densities"):
+            fixed[name] = float(value)
+    return fixed
+
+
+def split_density(
+    candidates: Mapping[str, torch.Tensor],
+    structure: Structure,
+    distribution: str,
+    density: float,
+    *,
+    dense: Sequence[str],
+    fixed: Mapping[str, float],
+    power: float,
+) -> dict[str, float]:
+    """Layer name -> density: N/M for every layer not kept dense under N:M (which admits
+    only ``density`` = N/M and no per-layer overrides), else the distribution's split."""
+    if structure.kind != "nm":
+        return distributions.layer_densities(
+            distribution, candidates, density, dense=dense, fixed=fixed, power=power
+        )
+    target = structure.n / structure.m
+    if abs(density - target) > 1e-9 or fixed:
+        raise ValueError(
+            f"density={density} does not match N:M {structure.n}:{structure.m}"
+            f" (every masked layer has density {target:g}); set density={target:g}"
+        )
+    return {name: 1.0 if name in dense else target for name in candidates}
