@@ -157,8 +157,12 @@ def check_command_line(args: list[str], config_dir: str) -> None:
         return
     try:
         overrides = OverridesParser.create().parse_overrides(lines)
-    except Exception:
-        return
+    except Exception as error:  # Hydra's grammar: say which argument, in one line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"the command line does not parse ({first}); quote values with special characters, "
+            "e.g. 'distill.teacher_run=[\"sparsity=dense\"]'"
+        ) from error
     groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}
     group_args, keys = [], []
     for override in overrides:

@@ -79,6 +79,36 @@ RANGES: dict[str, tuple[Any, float | None, float | None]] = {
 }
 
 
+# Settings checked by their hooks only once built, which for distillation is after the
+# teacher trained: checked here first. (type, lowest excluded, highest included).
+OPEN_RANGES: dict[str, tuple[Any, float, float | None]] = {
+    "distill.temperature": (float, 0.0, None),
+}
+CLOSED_RANGES: dict[str, tuple[Any, float, float]] = {
+    "distill.weight": (float, 0.0, 1.0),
+}
+
+
+def check_bounds(cfg: DictConfig) -> None:
+    """``OPEN_RANGES`` (> lowest) and ``CLOSED_RANGES`` ([lowest, highest])."""
+    for path, (hint, lowest, highest) in OPEN_RANGES.items():
+        value = OmegaConf.select(cfg, path, default=None)
+        if value is not None:
+            check_value(path, value, hint)
+            if value <= lowest or (highest is not None and value > highest):
+                allowed = f"> {lowest:g}" + (f" and <= {highest:g}" if highest else "")
+                raise ConfigError(f"{path}={value!r} is out of range: allowed values are {allowed}")
+    for path, (hint, lowest, highest) in CLOSED_RANGES.items():
+        value = OmegaConf.select(cfg, path, default=None)
+        if value is not None:
+            check_value(path, value, hint)
+            if not lowest <= value <= highest:
+                raise ConfigError(
+                    f"{path}={value!r} is out of range: allowed values are in "
+                    f"[{lowest:g}, {highest:g}]"
+                )
+
+
 def check_range(path: str, value: Any, lowest: float | None, highest: float | None) -> None:
     if (lowest is not None and value < lowest) or (highest is not None and value >= highest):
         allowed = f"in [{lowest:g}, {highest:g})" if highest is not None else f">= {lowest:g}"
@@ -182,3 +212,4 @@ def check_config(cfg: DictConfig, schemas: dict[str, type] | None = None) -> Non
         if value is not None:
             check_value(path, value, hint)
             check_range(path, value, lowest, highest)
+    check_bounds(cfg)

@@ -99,8 +99,7 @@ class Loop:
         self._lr = 0.0
 
     @property
-    def step(self) -> int:
-        """Optimizer steps taken."""
+    def step(self) -> int:  # optimizer steps taken
         return self.position.step
 
     # ----------------------------------------------------------------- checkpoint
@@ -147,16 +146,14 @@ class Loop:
         folder has one, and brings the run's records back to its step (to none without a
         checkpoint: a kill before the first one leaves records the new start logs again)."""
         found = self.checkpointer.load()
-        if found is None:  # a start from scratch: records of an earlier, unsaved start go
-            if self.run_log is not None and dist.is_main():
-                self.run_log.resume_at(0)
-            return False
-        state, path = found
-        self.load_state_dict(state)
-        self.checkpointer.saved_step = self.step
-        if self.run_log is not None and dist.is_main():
+        if found is not None:
+            self.load_state_dict(found[0])
+            self.checkpointer.saved_step = self.step
+        if self.run_log is not None and dist.is_main():  # records past the start go
             self.run_log.resume_at(self.step)
-        log.info("resumed from %s at step %d (epoch %d)", path, self.step, self.position.epoch)
+        if found is None:
+            return False
+        log.info("resumed from %s at step %d (epoch %d)", found[1], self.step, self.position.epoch)
         return True
 
     # ----------------------------------------------------------------- records

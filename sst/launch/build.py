@@ -141,12 +141,18 @@ class Placement:
     precision: Precision
 
 
-def place(cfg: DictConfig) -> Placement:
-    """Checks the run's settings, starts the process group and seeds every RNG."""
+def check_settings(cfg: DictConfig) -> TrainerSettings:
+    """Every key and value of the composed config that can be checked before anything is
+    built (``sst.config.schema``, the trainer's settings); returns the trainer's."""
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
     check_config(cfg, {**SCHEMAS, "trainer": TrainerSettings})
-    settings = trainer_settings(cfg.trainer)
+    return trainer_settings(cfg.trainer)
+
+
+def place(cfg: DictConfig) -> Placement:
+    """Checks the run's settings, starts the process group and seeds every RNG."""
+    settings = check_settings(cfg)
     launch = dist.environment()
     check_launch(settings, launch)
     device = pick_device(settings.device, launch)

@@ -19,7 +19,7 @@ from sst.runs.identity import config_hash, identity_differences
 from sst.runs.lock import RunFolderBusy, RunLock
 from sst.runs.runlog import wandb_is_complete
 
-from .build import build, make_run_log
+from .build import build, check_settings, make_run_log
 from .teacher import TeacherPlan, plan_teacher
 
 log = logging.getLogger("sst")
@@ -39,6 +39,7 @@ def run(
     fail with a message naming it, or, with ``wait_if_busy`` (a distillation teacher that
     several students need), wait for it and then find the run finished."""
     run_dir = Path(run_dir)
+    check_settings(cfg)  # before a teacher trains for a student that cannot run
     check_same_run(cfg, run_dir)
     done = finished_summary(run_dir)
     if done is None:

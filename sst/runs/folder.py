@@ -112,8 +112,10 @@ def remove_if_unused(run_dir: str | Path) -> bool:
     for entry in entries:
         entry.unlink()
     path.rmdir()
-    with contextlib.suppress(OSError):  # <output_dir>/runs, if this was its only run
-        path.parent.rmdir()
+    if path.parent.name == "runs":  # <output_dir>/runs and <output_dir>, if made for it
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+            path.parent.parent.rmdir()
     return True
 
 

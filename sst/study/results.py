@@ -207,6 +207,7 @@ def gather(
     """The runs of a study: under the run folders ``paths`` and/or in the W&B project
     ``wandb``, keeping those whose settings match every ``KEY=VALUE`` of ``where``
     (unfinished runs are kept when their config matches or is unknown)."""
+    criteria = parse_where(where)  # a malformed --where fails before any folder is read
     if wandb:
         found = wandb_runs(wandb)
         if paths:
@@ -214,7 +215,6 @@ def gather(
             found = Collection(found.runs + local.runs, found.problems + local.problems)
     else:
         found = collect(paths or [DEFAULT_RUNS])
-    criteria = parse_where(where)
     if not criteria:
         return found
     problems = [r for r in found.problems if not r.config or select([r], criteria)]

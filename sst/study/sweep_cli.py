@@ -24,7 +24,8 @@ from typing import Any
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from sst.config import runtime
+from sst.config import CONFIG_DIR, runtime
+from sst.config.keys import check_command_line
 
 SEARCH_METHODS = ("grid", "random")
 AGENT_COMMAND = ["${env}", "${interpreter}", "-m", "sst.train"]
@@ -172,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep_id = args.sweep_id
     if args.sweep_id is None or args.overrides:
         try:
+            check_command_line(list(args.overrides), CONFIG_DIR)  # close matches for typos
             config = sweep_config(
                 args.overrides,
                 method=args.method,
