@@ -1,11 +1,11 @@
 """The bad-command drill: every command of ``tests/drill/bad_commands.txt`` (one a line:
 CLI | arguments | the error it must give) ends with exit code 2 and one line on stderr that
-starts with ``sst:`` (``sst-table:`` and so on) and matches the expected text, with no traceback and no file or
-folder made. The commands run in-process through each CLI's main function."""
+starts with ``sst:`` (``sst-table:`` and so on) and matches the expected text, with no
+traceback and no file or folder made. The commands run in-process through each CLI's main
+function."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from pathlib import Path
@@ -66,5 +66,3 @@ def test_the_drill_has_sixty_commands_over_every_cli():
     assert len(found) >= 60
     assert {cli for cli, _, _ in found} == {"sst-train", *MAINS}
 
-
-os.environ.setdefault("WANDB_MODE", "disabled")
