@@ -130,14 +130,17 @@ def time_modules(
     (after a warm-up call each). The minimum, not the median, because other load on the
     machine only ever adds time."""
     best = {label: float("inf") for label in modules}
+    sync = torch.cuda.synchronize if x.is_cuda else lambda: None  # GPU calls are asynchronous
     with torch.inference_mode():
         for module in modules.values():
             module(x)
         start = time.perf_counter()
         for done in range(rounds):
             for label, module in modules.items():
+                sync()
                 t0 = time.perf_counter()
                 module(x)
+                sync()
                 best[label] = min(best[label], time.perf_counter() - t0)
             if done >= 2 and time.perf_counter() - start > budget_s:
                 break
@@ -425,7 +428,7 @@ def export_model(
     serialize.save(condensed, out_path, compress=compress, metadata=info)
     error = scale = None
     if example_input is not None:
-        reloaded_model = serialize.load(out_path)
+        reloaded_model = serialize.load(out_path).to(example_input.device)
         with torch.inference_mode():
             reference = masked_reference(model, masks)(example_input)
             output = condensed(example_input)

@@ -51,8 +51,10 @@ def semi_structured(
         weight, bias = module.weight.detach(), module.bias
     else:
         raise ValueError(f"expected a Linear or CondensedLinear, got {type(module).__name__}")
+    if weight.shape[1] % 4:
+        raise ValueError(f"the weight's {weight.shape[1]} inputs do not split into groups of 4")
     groups = (weight != 0).reshape(weight.shape[0], -1, 4).sum(-1)
-    if weight.shape[1] % 4 or bool((groups > 2).any()):
+    if bool((groups > 2).any()):
         raise ValueError("the weight is not 2:4 sparse along its inputs")
     weight = weight.to(device=device, dtype=dtype).contiguous()
     bias = None if bias is None else bias.detach().to(device=device, dtype=dtype)

@@ -250,13 +250,13 @@ def _nm_encode(module: CondensedLinear | CondensedConv2d) -> tuple[Tensor, Tenso
     shape = module.weight_shape
     if module.rows is not None or module.k * m != module.in_features * n:
         return None
-    units = flat_to_unit(module.indices.long(), shape)
+    units = flat_to_unit(module.indices.long().cpu(), shape)  # stored from the CPU
     units, order = torch.sort(units, dim=1)
     groups = units // m
     expected = torch.arange(module.k) // n
     if not bool((groups == expected).all()):
         return None
-    return module.values.gather(1, order).contiguous(), nm_metadata(units, m)
+    return module.values.detach().cpu().gather(1, order).contiguous(), nm_metadata(units, m)
 
 
 def _nm_decode(values: Tensor, metadata: Tensor, spec: dict[str, Any]) -> Tensor:
@@ -287,7 +287,7 @@ def _module_tensors(module: nn.Module, compress: bool) -> tuple[dict[str, Tensor
         return state, {"codec": "nm"}
     if not compress:
         return state, None
-    blob = codec.encode_indices(module.indices)
+    blob = codec.encode_indices(module.indices.cpu())
     state["indices"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
     encoding = {
         "codec": "zdelta",
