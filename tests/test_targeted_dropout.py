@@ -83,10 +83,32 @@ def test_unit_variant_targets_the_weakest_neurons():
     assert targeted(method) == [[0, 0], [1, 1], [0, 0], [1, 1]]
     with pytest.raises(ValueError, match=r"variant=unit would prune output neurons .* '1'"):
         TargetedDropout(linear(rows), None, density=0.5, total_steps=10, variant="unit")
-    with pytest.raises(ValueError, match="variant=unit drops whole neurons, which structure=nm"):
+    with pytest.raises(ValueError, match="variant=unit targets and finally prunes whole neurons"):
         TargetedDropout(
             linear(rows), None, density=0.5, total_steps=10, variant="unit", structure="nm"
         )
+
+
+def test_unit_variant_drops_each_weight_of_a_candidate_neuron_on_its_own_draw():
+    # for-ai/TD@877e3b9 models/utils/dropouts.py targeted_unit_dropout: one uniform draw per
+    # weight of a candidate unit, so a candidate neuron loses about alpha of its weights
+    # in a pass, not all of them; the words say so (the error named "drops whole neurons")
+    rows = [[1.0] * 64, [0.1] * 64, [3.0] * 64, [0.5] * 64]
+    method = TargetedDropout(
+        linear(rows),
+        None,
+        density=0.5,
+        total_steps=10,
+        variant="unit",
+        distribution="uniform",
+        include=["0"],
+    )
+    factor = method.forward_mask("0", method.weights["0"])
+    dropped = (factor == 0).sum(dim=1).tolist()
+    assert dropped[0] == dropped[2] == 0  # the strong neurons are not candidates
+    assert 0 < dropped[1] < 64 and 0 < dropped[3] < 64  # candidates: some weights, not all
+    doc = " ".join(TargetedDropout.__doc__.split())
+    assert "dropped on its own draw" in doc and "whole neurons are dropped" not in doc
 
 
 class Capture:

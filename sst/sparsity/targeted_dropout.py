@@ -31,8 +31,12 @@ class TargetedDropout(SparsityMethod):
       per group of M under ``nm`` (the targeting of Yu et al. 2019's intragroup sparsity,
       leaving N per group), over the whole layer under ``unstructured``.
     - ``variant=unit``: the bottom gamma of the output neurons by the L2 norm of their
-      weights are candidates, whole neurons are dropped (not under ``nm``; the model's
-      output layer must stay dense, or classes would be pruned).
+      weights are candidate units. In a forward pass every weight of a candidate unit is
+      dropped on its own draw, with probability alpha: a candidate neuron loses about
+      alpha of its weights, not all of them (as for-ai/TD@877e3b9
+      ``models/utils/dropouts.py`` ``targeted_unit_dropout`` draws one mask entry per
+      weight). The final prune removes the candidate neurons whole. Not under ``nm``; the
+      model's output layer must stay dense, or classes would be pruned.
 
     Dropping multiplies the weight inside the forward pass (``forward_mask``): the stored
     weights are never modified, a dropped weight gets no gradient in that pass, there is no
@@ -71,8 +75,8 @@ class TargetedDropout(SparsityMethod):
         check_choice("variant", variant, VARIANTS)
         if variant == "unit" and kwargs.get("structure") == "nm":
             raise ValueError(
-                "variant=unit drops whole neurons, which structure=nm (N of every M weights) "
-                "cannot hold: use variant=weight with structure=nm"
+                "variant=unit targets and finally prunes whole neurons, which structure=nm "
+                "(N of every M weights) cannot hold: use variant=weight with structure=nm"
             )
         self.variant = variant
         super().__init__(
