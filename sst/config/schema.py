@@ -29,10 +29,11 @@ class LoggerSettings:
     """``conf/logger/*.yaml``."""
 
     kind: str
-    mode: str = "offline"
-    project: str = "sst"
+    mode: str | None = None  # None: WANDB_MODE, else offline (sst.runs.runlog)
+    project: str | None = None  # None: WANDB_PROJECT, else sst
     entity: str | None = None
-    tags: list[str] | None = None
+    tags: list[str] | None = None  # None: WANDB_TAGS, else the method and experiment
+    job_type: str | None = None  # None: WANDB_JOB_TYPE, else train
 
 
 @dataclass

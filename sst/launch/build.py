@@ -248,18 +248,36 @@ def build(
 
 
 def make_run_log(cfg: DictConfig, run_dir: str | Path, config: dict[str, Any] | None) -> RunLog:
+    """The run's ``RunLog`` from ``logger.*``: unset W&B settings (null) leave W&B's
+    environment variables in charge; the default tags name the method and the experiment
+    preset."""
     logger = cfg.logger
     try:
         return RunLog(
             run_dir,
             config=config,
             kind=logger.kind,
-            mode=logger.get("mode", "offline"),
-            project=logger.get("project", "sst"),
+            mode=logger.get("mode"),
+            project=logger.get("project"),
             entity=logger.get("entity"),
             name=cfg.get("name"),
             group=cfg.get("group"),
-            tags=list(logger.get("tags") or []),
+            tags=None if logger.get("tags") is None else list(logger.tags),
+            job_type=logger.get("job_type"),
+            default_tags=default_tags(cfg, config),
         )
     except ValueError as error:
         raise ConfigError(str(error)) from error
+
+
+def default_tags(cfg: DictConfig, config: dict[str, Any] | None) -> list[str]:
+    """The W&B tags of a run whose ``logger.tags`` is unset: its sparsity method (the
+    ``sparsity`` choice, else the method's class) and its experiment preset, if any."""
+    choices = (config or {}).get("choices") or (runtime.job_choices() if runtime.running() else {})
+    target = str(cfg.sparsity.get("_target_", "")) if "sparsity" in cfg else ""
+    method = choices.get("sparsity") or target.rsplit(".", 1)[-1].lower()
+    tags = [method] if method else []
+    experiment = choices.get("experiment")
+    if experiment and experiment not in ("null", "None"):
+        tags.append(str(experiment))
+    return tags

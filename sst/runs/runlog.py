@@ -53,6 +53,43 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# W&B's legacy spellings of WANDB_MODE
+_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
+
+
+def effective_mode(mode: str | None) -> str:
+    """The W&B mode a run gets: ``logger.mode`` when set, else ``WANDB_MODE`` (and
+    ``WANDB_DISABLED=true`` means disabled), else ``offline``."""
+    if mode is not None:
+        return mode
+    if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
+        return "disabled"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    return _MODE_ALIASES.get(env, env) or "offline"
+
+
+def wandb_init_args(
+    mode: str | None,
+    project: str | None,
+    tags: list[str] | None,
+    job_type: str | None,
+    default_tags: list[str],
+) -> dict[str, Any]:
+    """``wandb.init`` keywords for the logger settings: an explicit setting wins, an unset
+    one (None) is left out when its W&B environment variable is set, so that the variable
+    applies, and otherwise takes sst's default (offline, project ``sst``, job type
+    ``train``, ``default_tags``)."""
+    env = os.environ
+    args: dict[str, Any] = {"mode": effective_mode(mode)}
+    if project is not None or "WANDB_PROJECT" not in env:
+        args["project"] = project if project is not None else "sst"
+    if tags is not None or "WANDB_TAGS" not in env:
+        args["tags"] = list(tags) if tags is not None else list(default_tags)
+    if job_type is not None or "WANDB_JOB_TYPE" not in env:
+        args["job_type"] = job_type if job_type is not None else "train"
+    return args
+
+
 class RunLog:
     """Writes a run's metrics to ``metrics.jsonl`` and, with ``kind="wandb"``, to W&B.
 
@@ -61,8 +98,11 @@ class RunLog:
         config: the resolved config as a plain dict: written to ``config.json`` and sent to
             W&B as its config (None: neither, for a run that only repairs its W&B run).
         kind: ``wandb`` or ``none``.
-        mode: W&B mode, ``online``, ``offline`` (default: no account, no network) or
-            ``disabled``.
+        mode, project, tags, job_type: W&B's; None (not set) leaves W&B's environment
+            variables (``WANDB_MODE``, ``WANDB_PROJECT``, ``WANDB_TAGS``,
+            ``WANDB_JOB_TYPE``) in charge, and where those are unset too the run is
+            ``offline`` in project ``sst`` with job type ``train`` and ``default_tags``
+            (see ``wandb_init_args``).
         run_id: the W&B run id to attach to (resume); None takes the one stored in the run
             folder, else ``WANDB_RUN_ID`` (set by a W&B sweep agent), else a new one, and
             stores it.
@@ -74,17 +114,19 @@ class RunLog:
         *,
         config: dict[str, Any] | None,
         kind: str = "wandb",
-        mode: str = "offline",
-        project: str = "sst",
+        mode: str | None = None,
+        project: str | None = None,
         entity: str | None = None,
         name: str | None = None,
         group: str | None = None,
         tags: list[str] | None = None,
+        job_type: str | None = None,
+        default_tags: list[str] | None = None,
         run_id: str | None = None,
     ) -> None:
         if kind not in LOGGER_KINDS:
             raise ValueError(f"logger.kind={kind!r} is unknown: allowed values are {LOGGER_KINDS}")
-        if mode not in WANDB_MODES:
+        if mode is not None and mode not in WANDB_MODES:
             raise ValueError(f"logger.mode={mode!r} is unknown: allowed values are {WANDB_MODES}")
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,32 +135,49 @@ class RunLog:
         if config is not None:  # None: attach to a finished run's W&B run to repair it
             write_json_atomic(self.run_dir / CONFIG_FILE, config)
         self.wandb_run = None
-        self.wandb_mode = mode if kind == "wandb" else "disabled"
+        settings = wandb_init_args(mode, project, tags, job_type, default_tags or [])
+        self.wandb_mode = effective_mode(mode) if kind == "wandb" else "disabled"
         self.run_id = run_id
-        if kind == "wandb" and mode != "disabled":
-            import wandb
+        if self.wandb_mode != "disabled":
+            self.run_id = self._stored_run_id()
+            self.wandb_run = self._init_wandb(config, entity, name, group, settings)
 
-            id_file = self.run_dir / "wandb_id.txt"
-            if self.run_id is None and id_file.exists():
-                self.run_id = id_file.read_text().strip()
-            if self.run_id is None:  # a W&B sweep agent names the run it started for us
-                self.run_id = os.environ.get("WANDB_RUN_ID") or None
-            if self.run_id is None:
-                self.run_id = new_run_id()
-            id_file.write_text(self.run_id + "\n")
-            self.wandb_run = wandb.init(
-                project=project,
-                entity=entity,
-                name=name,
-                group=group,
-                tags=tags,
-                id=self.run_id,
-                resume="allow",
-                dir=str(self.run_dir),
-                mode=mode,
-                config=config,
-                settings=wandb.Settings(quiet=True),
-            )
+    def _stored_run_id(self) -> str:
+        """The run's W&B id: the given one, else the run folder's, else the sweep agent's
+        ``WANDB_RUN_ID``, else a new one; written to ``wandb_id.txt``."""
+        id_file = self.run_dir / "wandb_id.txt"
+        run_id = self.run_id
+        if run_id is None and id_file.exists():
+            run_id = id_file.read_text().strip()
+        if run_id is None:  # a W&B sweep agent names the run it started for us
+            run_id = os.environ.get("WANDB_RUN_ID") or None
+        if run_id is None:
+            run_id = new_run_id()
+        id_file.write_text(run_id + "\n")
+        return run_id
+
+    def _init_wandb(
+        self,
+        config: dict[str, Any] | None,
+        entity: str | None,
+        name: str | None,
+        group: str | None,
+        settings: dict[str, Any],
+    ) -> Any:
+        """Starts (or resumes) the W&B run in the run folder."""
+        import wandb
+
+        return wandb.init(
+            entity=entity,
+            name=name,
+            group=group,
+            id=self.run_id,
+            resume="allow",
+            dir=str(self.run_dir),
+            config=config,
+            settings=wandb.Settings(quiet=True),
+            **settings,
+        )
 
     def truncate_after(self, step: int) -> None:
         """Drops records past ``step``: a resumed run re-logs them, so the file reads as if

@@ -1,0 +1,102 @@
+"""What Hydra, W&B and terminal users expect of sst (issue 19): W&B's environment
+variables, quiet logs, one-line interrupts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import wandb
+from runs import compose_run
+
+from sst.launch.build import default_tags, make_run_log
+from sst.runs.runlog import RunLog, wandb_init_args
+from sst.runs.wandb_file import read_chunks
+
+WANDB_VARIABLES = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_TAGS", "WANDB_JOB_TYPE", "WANDB_DISABLED")
+
+
+@pytest.fixture
+def clean_wandb_env(monkeypatch):
+    """No W&B variable of the caller's shell leaks into a test."""
+    for name in WANDB_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def run_record(run_dir: Path):
+    """The ``run`` record (project, tags, job type) of the run folder's offline W&B log."""
+    from wandb.proto import wandb_internal_pb2
+
+    wandb.teardown()  # finish() returns before W&B's service has written every record
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    for raw in read_chunks(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "run":
+            return record.run
+    raise AssertionError(f"{path} has no run record")
+
+
+def test_unset_settings_take_sst_defaults(clean_wandb_env):
+    args = wandb_init_args(None, None, None, None, ["srigl", "cpu_study_digits"])
+    assert args == {
+        "mode": "offline",
+        "project": "sst",
+        "tags": ["srigl", "cpu_study_digits"],
+        "job_type": "train",
+    }
+
+
+def test_unset_settings_leave_wandb_variables_alone(clean_wandb_env):
+    for name, value in [
+        ("WANDB_MODE", "disabled"),
+        ("WANDB_PROJECT", "p"),
+        ("WANDB_TAGS", "a,b"),
+        ("WANDB_JOB_TYPE", "eval"),
+    ]:
+        clean_wandb_env.setenv(name, value)
+    assert wandb_init_args(None, None, None, None, ["srigl"]) == {"mode": "disabled"}
+    explicit = wandb_init_args("online", "mine", ["x"], "sweep", ["srigl"])
+    assert explicit == {"mode": "online", "project": "mine", "tags": ["x"], "job_type": "sweep"}
+
+
+def test_wandb_mode_disabled_in_the_environment_starts_no_wandb_run(clean_wandb_env, tmp_path):
+    clean_wandb_env.setenv("WANDB_MODE", "disabled")
+    log = RunLog(tmp_path, config={}, kind="wandb")
+    assert log.wandb_run is None and log.wandb_mode == "disabled"
+    assert not (tmp_path / "wandb").exists()
+    log.finish()
+
+
+def test_offline_run_takes_project_and_tags_from_the_environment(clean_wandb_env, tmp_path):
+    clean_wandb_env.setenv("WANDB_PROJECT", "from-env")
+    clean_wandb_env.setenv("WANDB_TAGS", "env1,env2")
+    log = RunLog(tmp_path, config={"a": 1}, kind="wandb", default_tags=["srigl"])
+    assert log.wandb_mode == "offline"
+    log.finish()
+    run = run_record(tmp_path)
+    assert run.project == "from-env"
+    assert list(run.tags) == ["env1", "env2"]
+    assert run.job_type == "train"
+
+
+def test_explicit_logger_settings_win_over_the_environment(clean_wandb_env, tmp_path):
+    clean_wandb_env.setenv("WANDB_PROJECT", "from-env")
+    clean_wandb_env.setenv("WANDB_TAGS", "env1")
+    clean_wandb_env.setenv("WANDB_MODE", "disabled")
+    log = RunLog(tmp_path, config={}, kind="wandb", mode="offline", project="mine", tags=["t"])
+    log.finish()
+    run = run_record(tmp_path)
+    assert (run.project, list(run.tags)) == ("mine", ["t"])
+
+
+def test_default_tags_name_the_method_and_the_experiment(clean_wandb_env, tmp_path):
+    cfg, run_dir, choices = compose_run(["experiment=cpu_study_digits"], tmp_path)
+    assert cfg.logger.mode is None and cfg.logger.tags is None
+    tags = default_tags(cfg, {"choices": choices})
+    assert tags == [choices["sparsity"], "cpu_study_digits"]
+    log = make_run_log(cfg, run_dir, {"choices": choices})
+    log.finish()
+    run = run_record(run_dir)
+    assert (run.project, run.job_type, list(run.tags)) == ("sst", "train", tags)
