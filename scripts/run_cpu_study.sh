@@ -50,6 +50,16 @@ datasets=(digits)
     sst-table "$RUNS" --where "dataset=$data" --by sparsity.gamma_sal
     echo
     echo "![accuracy vs sparsity on $data](figures/study_${data}.png)"
+    # the comparisons the study's text makes, stated by the tool (paired over seeds)
+    compare() {  # heading, then sst-table's comparison over this data set's runs
+      echo
+      echo "### $data: \`sst-table $RUNS --where dataset=$data $*\`"
+      echo
+      sst-table "$RUNS" --where "dataset=$data" "$@"
+    }
+    compare --by sparsity.gamma_sal --compare method=rigl,srigl
+    compare --compare sparsity.gamma_sal=0,0.3
+    compare --compare method=dense,srigl
   done
   # SRigL's neuron ablation at 99% sparsity: one run's active neurons and mask
   run_99=$(python - "$RUNS" <<'PY'
