@@ -5,9 +5,12 @@ to the uninterrupted result."""
 import pytest
 import torch
 from conftest import TinyConvNet, batches, train_steps
+from omegaconf import OmegaConf
 from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
+from torch import nn
 
 import sst.launch.run as run_module
+from sst.config.directory import CONFIG_DIR
 from sst.engine.signals import Preempted
 from sst.sparsity import LRRewinding
 from sst.sparsity.lr_rewinding import round_densities
@@ -44,10 +47,28 @@ def run_rounds(method, model, opt, steps):
 def test_sparsity_after_round_r_is_one_minus_0_8_to_the_r(tiny_net):
     opt = torch.optim.SGD(tiny_net.parameters(), lr=0.05, momentum=0.9)
     method = LRRewinding(tiny_net, opt, density=0.3, total_steps=3)
-    assert method.distribution == "erk" and method.rounds == 6
+    assert method.distribution == "global_magnitude" and method.rounds == 6
     after = run_rounds(method, tiny_net, opt, 3)
     expected = [0.0] + [1 - 0.8**r for r in range(1, 6)] + [0.7]
     assert after == pytest.approx(expected, abs=1e-3)
+
+
+def test_the_library_default_is_the_configs_global_magnitude_with_the_last_layer_pruned():
+    # Renda et al. 2020 and conf/sparsity/lr_rewinding.yaml: one |w| threshold over every
+    # layer, the final linear layer included; the library used to split by ERK, which
+    # left the README's 10-class output layer dense
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    method = LRRewinding(model, None, density=0.5, total_steps=1)
+    config = OmegaConf.load(f"{CONFIG_DIR}/sparsity/lr_rewinding.yaml")
+    assert method.distribution == config.distribution == "global_magnitude"
+    assert not config.dense_last and set(method.weights) == {"0", "2"}
+    method.on_stage_start(method.stages(1)[-1])  # the last round: density 0.5
+    masks = {n: method.masks[n].bool() for n in method.weights}
+    kept = torch.cat([w.detach()[masks[n]].abs() for n, w in method.weights.items()])
+    pruned = torch.cat([w.detach()[~masks[n]].abs() for n, w in method.weights.items()])
+    assert kept.numel() == (64 * 256 + 256 * 10) // 2
+    assert pruned.max() <= kept.min()  # one threshold over both layers
 
 
 def test_global_scope_and_structures_reach_the_density():

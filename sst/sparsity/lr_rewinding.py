@@ -35,13 +35,16 @@ class LRRewinding(PruningMethod):
 
     One run holds every round: round r is the loop's stage r (``stages``), which prunes at
     its start (``on_stage_start``), is evaluated and checkpointed at its end, and resumes at
-    the exact step after a kill. Pruning follows ``sst.sparsity.pruning`` (the paper's
-    ``global_magnitude`` by default in ``conf/sparsity/lr_rewinding.yaml``; any scope,
-    distribution and structure). NVIDIA's 2:4 recipe (ASP) is ``rounds=1,
-    structure=nm``.
+    the exact step after a kill. Pruning follows ``sst.sparsity.pruning``: by default one
+    global |w| threshold over every candidate layer, the last layer included (Renda et al.
+    2020, and ``conf/sparsity/lr_rewinding.yaml``: one default for the library and the
+    config); any scope, distribution and structure. NVIDIA's 2:4 recipe (ASP) is
+    ``rounds=1, structure=nm, distribution=uniform``.
 
     Args (besides ``SparsityMethod``'s):
         total_steps: T, the optimizer steps of one stage (required).
+        distribution: ``global_magnitude`` (the default: Renda et al.'s one threshold over
+            all convs and the final linear layer) or any per-layer distribution.
         prune_fraction: share of the remaining weights pruned per round (Renda et al.: 0.2).
         rounds: number of pruning rounds; None derives it from ``density`` and
             ``prune_fraction`` (``round_densities``); the last round always ends at
@@ -62,6 +65,7 @@ class LRRewinding(PruningMethod):
         *,
         density: float,
         total_steps: int | None = None,
+        distribution: str = "global_magnitude",
         prune_fraction: float = 0.2,
         rounds: int | None = None,
         retrain: str = "lr_rewinding",
@@ -81,7 +85,14 @@ class LRRewinding(PruningMethod):
                 f"rewind_step={rewind_step} is out of range: allowed values are 0 to "
                 f"total_steps - 1 ({total_steps - 1})"
             )
-        super().__init__(model, optimizer, density=density, total_steps=total_steps, **kwargs)
+        super().__init__(
+            model,
+            optimizer,
+            density=density,
+            total_steps=total_steps,
+            distribution=distribution,
+            **kwargs,
+        )
         self.prune_fraction = prune_fraction
         self.retrain = retrain
         self.rewind_step = rewind_step if retrain == "weight_rewinding" else 0
