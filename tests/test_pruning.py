@@ -313,3 +313,33 @@ def test_oneshot_starts_from_a_finished_dense_run(tmp_path):
     settings.dense_run = str(other)
     with pytest.raises(ValueError, match=r"(?s)dense_run.*size mismatch"):
         OneShot(model, None, density=0.5, total_steps=10, **run_weights(settings))
+
+
+# ----------------------------------------------------------------------------- ASP's layers
+
+
+def test_asp_2to4_prunes_only_the_layers_nvidia_asp_prunes():
+    # NVIDIA/apex@6424da3 apex/contrib/sparsity/asp.py add_sparse_attributes: a weight with
+    # size(0) % 8 != 0 or size(1) % 16 != 0 is skipped (dense); for a conv size(1) is its
+    # input channels. Before, sst pruned every layer whose inputs 4 divides.
+    from torch import nn
+
+    from sst.config.directory import CONFIG_DIR
+    from sst.sparsity import LRRewinding
+
+    model = nn.Sequential(
+        nn.Conv2d(16, 32, 3),  # pruned: 32 % 8, 16 % 16
+        nn.Conv2d(32, 20, 1),  # skipped: 20 outputs
+        nn.Conv2d(20, 32, 1),  # skipped: 20 input channels (4 divides them)
+        nn.Flatten(),
+        nn.Linear(32, 16),  # pruned
+        nn.Linear(16, 10),  # skipped: the 10-class output layer
+    )
+    config = OmegaConf.to_container(OmegaConf.load(f"{CONFIG_DIR}/sparsity/asp_2to4.yaml"))
+    del config["_target_"]
+    assert config["asp_layers"] is True
+    method = LRRewinding(model, None, **config, total_steps=1)
+    assert list(method.weights) == ["0", "4"]
+    assert list(method.candidates) == ["0", "4"]
+    library = LRRewinding(model, None, **{**config, "asp_layers": False}, total_steps=1)
+    assert list(library.weights) == ["0", "1", "2", "4", "5"]  # the option is off by default

@@ -61,6 +61,7 @@ NEUTRAL: dict[str, Any] = {
     "dataset.train_subset": None,
     "dataset.test_subset": None,
     "trainer.sync_batchnorm": False,
+    "sparsity.asp_layers": False,
 }
 
 # Stable name of a target -> where the code lives now. The stable name is the path the target

@@ -18,6 +18,19 @@ from . import distributions
 from .layers import matching, select_layers
 from .structure import Structure
 
+ASP_ALIGNMENT = (8, 16)
+"""NVIDIA ASP prunes a weight only when size(0) is a multiple of 8 and size(1) of 16
+(NVIDIA/apex@6424da3 ``apex/contrib/sparsity/asp.py``, ``add_sparse_attributes``)."""
+
+
+def asp_prunes(shape: Sequence[int]) -> bool:
+    """Whether NVIDIA ASP prunes a weight of ``shape``: size(0) % 8 == 0 and size(1) % 16
+    == 0, size(1) being a Linear's inputs or a Conv2d's input channels (per group); every
+    other layer ASP skips and leaves dense (NVIDIA/apex@6424da3 ``asp.py``
+    ``add_sparse_attributes``, its check for sparse tensor-core shapes)."""
+    rows, columns = ASP_ALIGNMENT
+    return len(shape) >= 2 and shape[0] % rows == 0 and shape[1] % columns == 0
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -54,11 +67,15 @@ def plan_layout(
     dense_first: bool = False,
     dense_last: bool = False,
     densities: Mapping[str, float] | None = None,
+    asp_layers: bool = False,
 ) -> Layout:
     """The layout of ``model`` under a method's settings (see ``SparsityMethod``); every
-    masked layer is checked against the structure."""
+    masked layer is checked against the structure. ``asp_layers`` leaves out the candidates
+    that NVIDIA ASP skips (``asp_prunes``), as ``exclude`` would."""
     distributions.check_distribution(distribution)
     candidates = select_layers(model, layer_types=layer_types, include=include, exclude=exclude)
+    if asp_layers:
+        candidates = {n: p for n, p in candidates.items() if asp_prunes(p.shape)}
     names = list(candidates)
     dense = ([names[0]] if dense_first else []) + ([names[-1]] if dense_last else [])
     fixed = fixed_densities(names, densities)

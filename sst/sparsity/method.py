@@ -56,6 +56,9 @@ class SparsityMethod:
         dense_first / dense_last: keep the first / last candidate layer dense (counted in
             the budget, as in the RigL code).
         densities: explicit ``{regex: density}`` per-layer overrides.
+        asp_layers: leave out the candidates NVIDIA ASP skips: those whose weight has
+            size(0) % 8 != 0 or size(1) % 16 != 0 (``layout.asp_prunes``; apex
+            ``asp.py`` ``add_sparse_attributes``). ``sparsity=asp_2to4`` turns it on.
         sparse_init: re-draw active weights from N(0, 2 / fan_in_active) per neuron
             (He init with the sparse fan-in, Evci et al. 2022 "Gradient flow in sparse NNs").
         seed: seeds the method's own generator (random masks, SET growth): equal seeds give
@@ -88,6 +91,7 @@ class SparsityMethod:
         dense_first: bool = False,
         dense_last: bool = False,
         densities: Mapping[str, float] | None = None,
+        asp_layers: bool = False,
         sparse_init: bool = False,
         seed: int = 0,
         example_input: torch.Tensor | None = None,
@@ -116,6 +120,7 @@ class SparsityMethod:
             dense_first=dense_first,
             dense_last=dense_last,
             densities=densities,
+            asp_layers=asp_layers,
         )
         self._adopt_layout(layout)
         self._start_masks(sparse_init)
