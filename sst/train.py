@@ -6,24 +6,29 @@ sst-train -m experiment=srigl_resnet18_cifar10   # a paper table as a sweep
 
 Exit codes: 0 trained (or already finished), 1 the run failed (a file that cannot be read or
 written is named in one line, the traceback is in train.log), 2 a setting that cannot run,
-124 stopped by a signal after saving its checkpoint (the launcher requeues it).
+124 stopped by a signal after saving its checkpoint (the launcher requeues it), 130 interrupted
+by Ctrl-C (one line says which checkpoint a rerun of the same command resumes from; it is
+also written to train.log, as are the summary and any exception).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from sst import __version__, dist
 from sst.config import CONFIG_DIR, ConfigError, register_resolvers, runtime
 from sst.config.keys import check_command_line
+from sst.engine.records import last_step
 from sst.engine.signals import Preempted
-from sst.launch.run import run
+from sst.launch.run import format_summary, run
 from sst.runs.checkpoint import CorruptCheckpoint
-from sst.runs.folder import remove_if_unused
+from sst.runs.folder import RunFolder, remove_if_unused
 
 log = logging.getLogger("sst")
 
@@ -35,20 +40,59 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     dist.quiet_logging()  # a rank other than 0 writes no train.log
+    run_dir = runtime.job_output_dir()
     try:
-        summary = run(cfg, runtime.job_output_dir(), runtime.job_choices())
+        summary = run(cfg, run_dir, runtime.job_choices())
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        message = interrupted_message(last_step(), saved_step(run_dir))
+        log.info("%s", message)  # train.log (the console shows warnings only)
+        if dist.is_main():
+            print(message, file=sys.stderr)
+        sys.exit(130)
     except Preempted as stop:
         stop.hand_over()  # e.g. submitit requeues the job, now that the checkpoint is saved
         sys.exit(124)
     except ConfigError as error:  # a setting that cannot run: its message says which
-        remove_if_unused(runtime.job_output_dir())  # the folder Hydra made for nothing
+        remove_if_unused(run_dir)  # the folder Hydra made for nothing
         print(f"sst: {error}", file=sys.stderr)
         sys.exit(2)
     except (CorruptCheckpoint, OSError) as error:  # files, not code: one line, log kept
         log.exception("the run stopped")  # the traceback goes to train.log
         print(f"sst: {error}", file=sys.stderr)
         sys.exit(1)
+    except Exception:
+        log.exception("the run failed")  # train.log too, not only the console
+        raise
+    log.info("%s", format_summary(summary, Path(run_dir)))
     return summary.get("final_test_acc")
+
+
+def saved_step(run_dir: str | Path) -> int | None:
+    """The step of the run folder's last checkpoint (None: there is none, or it cannot be
+    read); memory-mapped, so a large checkpoint is not read whole."""
+    path = RunFolder(run_dir).checkpoint_path
+    if not path.exists():
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # a checkpoint cut short: the resume says what it finds
+        return None
+
+
+def interrupted_message(step: int | None, saved: int | None) -> str:
+    """The one line of a run stopped by Ctrl-C: where it stopped and what a rerun of the
+    same command resumes from."""
+    at = f"at step {step}" if step is not None else "before the first step"
+    if saved is None:
+        return (
+            f"sst: interrupted {at}, no checkpoint saved yet; run the same command to start again"
+        )
+    if saved == step:
+        return f"sst: interrupted {at}, checkpoint saved; run the same command to resume"
+    return (
+        f"sst: interrupted {at}; the checkpoint of step {saved} is kept: run the same command "
+        f"to resume from step {saved}"
+    )
 
 
 def main() -> None:

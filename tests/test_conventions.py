@@ -3,9 +3,16 @@ variables, quiet logs, one-line interrupts."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import wandb
 from runs import compose_run
 
@@ -100,3 +107,69 @@ def test_default_tags_name_the_method_and_the_experiment(clean_wandb_env, tmp_pa
     log.finish()
     run = run_record(run_dir)
     assert (run.project, run.job_type, list(run.tags)) == ("sst", "train", tags)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_train(tmp_path: Path) -> subprocess.Popen:
+    """``python -m sst.train`` on digits for 100 epochs (stopped long before the end), its
+    stdout and stderr piped: not a terminal."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "sst.train",
+        f"output_dir={tmp_path}",
+        "logger=none",
+        "trainer.batch_size=32",
+        "trainer.epochs=100",
+        "trainer.progress_bar=true",
+    ]
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def read_until(process: subprocess.Popen, pattern: str) -> list[str]:
+    """stdout's lines up to the first that matches ``pattern``."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
+    raise AssertionError(f"no line matched {pattern!r}: {lines[-5:]}")
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_the_rerun_says_it_resumes(tmp_path):
+    process = start_train(tmp_path)
+    try:
+        lines = read_until(process, r"^epoch 2/100 step \d+: test/loss=.*, test/acc=")
+        time.sleep(0.2)  # into epoch 3, past the checkpoint of epoch 2
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "Traceback" not in stderr and "\r" not in stderr  # no bar either: not a terminal
+    assert re.match(r"^epoch 1/100 step 44: test/loss=.*, test/acc=", lines[0])
+    (message,) = [line for line in stderr.splitlines() if line.startswith("sst:")]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    saved = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["step"]
+    assert re.fullmatch(
+        rf"sst: interrupted at step \d+; the checkpoint of step {saved} is kept: run the "
+        rf"same command to resume from step {saved}|sst: interrupted at step {saved}, "
+        r"checkpoint saved; run the same command to resume",
+        message,
+    ), message
+    assert message in (run_dir / "train.log").read_text()
+
+    again = start_train(tmp_path)
+    try:
+        (resumed,) = read_until(again, r"^sst: resuming")
+        again.send_signal(signal.SIGINT)
+        again.communicate(timeout=120)
+    finally:
+        again.kill()
+    steps_per_epoch = 44  # digits: 1437 training samples, whole batches of 32
+    assert resumed == f"sst: resuming from step {saved}, epoch {saved // steps_per_epoch + 1}/100\n"

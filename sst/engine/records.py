@@ -1,11 +1,16 @@
 """What a run records: train records and evaluations (``metrics.jsonl`` and W&B through the
 run log), the best and last test metrics, one row per finished stage of a multi-stage run,
-and the progress bar. Rank 0 alone writes; every rank keeps the same numbers."""
+and the progress bar. Rank 0 alone writes; every rank keeps the same numbers.
+
+The progress bar is drawn only on a terminal: with stderr redirected (a log file, a
+launcher's job) each evaluation prints one line instead. ``last_step`` is the step the
+process last reached, for the one-line message of an interrupted run (``sst.train``)."""
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 from typing import Any
 
 from tqdm import tqdm
@@ -14,6 +19,18 @@ from sst import dist
 from sst.runs.runlog import RunLog, SilentRunLog
 
 log = logging.getLogger("sst.engine")
+
+_last_step: int | None = None  # the step this process's run last reached
+
+
+def last_step() -> int | None:
+    """The step the current process's run last reached (None before its first step)."""
+    return _last_step
+
+
+def _reached(step: int) -> None:
+    global _last_step
+    _last_step = step
 
 
 class Records:
@@ -27,6 +44,10 @@ class Records:
         self.stage_results: list[dict[str, Any]] = []
         self._progress: tqdm | None = None
         self._postfix: dict[str, str] = {}
+        self._lines = False  # one line per evaluation instead of the bar (no terminal)
+        self._step = 0
+        self._epochs = 0
+        self._resumed_at: int | None = None
 
     # ----------------------------------------------------------------- writing
     def log(self, metrics: dict[str, float], *, step: int, epoch: float) -> None:
@@ -53,6 +74,11 @@ class Records:
             self._progress.set_postfix(self._postfix)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         log.info("epoch %d step %d: %s", math.floor(epoch), step, shown)
+        if self._lines:
+            loss = f", loss={self._postfix['loss']}" if "loss" in self._postfix else ""
+            print(
+                f"epoch {math.floor(epoch)}/{self._epochs} step {step}: {shown}{loss}", flush=True
+            )
 
     def stage_end(self, index: int, label: str | None, step: int, masked: float | None) -> None:
         """The row of a finished stage, from the evaluation just recorded."""
@@ -68,21 +94,43 @@ class Records:
 
     # ----------------------------------------------------------------- progress bar
     def open_progress(self, total: int, initial: int) -> None:
+        """The bar over ``total`` steps from ``initial`` (a resumed run's step): on a
+        terminal only (tqdm's ``disable=None``); without one, a line per evaluation."""
+        wanted = self.progress_bar and dist.is_main()
         self._progress = tqdm(
             total=total,
             initial=initial,
             unit="step",
             dynamic_ncols=True,
-            disable=not (self.progress_bar and dist.is_main()),
+            disable=None if wanted else True,
         )
+        self._lines = wanted and self._progress.disable
+        self._step = initial
+        _reached(initial)
+        self._resumed_at = initial if initial > 0 else None
 
     def advance(self) -> None:
+        self._step += 1
+        _reached(self._step)
         if self._progress is not None:
             self._progress.update()
 
     def describe_epoch(self, epoch: int, total_epochs: int) -> None:
+        """The epoch now starting (0-based); a resumed run says where it resumes."""
+        self._epochs = total_epochs
+        if self._resumed_at is not None:
+            self.say(
+                f"sst: resuming from step {self._resumed_at}, epoch {epoch + 1}/{total_epochs}"
+            )
+            self._resumed_at = None
         if self._progress is not None:
             self._progress.set_description(f"epoch {epoch + 1}/{total_epochs}")
+
+    def say(self, message: str) -> None:
+        """A line on the console (rank 0), above the progress bar, and in ``train.log``."""
+        log.info("%s", message)
+        if dist.is_main():
+            tqdm.write(message, file=sys.stdout)
 
     def close_progress(self) -> None:
         if self._progress is not None:
