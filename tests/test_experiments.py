@@ -255,6 +255,33 @@ def test_srigl_cifar10_recipe(name: str, model: str) -> None:
     assert method.gamma_sal == 0.3  # the paper's CNN setting; swept by the study
 
 
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("srigl_resnet18_cifar10", ()),
+        ("srigl_wrn22_2_cifar10", ()),
+        ("srigl_resnet50_imagenet", ()),
+        ("srigl_vit_b16_imagenet", ()),
+        ("srigl_resnet18_cifar10", ("sparsity=rigl", "~sparsity.gamma_sal")),  # the RigL row
+    ],
+)
+def test_srigl_table_presets_redraw_with_the_authors_grad_flow_rule(name, overrides) -> None:
+    # calgaryml/condensed-sparsity@3052bb8 configs/config.yaml use_sparse_initialization:
+    # True, init_method_str: grad_flow_init (src/rigl_torch/utils/sparse_init.py:
+    # normal_(0, 2 / fan_in), a std of 2/k), applied to RigL runs too (rigl_scheduler.py)
+    cfg = preset(name, *overrides)
+    assert cfg.sparsity.sparse_init is True and cfg.sparsity.sparse_init_rule == "grad_flow"
+    method = stand_in_method(cfg, 1000)
+    he = stand_in_method(preset(name, *overrides, "sparsity.sparse_init_rule=he"), 1000)
+    assert method.weights
+    for layer, weight in method.weights.items():
+        mask = method.masks[layer].bool()
+        k = mask.reshape(mask.shape[0], -1).sum(dim=1).float().unsqueeze(1)
+        # the same draws, scaled by 2/k instead of sqrt(2/k)
+        expected = he.weights[layer].detach() * torch.sqrt(2 / k.clamp(min=1))
+        assert torch.allclose(weight.detach(), expected, atol=1e-7), layer
+
+
 def test_srigl_resnet50_imagenet_recipe() -> None:
     cfg = preset("srigl_resnet50_imagenet")
     choices = cfg.hydra.runtime.choices

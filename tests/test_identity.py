@@ -25,7 +25,10 @@ PINNED = [
         ["model=resnet20", "dataset=cifar10", "sparsity=static"],
         "cifar10-resnet20-static-d0.1-s0-b4672e20",
     ),
-    (["experiment=srigl_resnet18_cifar10"], "cifar10-resnet18_cifar-srigl-d0.1-s0-6c7f47ef"),
+    # moved on purpose (was ...-6c7f47ef): the preset now re-draws the sparse weights with
+    # the SRigL authors' rule (sparse_init: true, sparse_init_rule: grad_flow; issue 18),
+    # so its runs compute something else and must not resume or skip the old ones
+    (["experiment=srigl_resnet18_cifar10"], "cifar10-resnet18_cifar-srigl-d0.1-s0-01894d60"),
     (
         ["dataset=imagefolder", "dataset.root=/data/flowers", "sparsity=dense"],
         "imagefolder-mlp-dense-d1.0-s0-4dd30dc7",

@@ -231,6 +231,43 @@ def test_sparse_init_uses_the_sparse_fan_in(tiny_net):
     assert normalised.std().item() == pytest.approx(1.0, abs=0.15)
 
 
+def test_sparse_init_rule_grad_flow_draws_with_std_2_over_k(tiny_net):
+    # the SRigL authors' grad_flow_init (calgaryml/condensed-sparsity@3052bb8
+    # src/rigl_torch/utils/sparse_init.py): normal_(0, 2 / fan_in), a std of 2/k, not He's
+    # sqrt(2/k); same generator draws as the default rule, so the two differ by the std alone
+    he_net = copy.deepcopy(tiny_net)
+    method = Static(
+        tiny_net,
+        density=0.1,
+        distribution="uniform",
+        sparse_init=True,
+        sparse_init_rule="grad_flow",
+    )
+    Static(he_net, density=0.1, distribution="uniform", sparse_init=True)
+    for name in ("stem", "fc1"):
+        mask = method.masks[name].bool()
+        k = mask.reshape(mask.shape[0], -1).sum(dim=1).float()
+        k = k.view(-1, *[1] * (mask.dim() - 1))
+        grad_flow = dict(tiny_net.named_modules())[name].weight.detach()
+        he = dict(he_net.named_modules())[name].weight.detach()
+        assert torch.allclose(grad_flow, he * torch.sqrt(2 / k), atol=1e-7)
+        assert (grad_flow * k / 2)[mask].std().item() == pytest.approx(1.0, abs=0.15)
+    with pytest.raises(ValueError, match="sparse_init_rule='xavier' is unknown"):
+        Static(tiny_net, density=0.1, sparse_init=True, sparse_init_rule="xavier")
+
+
+def test_grad_flow_std_is_zero_for_a_neuron_without_inputs():
+    from sst.sparsity.initial import sparse_init_std
+
+    k = torch.tensor([[0], [1], [8], [57]])
+    assert sparse_init_std(k, "grad_flow").flatten().tolist() == pytest.approx(
+        [0.0, 2.0, 0.25, 2 / 57]
+    )
+    assert sparse_init_std(k, "he").flatten().tolist() == pytest.approx(
+        [2**0.5, 2**0.5, 0.5, (2 / 57) ** 0.5]
+    )
+
+
 def test_errors_name_the_setting(tiny_net):
     opt = torch.optim.SGD(tiny_net.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"density=1\.5"):

@@ -62,6 +62,7 @@ NEUTRAL: dict[str, Any] = {
     "dataset.test_subset": None,
     "trainer.sync_batchnorm": False,
     "sparsity.asp_layers": False,
+    "sparsity.sparse_init_rule": "he",
 }
 
 # Stable name of a target -> where the code lives now. The stable name is the path the target

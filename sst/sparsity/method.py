@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .checks import check_fraction
+from .checks import check_choice, check_fraction
 from .flops import weight_layer_macs
-from .initial import magnitude_masks, random_masks, sparse_reinit
+from .initial import SPARSE_INIT_RULES, magnitude_masks, random_masks, sparse_reinit
 from .layers import unwrap
 from .layout import Layout, plan_layout
 from .masks import SUPPORTED_OPTIMIZERS, MaskSet, check_optimizer
@@ -59,8 +59,13 @@ class SparsityMethod:
         asp_layers: leave out the candidates NVIDIA ASP skips: those whose weight has
             size(0) % 8 != 0 or size(1) % 16 != 0 (``layout.asp_prunes``; apex
             ``asp.py`` ``add_sparse_attributes``). ``sparsity=asp_2to4`` turns it on.
-        sparse_init: re-draw active weights from N(0, 2 / fan_in_active) per neuron
-            (He init with the sparse fan-in, Evci et al. 2022 "Gradient flow in sparse NNs").
+        sparse_init: re-draw the weights after the first masks from normal(0, std_i),
+            per output neuron i with k_i active inputs (``initial.sparse_reinit``).
+        sparse_init_rule: the std: ``he`` (the default) sqrt(2 / k_i), He init with the
+            sparse fan-in (variance 2 / k_i; Evci et al. 2022, "Gradient flow in sparse
+            neural networks"); ``grad_flow`` 2 / k_i, and 0 where k_i = 0, the SRigL
+            authors' ``grad_flow_init`` (calgaryml/condensed-sparsity@3052bb8
+            ``src/rigl_torch/utils/sparse_init.py``), smaller than He's for k_i > 2.
         seed: seeds the method's own generator (random masks, SET growth): equal seeds give
             equal masks on every rank.
         example_input: a batch (size 1 is enough) for FLOP accounting; None skips FLOPs.
@@ -93,11 +98,13 @@ class SparsityMethod:
         densities: Mapping[str, float] | None = None,
         asp_layers: bool = False,
         sparse_init: bool = False,
+        sparse_init_rule: str = "he",
         seed: int = 0,
         example_input: torch.Tensor | None = None,
     ) -> None:
         check_fraction("density", density, low_open=True)
         check_optimizer(optimizer)
+        check_choice("sparse_init_rule", sparse_init_rule, SPARSE_INIT_RULES)
         self.model = unwrap(model)
         self.optimizer = optimizer
         self.density = density
@@ -123,7 +130,7 @@ class SparsityMethod:
             asp_layers=asp_layers,
         )
         self._adopt_layout(layout)
-        self._start_masks(sparse_init)
+        self._start_masks(sparse_init_rule if sparse_init else None)
         self._start_metrics(example_input)
         if type(self).forward_mask is not SparsityMethod.forward_mask:
             self.mask_set.attach_forward_mask(self.forward_mask)
@@ -137,13 +144,14 @@ class SparsityMethod:
         # kept weights per unit of the structure when every unit is alive
         self.capacity = layout.capacity
 
-    def _start_masks(self, sparse_init: bool) -> None:
+    def _start_masks(self, sparse_init_rule: str | None) -> None:
         """Builds the mask set (every weight kept), then installs the policy's first masks,
-        so that ``initial_masks`` can read the method's whole state."""
+        so that ``initial_masks`` can read the method's whole state; then re-draws the
+        weights under ``sparse_init_rule`` (None: keeps them)."""
         self.mask_set = MaskSet(self.model, self.weights, optimizer=self.optimizer)
         self.mask_set.reset(self.initial_masks())
-        if sparse_init:
-            sparse_reinit(self.weights, self.masks, self.generator)
+        if sparse_init_rule is not None:
+            sparse_reinit(self.weights, self.masks, self.generator, sparse_init_rule)
             self.mask_set.apply()
 
     def _start_metrics(self, example_input: torch.Tensor | None) -> None:
