@@ -428,3 +428,80 @@ def test_rigl_update_mask_keeps_every_unit_count_under_a_structure():
         weight * mask, mask, torch.randn(8, 16, generator=gen), 0.5, structure=fan_in
     )
     fan_in.verify(new, 4)
+
+
+# ----------------------------------------------------------------------------- growth ties
+
+
+def _dead_input_layer():
+    """A 4 x 64 layer, 8 weights per row active at its end, whose dense gradient is 0
+    everywhere but 3 positions per row (dead inputs): growth must fill 24 positions per
+    layer-wide update from the zero-gradient ties."""
+    weight = torch.zeros(4, 64)
+    weight[:, 56:] = torch.arange(1, 9, dtype=torch.float32)
+    mask = weight != 0
+    grad = torch.zeros(4, 64)
+    grad[:, 40:43] = 1.0
+    return weight, mask, grad
+
+
+def test_growth_ties_default_to_topks_order_and_random_breaks_them_from_the_generator():
+    # google-research/rigl@d39fc7d rigl/sparse_optimizers_base.py: top_k grows the ties in
+    # index order (noise goes to the drop scores only); grow_ties=random shuffles the
+    # exact-zero-gradient candidates with the method's generator
+    weight, mask, grad = _dead_input_layer()
+    plain = rigl.update_mask(weight, mask, grad, 0.75)
+    assert torch.equal(plain, rigl.update_mask(weight, mask, grad, 0.75, tie_generator=None))
+
+    def shuffled(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return rigl.update_mask(weight, mask, grad, 0.75, tie_generator=generator)
+
+    first, again, other = shuffled(0), shuffled(0), shuffled(1)
+    assert torch.equal(first, again)  # reproducible from the generator
+    assert not torch.equal(first, other) and not torch.equal(first, plain)
+    for new in (plain, first, other):
+        assert int(new.sum()) == int(mask.sum())
+        assert new[:, 40:43].all()  # a positive gradient still grows before every tie
+    # constant fan-in (SRigL's regrow): the same, per neuron
+    srigl_plain, _ = srigl.update_mask(weight, mask, grad, 0.75, 0.0, density=0.125)
+    srigl_random, _ = srigl.update_mask(
+        weight,
+        mask,
+        grad,
+        0.75,
+        0.0,
+        density=0.125,
+        tie_generator=torch.Generator().manual_seed(0),
+    )
+    assert (srigl_random.sum(dim=1) == 8).all() and srigl_random[:, 40:43].all()
+    assert not torch.equal(srigl_plain, srigl_random)
+
+
+@pytest.mark.parametrize("cls", [RigL, SRigL])
+def test_grow_ties_random_uses_the_methods_generator_and_index_leaves_it_untouched(cls):
+    def update(ties, seed):
+        """The masks after the first update of a method whose dense gradient is all 0, and
+        whether the update drew from the method's generator."""
+        model = _net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        extra = {"gamma_sal": 0.0} if cls is SRigL else {}
+        method = cls(
+            model, opt, density=0.2, total_steps=100, delta_t=5, grow_ties=ties, seed=seed, **extra
+        )
+        _update_inputs(method, model, opt, 5)
+        before = method.generator.get_state()
+        method.dense_grads = {n: torch.zeros_like(g) for n, g in method.dense_grads.items()}
+        method.update_topology(5)  # every candidate ties at 0: the order alone decides
+        drew = not torch.equal(before, method.generator.get_state())
+        return {n: m.clone() for n, m in method.masks.items()}, drew
+
+    plain, drew = update("index", 0)
+    assert not drew  # the default draws nothing: earlier runs are unchanged
+    first, drew = update("random", 0)
+    assert drew
+    again, _ = update("random", 0)
+    assert all(torch.equal(first[n], again[n]) for n in first)  # reproducible from seed
+    assert any(not torch.equal(first[n], plain[n]) for n in first)  # same run, other ties
+    with pytest.raises(ValueError, match="grow_ties='noise' is unknown"):
+        update("noise", 0)

@@ -63,6 +63,7 @@ NEUTRAL: dict[str, Any] = {
     "trainer.sync_batchnorm": False,
     "sparsity.asp_layers": False,
     "sparsity.sparse_init_rule": "he",
+    "sparsity.grow_ties": "index",
 }
 
 # Stable name of a target -> where the code lives now. The stable name is the path the target

@@ -36,6 +36,23 @@ def drop_smallest(weight: torch.Tensor, active: torch.Tensor, n_drop: int) -> to
     return kept.view(active.shape)
 
 
+GROW_TIES = ("index", "random")
+"""How growth orders candidates whose grow score is exactly 0 (``DynamicSparsity.grow_ties``)."""
+
+
+def break_zero_ties(scores: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Grow scores (non-negative, e.g. |dense grad|) with their exact-zero ties broken at
+    random: every 0 becomes -u, u ~ U(0, 1) drawn from ``generator`` (a CPU generator, one
+    draw per entry of the layer), so the zero-gradient candidates still rank below every
+    positive score, in a random order. ``generator=None`` returns ``scores``: ties keep
+    ``torch.topk``'s order, as the RigL reference's ``top_k`` (google-research/rigl@d39fc7d
+    ``rigl/sparse_optimizers_base.py`` adds N(0, 1e-5) noise to the drop scores only)."""
+    if generator is None:
+        return scores
+    noise = torch.rand(scores.shape, generator=generator).to(scores.device)
+    return torch.where(scores == 0, -noise, scores.float())
+
+
 def unit_counts(mask: torch.Tensor, structure: Structure) -> torch.Tensor:
     """Active weights in every unit of ``structure`` (int64, one per row of ``units``)."""
     return row_counts(structure.units(mask.bool()))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .checks import check_at_least, check_choice, check_fraction, check_total_steps
+from .drop_grow import GROW_TIES
 from .method import SparsityMethod
 from .schedules import DROP_FRACTION_SCHEDULES, is_update_step
 
@@ -33,6 +34,14 @@ class DynamicSparsity(SparsityMethod):
             (RigL's ImageNet setting uses 8); 1 uses the update step's gradient alone.
         skip_optimizer_step: on update steps, update the topology and skip the optimizer
             step, as the RigL TensorFlow reference does (the SRigL code steps).
+        grow_ties: how growth by gradient (RigL, SRigL) orders candidates whose |dense
+            grad| is exactly 0 (dead inputs, dead neurons): ``index`` (the default) keeps
+            ``torch.topk``'s deterministic order, as the RigL reference's ``top_k`` grows
+            (google-research/rigl@d39fc7d ``rigl/sparse_optimizers_base.py`` adds
+            N(0, 1e-5) noise to the drop scores only), which piles new weights onto the
+            same low-index positions; ``random`` orders them at random with the method's
+            own generator (``drop_grow.break_zero_ties``): reproducible from ``seed``,
+            identical on every rank, restored on resume. SET grows at random anyway.
     """
 
     def __init__(
@@ -48,6 +57,7 @@ class DynamicSparsity(SparsityMethod):
         drop_schedule: str = "cosine",
         grad_accumulation: int = 1,
         skip_optimizer_step: bool = False,
+        grow_ties: str = "index",
         **kwargs,
     ) -> None:
         check_total_steps(total_steps)
@@ -55,6 +65,7 @@ class DynamicSparsity(SparsityMethod):
         check_fraction("alpha", alpha)
         check_fraction("t_end", t_end, low_open=True)
         check_choice("drop_schedule", drop_schedule, DROP_FRACTION_SCHEDULES)
+        check_choice("grow_ties", grow_ties, GROW_TIES)
         if not 1 <= grad_accumulation <= delta_t:
             raise ValueError(
                 f"grad_accumulation={grad_accumulation} is out of range: allowed "
@@ -67,11 +78,18 @@ class DynamicSparsity(SparsityMethod):
         self.drop_schedule = DROP_FRACTION_SCHEDULES[drop_schedule]
         self.grad_accumulation = grad_accumulation
         self.skip_optimizer_step = skip_optimizer_step
+        self.grow_ties = grow_ties
         self.dense_grads: dict[str, torch.Tensor] = {}
         self.nonfinite_grad_steps = 0  # window steps left out for inf/NaN gradients
         self.skipped_updates = 0  # updates skipped: no finite gradient in their window
         self._skipped = False  # this step's optimizer step was skipped for an update
         self._dense_grad_step = False  # this step needed the dense gradient (FLOP count)
+
+    @property
+    def tie_generator(self) -> torch.Generator | None:
+        """The generator that breaks zero-gradient growth ties (``grow_ties=random``),
+        else None."""
+        return self.generator if self.grow_ties == "random" else None
 
     def drop_fraction(self, step: int) -> float:
         return self.drop_schedule(step, self.alpha, self.t_end)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .drop_grow import drop_and_grow, unit_counts
+from .drop_grow import break_zero_ties, drop_and_grow, unit_counts
 from .dynamic import DynamicSparsity
 from .structure import Structure
 
@@ -18,6 +18,7 @@ def update_mask(
     drop_fraction: float,
     *,
     structure: Structure = UNSTRUCTURED,
+    tie_generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One RigL update of one layer (Evci et al. 2020, Algorithm 1); the rule the ``RigL``
     method runs on every masked layer.
@@ -27,10 +28,13 @@ def update_mask(
     largest |dL/d(m*w)| among its positions not kept (a weight dropped in this update may
     grow back). Unstructured (the default, the paper's rule): one unit, the whole layer, so
     exactly n_drop connections grow. Constant fan-in / N:M: every neuron / group of M keeps
-    its count. Returns a boolean mask.
+    its count. Candidates with exactly zero gradient tie: they grow in ``torch.topk``'s
+    order, or in a random order drawn from ``tie_generator`` when one is given
+    (``break_zero_ties``). Returns a boolean mask.
     """
     counts = unit_counts(mask, structure)
-    return drop_and_grow(weight, mask, dense_grad.abs(), drop_fraction, structure, counts)
+    scores = break_zero_ties(dense_grad.abs(), tie_generator)
+    return drop_and_grow(weight, mask, scores, drop_fraction, structure, counts)
 
 
 class RigL(DynamicSparsity):
@@ -49,4 +53,11 @@ class RigL(DynamicSparsity):
         drop_fraction: float,
     ) -> torch.Tensor:
         assert dense_grad is not None
-        return update_mask(weight, mask, dense_grad, drop_fraction, structure=self.structure)
+        return update_mask(
+            weight,
+            mask,
+            dense_grad,
+            drop_fraction,
+            structure=self.structure,
+            tie_generator=self.tie_generator,
+        )

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .checks import check_at_least, check_choice
-from .drop_grow import drop_smallest, regrow
+from .drop_grow import break_zero_ties, drop_smallest, regrow
 from .dynamic import DynamicSparsity
 from .layers import LAYER_TYPES, matching, weight_layers
 from .mask_ops import row_counts, topk_mask
@@ -53,6 +53,7 @@ def update_mask(
     density: float,
     protected: bool = False,
     ablation_denominator: str = "sparse",
+    tie_generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SRigL update of one layer (Lasby et al., ICLR 2024, section 4 and the SRigL
     code's order); the rule the ``SRigL`` method runs on every masked layer. Returns (new
@@ -75,6 +76,9 @@ def update_mask(
        the n_keep largest non-zero |w| among the survivors' active weights are kept (all of
        them if fewer). Trim each survivor to its k' largest kept |w|, then grow it back to
        k' by largest |dense grad| among its positions not kept. New weights start at 0.
+       Zero-gradient candidates tie; ``tie_generator`` orders them at random
+       (``break_zero_ties``), None leaves ``torch.topk``'s order. Saliency (step 2) always
+       uses the plain |dense grad|.
     """
     check_ablation_settings(gamma_sal, ablation_denominator)
     n_out, dense_fan_in = weight.shape[0], weight[0].numel()
@@ -91,7 +95,8 @@ def update_mask(
         kept = _drop_ablated(weight, nonzero, kept, ablated, n_keep)
     n_alive = n_out - int(torch.count_nonzero(ablated).item())
     capacity = torch.where(ablated, 0, budget // n_alive)
-    return regrow(weight, kept, grad_magnitude, CONSTANT_FANIN, capacity), ablated
+    grow_scores = break_zero_ties(grad_magnitude, tie_generator)
+    return regrow(weight, kept, grow_scores, CONSTANT_FANIN, capacity), ablated
 
 
 def _keep_counts(
@@ -193,6 +198,7 @@ class SRigL(DynamicSparsity):
             density=self.layer_density[name],
             protected=name in self.protected,
             ablation_denominator=self.ablation_denominator,
+            tie_generator=self.tie_generator,
         )
         self.ablated[name] = ablated
         return new_mask
