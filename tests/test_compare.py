@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from fabricated import make_run
 from matplotlib.collections import PolyCollection
+from tabletext import unpadded
 
 from sst.study import plots
 from sst.study.compare import (
@@ -332,7 +333,7 @@ def test_dense_against_each_sparsity(tmp_path: Path, capsys) -> None:
 # ----------------------------------------------------------------------------- formats
 def test_markdown_latex_and_csv_show_the_numbers(pairs: Path, capsys) -> None:
     assert sst_table([str(pairs), "--compare", "method=rigl,srigl"]) == 0
-    out = capsys.readouterr().out
+    out = unpadded(capsys.readouterr().out)
     assert "| srigl - rigl | 95% CI | resolved |" in out
     assert "| digits | mlp | 90% | none | 91.00 ± 1.00 (n=3) |" in out
     assert "| 3 | +1.50 | [0.26, 2.74] | yes | paired t | - |" in out
@@ -340,7 +341,7 @@ def test_markdown_latex_and_csv_show_the_numbers(pairs: Path, capsys) -> None:
     assert "1 run(s) without a partner, not used" in out and "ESTIMATE" in out
 
     assert sst_table([str(pairs), "--compare", "method=rigl,srigl", "--format", "latex"]) == 0
-    out = capsys.readouterr().out
+    out = unpadded(capsys.readouterr().out)
     assert "\\toprule" in out and "91.00 $\\pm$ 1.00 (n=3) &" in out
     assert "& +1.50 & [0.26, 2.74] & yes & paired t & - \\\\" in out
 
@@ -363,7 +364,7 @@ def test_unresolved_rows_show_the_estimate(tmp_path: Path, capsys) -> None:
         make_run(root, method="rigl", seed=seed, acc=a)
         make_run(root, method="srigl", seed=seed, acc=b)
     assert sst_table([str(root), "--compare", "method=rigl,srigl"]) == 0
-    out = capsys.readouterr().out
+    out = unpadded(capsys.readouterr().out)
     half = T975[2] * 2 / math.sqrt(3)  # differences 0, 2, 4: mean 2, sd 2 -> 10 seeds
     assert f"| +2.00 | [{2 - half:.2f}, {2 + half:.2f}] | no | paired t | 10 |" in out
 

@@ -3,6 +3,9 @@ variables, quiet logs, one-line interrupts."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import re
 import signal
@@ -14,11 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
+from fabricated import make_run
 from runs import compose_run
 
+from sst import __version__
+from sst.condensed import cli as export_cli
 from sst.launch.build import default_tags, make_run_log
 from sst.runs.runlog import RunLog, wandb_init_args
 from sst.runs.wandb_file import read_chunks
+from sst.study import plot_cli as sst_plot
+from sst.study import sweep_cli
+from sst.study.table_cli import main as sst_table
 
 WANDB_VARIABLES = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_TAGS", "WANDB_JOB_TYPE", "WANDB_DISABLED")
 
@@ -28,6 +37,7 @@ def clean_wandb_env(monkeypatch):
     """No W&B variable of the caller's shell leaks into a test."""
     for name in WANDB_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    wandb.teardown()  # W&B reads its variables once per process, when it sets up
     return monkeypatch
 
 
@@ -173,3 +183,59 @@ def test_ctrl_c_prints_one_line_exits_130_and_the_rerun_says_it_resumes(tmp_path
         again.kill()
     steps_per_epoch = 44  # digits: 1437 training samples, whole batches of 32
     assert resumed == f"sst: resuming from step {saved}, epoch {saved // steps_per_epoch + 1}/100\n"
+
+
+# ----------------------------------------------------------------------------- sst-table
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    """2 seeds of SRigL at 90% sparsity and 2 of RigL, with different gamma_sal."""
+    root = tmp_path / "runs"
+    for seed, acc in enumerate([90.0, 92.0]):
+        make_run(root, seed=seed, acc=acc, gamma_sal=0.3)
+        make_run(root, method="rigl", seed=seed, acc=acc - 10)
+    return root
+
+
+def test_a_path_after_by_stays_a_path(study: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(study.parent)  # no outputs/runs here: a path read as a key finds none
+    assert sst_table(["--by", "seed", str(study), "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert sorted((g["method"], g["seed"]) for g in data["groups"]) == [
+        ("rigl", 0),
+        ("rigl", 1),
+        ("srigl", 0),
+        ("srigl", 1),
+    ]
+    assert sst_table([str(study), "--by", "seed,sparsity.gamma_sal", "--format", "json"]) == 0
+    group = json.loads(capsys.readouterr().out)["groups"][0]
+    assert {"seed", "sparsity.gamma_sal"} <= set(group)
+
+
+def test_csv_holds_numbers(study: Path, capsys) -> None:
+    assert sst_table([str(study), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    srigl = next(r for r in rows if r["method"] == "srigl")
+    assert float(srigl["sparsity"]) == pytest.approx(0.9)
+    assert float(srigl["final_test_acc_mean"]) == pytest.approx(91.0)
+    assert float(srigl["final_test_acc_std"]) == pytest.approx(2**0.5)
+    assert int(srigl["n"]) == 2
+    assert float(srigl["train_flops_rel"]) > 0
+    assert not any("±" in v or "%" in v for r in rows for v in r.values())
+
+
+def test_markdown_columns_are_padded(study: Path, capsys) -> None:
+    assert sst_table([str(study)]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert len(table) == 4  # header, rule, two rows
+    assert len({len(line) for line in table}) == 1
+    assert len({tuple(i for i, ch in enumerate(line) if ch == "|") for line in table}) == 1
+
+
+@pytest.mark.parametrize(
+    "cli", [sst_table, sst_plot.main, sweep_cli.main, export_cli.main], ids=lambda f: f.__module__
+)
+def test_every_cli_prints_sst_version(cli, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sst {__version__}"

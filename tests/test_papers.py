@@ -14,6 +14,7 @@ import pytest
 from fabricated import make_run
 from omegaconf import OmegaConf
 from runs import compose_with_hydra, hydra_conf_single_thread
+from tabletext import unpadded
 
 from sst.config.schema import check_config
 from sst.launch.build import run_info
@@ -78,7 +79,7 @@ def test_cli_labels_the_metric_of_each_side(tmp_path: Path, capsys) -> None:
     srigl_cifar_run(tmp_path, seed=0)
     srigl_cifar_run(tmp_path, seed=1, acc=92.0, best=95.0)
     assert sst_table([str(tmp_path), "--paper", "srigl-resnet18-cifar10"]) == 0
-    out = capsys.readouterr().out
+    out = unpadded(capsys.readouterr().out)
     assert (
         "| method | sparsity | published best test acc (%) | sst best test acc (%) | n | Δ "
         "| sst final test acc (%), not compared | epochs |" in out
@@ -92,7 +93,7 @@ def test_cli_labels_the_metric_of_each_side(tmp_path: Path, capsys) -> None:
     assert "Δ = sst mean - published, both best accuracy." in out
 
     assert sst_table([str(tmp_path), "--paper", "srigl-resnet18-cifar10", "--metric", "best"]) == 0
-    out = capsys.readouterr().out
+    out = unpadded(capsys.readouterr().out)
     assert "| SRigL | 90% | 95.11 | 94.00 ± 1.41 | 2 | -1.11 | 250 |" in out
     assert "not compared" not in out
 
@@ -118,7 +119,7 @@ def test_a_final_table_compares_final_and_shows_best_beside(tmp_path: Path, caps
     )
     argv = [str(tmp_path), "--paper", "rigl-wrn22-2-cifar10", "--metric", "best"]
     assert sst_table(argv) == 0
-    out = capsys.readouterr().out
+    out = unpadded(capsys.readouterr().out)
     assert "| published final test acc (%) | sst final test acc (%) |" in out
     assert "| sst best test acc (%), not compared |" in out
     assert "| Static | 90% | 91.5 | 91.0 | 1 | -0.5 | 92.0 | 3 |" in out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fabricated import make_run
+from tabletext import unpadded
 
 from sst.study.papers import fill, load_paper_table, paper_table_names
 from sst.study.results import aggregate, collect, find_run_folders
@@ -105,7 +106,7 @@ def test_find_run_folders_accepts_runs_and_sweep_folders(study: Path) -> None:
 
 def test_cli_markdown_lists_groups_and_unfinished_runs(study: Path, capsys) -> None:
     assert sst_table([str(study)]) == 0
-    out = capsys.readouterr().out
+    out = unpadded(capsys.readouterr().out)
     assert "| digits | mlp | srigl | 90% | none | 92.00 ± 2.00 | 3 | 0.110 | 0.055 |" in out
     assert "| digits | mlp | srigl | 99% | none | 70.00 | 1 |" in out
     assert "final test acc (%)" in out
@@ -191,7 +192,7 @@ def test_paper_table_is_filled_where_runs_exist(tmp_path: Path, capsys) -> None:
     assert cells[("Dense", 0.0)].published == 95.45
 
     assert sst_table([str(root), "--paper", "srigl-resnet18-cifar10"]) == 0
-    out = capsys.readouterr().out
+    out = unpadded(capsys.readouterr().out)
     assert "| SRigL | 90% | 95.11 | 95.50 ± 0.71 | 2 | +0.39 | 94.50 ± 0.71 | 250 |" in out
     assert "| RigL | 95% | 94.62 | missing (1 unfinished) | 0 |  |  |  |" in out
     assert "| RigL | 80% | 95.20 | missing | 0 |" in out

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from sst import __version__
 from sst.runs.checkpoint import CorruptCheckpoint
 from sst.runs.load import load_run
 
@@ -46,6 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "against the masked model, and print its per-layer formats and sizes.",
     )
     parser.add_argument("run_folder", type=Path, help="a run folder under outputs/runs/")
+    parser.add_argument("--version", action="version", version=f"sst {__version__}")
     parser.add_argument(
         "--out",
         type=Path,

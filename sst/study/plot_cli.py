@@ -16,8 +16,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sst import __version__
+
 from . import plots
 from .results import DEFAULT_KEYS, METRICS, aggregate, gather, read_run
+from .table_cli import flat, key_list
 from .tables import problem_notes
 
 
@@ -25,6 +28,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="sst-plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"sst {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, runs: str) -> argparse.ArgumentParser:
@@ -37,7 +41,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         return sub
 
     acc = command("accuracy", "accuracy vs sparsity per method", "run or sweep folders")
-    acc.add_argument("--by", nargs="+", default=[], metavar="KEY", help="more series keys")
+    acc.add_argument(
+        "--by",
+        action="append",
+        type=key_list,
+        default=[],
+        metavar="KEY[,KEY]",
+        help="more series keys (repeat --by or list them with commas)",
+    )
     acc.add_argument("--metric", choices=sorted(METRICS), default="final")
     acc.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE", help="keep only")
     acc.add_argument(
@@ -60,7 +71,7 @@ def make_figure(args: argparse.Namespace):
         found = gather(args.runs, where=args.where)
         for line in problem_notes(found.problems):
             print(line, file=sys.stderr)
-        keys = list(dict.fromkeys([*DEFAULT_KEYS, *args.by]))
+        keys = list(dict.fromkeys([*DEFAULT_KEYS, *flat(args.by)]))
         groups = aggregate(found.runs, keys, metric=args.metric)
         series = [k for k in keys if k != "sparsity" and len({repr(g.key[k]) for g in groups}) > 1]
         return plots.accuracy_vs_sparsity(

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from sst import __version__
 from sst.config import CONFIG_DIR, runtime
 from sst.config.keys import check_command_line
 
@@ -151,6 +152,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="sst-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("overrides", nargs="*", help="sst-train overrides; a,b,c lists sweep")
+    parser.add_argument("--version", action="version", version=f"sst {__version__}")
     parser.add_argument("--method", choices=SEARCH_METHODS, default="grid")
     parser.add_argument("--project", help="W&B project of the sweep and its runs")
     parser.add_argument("--entity", help="W&B entity (team or user)")

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sst import __version__
+
 from .compare import CompareSpec, compare, parse_compare
 from .papers import (
     METRIC_TEXT,
@@ -60,7 +62,7 @@ def mixed_notes(label: str, mixed: Sequence[str]) -> list[str]:
     if not mixed:
         return []
     keys = [m for m in mixed if not m.startswith("seed")]
-    hint = f" (split with --by {' '.join(keys[:3])})" if keys else ""
+    hint = f" (split with --by {','.join(keys[:3])})" if keys else ""
     return [f"! {label} averages runs that differ in {', '.join(mixed)}{hint}"]
 
 
@@ -93,6 +95,8 @@ def results_table(
             },
             indent=2,
         )
+    if fmt == "csv":
+        return results_csv(groups, keys, metric)
     headers = [*keys, METRIC_LABEL[metric], "n", "train FLOPs", "inference FLOPs"]
     rows = []
     notes: list[str] = []
@@ -121,7 +125,44 @@ def results_table(
     )
 
 
+def results_csv(groups: Sequence[Group], keys: Sequence[str], metric: str) -> str:
+    """The results table as CSV of numbers: sparsity as a fraction, the accuracy's mean,
+    standard deviation and seed count in their own columns, FLOPs relative to dense."""
+    headers = [*keys, f"{metric}_test_acc_mean", f"{metric}_test_acc_std", "n"]
+    headers += ["train_flops_rel", "inference_flops_rel"]
+    rows = [
+        [
+            *(g.key[k] for k in keys),
+            g.accuracy.mean,
+            g.accuracy.std,
+            g.accuracy.n,
+            g.train_flops.mean,
+            g.inference_flops.mean,
+        ]
+        for g in groups
+    ]
+    return render(headers, rows, "csv")
+
+
 # ----------------------------------------------------------------------------- paper table
+def _paper_csv(table: PaperTable, cells: Sequence[Cell], also: Sequence[str]) -> str:
+    """The published table and sst's cells as CSV of numbers (no ``±``, no ``%``)."""
+    headers = ["method", table.axis, "published", "sst_mean", "sst_std", "n", "difference"]
+    headers += [f"sst_{m}_{part}" for m in also for part in ("mean", "std")]
+    headers.append("epochs")
+    rows = []
+    for c in cells:
+        epochs = sorted({_show((r.config.get("trainer") or {}).get("epochs")) for r in c.runs})
+        where = c.sparsity if table.axis == "sparsity" else c.density
+        row = [c.row, where, c.published, c.accuracy.mean, c.accuracy.std, c.accuracy.n]
+        row.append(c.difference)
+        for m in also:
+            stat = c.also.get(m, NO_RUNS)
+            row += [stat.mean, stat.std]
+        rows.append([*row, ",".join(epochs)])
+    return render(headers, rows, "csv")
+
+
 def _paper_json(
     table: PaperTable, cells: Sequence[Cell], metric: str, problems: Sequence[Run]
 ) -> str:
@@ -226,6 +267,8 @@ def paper_table(
     if fmt == "json":
         return _paper_json(table, cells, metric, problems)
     also = [] if metric == table.metric else [metric]
+    if fmt == "csv":
+        return _paper_csv(table, cells, also)
     headers = _paper_headers(table, also)
     rows = [_paper_row(table, c, also) for c in cells]
     return render(
@@ -245,6 +288,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[2].replace("\n", " "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"sst {__version__}")
     parser.add_argument(
         "paths",
         nargs="*",
@@ -252,10 +296,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--by",
-        nargs="+",
+        action="append",
+        type=key_list,
         default=[],
-        metavar="KEY",
-        help="more grouping keys: dotted paths into config.json, e.g. sparsity.gamma_sal",
+        metavar="KEY[,KEY]",
+        help="more grouping keys: dotted paths into config.json, e.g. sparsity.gamma_sal; "
+        "repeat --by or list them with commas (what follows a key is a path)",
     )
     parser.add_argument(
         "--metric",
@@ -283,7 +329,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="B against A in every group, paired by seed: mean difference, 95%% CI, resolved, "
         "seeds needed (estimate); KEY is any --by/--where key, e.g. method=rigl,srigl",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.by = flat(args.by)
+    return args
+
+
+def key_list(text: str) -> list[str]:
+    """``--by a,b`` -> ``["a", "b"]``: one ``--by`` takes one argument, so a path after it
+    stays a path."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise argparse.ArgumentTypeError(f"{text!r} names no key")
+    return keys
+
+
+def flat(lists: Sequence[Sequence[str]]) -> list[str]:
+    """The keys of every ``--by``, in order, once each."""
+    return list(dict.fromkeys(k for keys in lists for k in keys))
 
 
 def compare_option(args: argparse.Namespace) -> CompareSpec | None:

@@ -56,6 +56,24 @@ def latex_escape(text: str) -> str:
     return escaped.replace(PLUS_MINUS.strip(), LATEX_PLUS_MINUS.strip())
 
 
+def markdown_lines(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool]
+) -> list[str]:
+    """A Markdown table with its columns padded to one width (numbers right-aligned), so
+    it also reads as plain text."""
+    cells = [[str(h) for h in headers], *([str(c) for c in row] for row in rows)]
+    widths = [max(3, *(len(r[i]) for r in cells)) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        padded = (
+            c.rjust(w) if n else c.ljust(w) for c, w, n in zip(row, widths, numeric, strict=True)
+        )
+        return "| " + " | ".join(padded) + " |"
+
+    rule = ("-" * (w - 1) + ":" if n else "-" * w for w, n in zip(widths, numeric, strict=True))
+    return [line(cells[0]), "| " + " | ".join(rule) + " |", *(line(r) for r in cells[1:])]
+
+
 def render(
     headers: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -79,9 +97,7 @@ def render(
         return out.getvalue()
     if fmt == "markdown":
         lines = [f"**{title}**", ""] if title else []
-        lines.append("| " + " | ".join(headers) + " |")
-        lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        lines += markdown_lines(headers, rows, numeric)
         if notes:
             lines += ["", *notes]
         return "\n".join(lines) + "\n"
@@ -255,7 +271,7 @@ def comparison_row_notes(label: str, row: Comparison) -> list[str]:
         )
     if row.mixed:
         hint = [m for m in row.mixed if not m.startswith("seed")]
-        split = f" (split with --by {' '.join(hint[:3])})" if hint else ""
+        split = f" (split with --by {','.join(hint[:3])})" if hint else ""
         notes.append(f"! {label}: a side holds runs that differ in {', '.join(row.mixed)}{split}")
     return notes
 
