@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ from sst.launch.build import default_tags, make_run_log
 from sst.runs.runlog import RunLog, wandb_init_args
 from sst.runs.wandb_file import read_chunks
 from sst.study import plot_cli as sst_plot
-from sst.study import sweep_cli
+from sst.study import plots, sweep_cli
+from sst.study.results import DEFAULT_KEYS, aggregate, gather
 from sst.study.table_cli import main as sst_table
 
 WANDB_VARIABLES = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_TAGS", "WANDB_JOB_TYPE", "WANDB_DISABLED")
@@ -239,3 +241,69 @@ def test_every_cli_prints_sst_version(cli, capsys) -> None:
         cli(["--version"])
     assert stop.value.code == 0
     assert capsys.readouterr().out.strip() == f"sst {__version__}"
+
+
+# ----------------------------------------------------------------------------- sst-plot
+def write_metrics(run_dir: Path, records: list[dict]) -> None:
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_importing_plots_leaves_the_backend_alone() -> None:
+    code = "import sst.study.plots, matplotlib; print(matplotlib.get_backend())"
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "svg"
+
+
+def test_accuracy_plot_one_density_no_warning_axis_at_most_100(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, acc in enumerate([99.9, 92.0]):  # a std of 5.6 points: the band passes 100
+        make_run(root, seed=seed, acc=acc)
+    groups = aggregate(gather([root]).runs, list(DEFAULT_KEYS), metric="final")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plots.accuracy_vs_sparsity(groups)
+    assert fig.axes[0].get_ylim()[1] <= 100
+    plots.save(fig, tmp_path / "acc", ["png"])
+
+
+def test_accuracy_plot_warns_when_runs_of_different_lengths_are_mixed(tmp_path, capsys):
+    root = tmp_path / "runs"
+    make_run(root, seed=0, acc=90.0, epochs=3)
+    make_run(root, seed=1, acc=91.0, epochs=5)
+    assert sst_plot.main(["accuracy", str(root), "-o", str(tmp_path / "acc")]) == 0
+    err = capsys.readouterr().err
+    assert "averages runs that differ in trainer.epochs" in err
+
+
+def test_curves_mark_only_sparse_series(tmp_path: Path) -> None:
+    dense_run = make_run(tmp_path, seed=0)
+    sparse_run = make_run(tmp_path, seed=1)
+    write_metrics(dense_run, [{"step": s, "test/acc": 50.0 + s / 10} for s in range(250)])
+    write_metrics(sparse_run, [{"step": 50 * s, "test/acc": 99.0 + s / 5} for s in range(5)])
+    fig = plots.training_curves([dense_run, sparse_run], ["many", "few"])
+    acc_ax = fig.axes[1]
+    assert [line.get_marker() for line in acc_ax.lines] == ["None", "."]
+    assert acc_ax.get_ylim()[1] <= 100
+
+
+def test_neurons_figure_says_when_nothing_is_ablated(tmp_path: Path) -> None:
+    kept = make_run(tmp_path, seed=0)
+    records = [
+        {"step": s, f"active_neurons/{layer}": 32, f"ablated_neurons/{layer}": 0}
+        for s in (10, 20)
+        for layer in ("fc1", "fc2")
+    ]
+    write_metrics(kept, records)
+    (ax,) = plots.neurons_over_training(kept).axes
+    assert any("no neuron ablated" in t.get_text() for t in ax.texts)
+    assert not ax.lines
+
+    ablating = make_run(tmp_path, seed=1)
+    records[-1]["ablated_neurons/fc2"] = 8
+    write_metrics(ablating, records)
+    (ax,) = plots.neurons_over_training(ablating).axes
+    assert not ax.texts and len(ax.lines) == 2

@@ -16,11 +16,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
+
 from sst import __version__
 
 from . import plots
 from .results import DEFAULT_KEYS, METRICS, aggregate, gather, read_run
-from .table_cli import flat, key_list
+from .table_cli import flat, key_list, mixed_notes
 from .tables import problem_notes
 
 
@@ -73,6 +75,10 @@ def make_figure(args: argparse.Namespace):
             print(line, file=sys.stderr)
         keys = list(dict.fromkeys([*DEFAULT_KEYS, *flat(args.by)]))
         groups = aggregate(found.runs, keys, metric=args.metric)
+        for group in groups:  # as sst-table warns: a point that averages unlike runs
+            label = " / ".join(str(group.key[k]) for k in keys)
+            for line in mixed_notes(label, group.mixed):
+                print(line, file=sys.stderr)
         series = [k for k in keys if k != "sparsity" and len({repr(g.key[k]) for g in groups}) > 1]
         return plots.accuracy_vs_sparsity(
             groups, series_keys=series or ["method"], metric=args.metric, ci=args.ci
@@ -90,6 +96,7 @@ def make_figure(args: argparse.Namespace):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    matplotlib.use("Agg")  # files only, no window: set here, not when plots is imported
     try:
         fig = make_figure(args)
     except (ValueError, FileNotFoundError) as error:

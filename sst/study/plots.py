@@ -14,6 +14,9 @@ written as PNG and PDF from the same data.
 - ``training_curves``: ``train/loss`` and ``test/acc`` against the step, one line per run.
 - ``mask_image``: one layer's mask from ``checkpoints/last.pt`` as an image (rows are output
   neurons, columns the flattened fan-in; black is an active weight).
+
+Importing this module leaves matplotlib's backend alone (``sst-plot`` picks Agg); accuracy
+axes end at 100%.
 """
 
 from __future__ import annotations
@@ -23,10 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # after the backend is chosen
+import matplotlib.pyplot as plt  # the backend is the caller's: sst-plot chooses Agg
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -39,6 +39,7 @@ from .compare import t_quantile
 from .results import Group, Run, Stat, read_run
 
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
+MAX_MARKED_POINTS = 30  # a curve with more points is drawn without markers
 FIGURE_FORMATS = ("png", "pdf")
 STYLE = {
     "font.size": 8,
@@ -101,12 +102,21 @@ def band_half_width(stat: Stat, ci: bool = False) -> float:
 
 def _sparsity_axis(ax: Any, densities: Sequence[float]) -> None:
     """x: the density on a log axis, reversed (sparser to the right), labelled by sparsity."""
+    limits = (max(densities) * 1.4, min(densities) / 1.4)
+    ax.set_xlim(*limits)  # first: one density alone would give identical limits to log
     ax.set_xscale("log")
-    ax.set_xlim(max(densities) * 1.4, min(densities) / 1.4)
+    ax.set_xlim(*limits)
     ax.xaxis.set_major_locator(FixedLocator(densities))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([f"{100 * (1 - d):.4g}" for d in densities])
     ax.set_xlabel("sparsity (%), log scale of density 1 - s")
+
+
+def cap_at_100(ax: Any) -> None:
+    """An accuracy axis (%) never runs past 100."""
+    low, high = ax.get_ylim()
+    if high > 100:
+        ax.set_ylim(low, 100)
 
 
 def _dense_lines(ax: Any, dense: Sequence[Group]) -> None:
@@ -167,6 +177,7 @@ def accuracy_vs_sparsity(
         _dense_lines(ax, dense)
         _sparsity_axis(ax, sorted({1.0 - g.key["sparsity"] for s in series.values() for g in s}))
         ax.margins(y=0.12)
+        cap_at_100(ax)
         ax.set_ylabel(f"{metric} test accuracy (%)")
         band = "bands: 95% CI of the mean (t)" if ci else "bands: ±1 std over seeds"
         ax.legend(loc="lower left", frameon=False, title=band, title_fontsize=6.5)
@@ -228,12 +239,12 @@ def neurons_over_training(run_dir: str | Path) -> Figure:
         raise ValueError(f"{run_dir}: metrics.jsonl has no active_neurons/<layer> records")
     fig, ax = figure()
     with plt.rc_context(STYLE):
+        fractions = {layer: _active_fraction(records, layer) for layer in layers}
+        if all(np.all(f == 1) for _, f in fractions.values()):
+            _nothing_ablated(ax, len(layers))
+            return fig
         colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
-        for color, layer in zip(colors, layers, strict=True):
-            steps, active = _series(records, f"active_neurons/{layer}")
-            _, ablated = _series(records, f"ablated_neurons/{layer}")
-            total = active + ablated if len(ablated) == len(active) else np.full_like(active, 1)
-            fraction = np.divide(active, total, out=np.ones_like(active), where=total > 0)
+        for color, (layer, (steps, fraction)) in zip(colors, fractions.items(), strict=True):
             ax.plot(steps, fraction, color=color, label=layer)
         ax.set_xlabel("step")
         ax.set_ylabel("active neurons (fraction of layer)")
@@ -242,6 +253,30 @@ def neurons_over_training(run_dir: str | Path) -> Figure:
             frameon=False, ncol=1 + len(layers) // 8, fontsize=5.5, loc="lower left", title="layer"
         )
     return fig
+
+
+def _active_fraction(records: Sequence[dict[str, Any]], layer: str) -> tuple[np.ndarray, Any]:
+    """(steps, active fraction of the layer's neurons) from ``metrics.jsonl``."""
+    steps, active = _series(records, f"active_neurons/{layer}")
+    _, ablated = _series(records, f"ablated_neurons/{layer}")
+    total = active + ablated if len(ablated) == len(active) else np.full_like(active, 1)
+    return steps, np.divide(active, total, out=np.ones_like(active), where=total > 0)
+
+
+def _nothing_ablated(ax: Any, layers: int) -> None:
+    """The neurons figure of a run that ablated no neuron: one sentence, not a line per
+    layer stacked at 1.0."""
+    ax.text(
+        0.5,
+        0.5,
+        f"no neuron ablated\n(all {layers} layers keep every neuron active)",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
 
 
 def training_curves(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> Figure:
@@ -257,13 +292,15 @@ def training_curves(run_dirs: Sequence[str | Path], labels: Sequence[str] | None
                 loss_ax.plot(steps, loss, label=label)
             steps, acc = _series(records, "test/acc")
             if len(steps):
-                acc_ax.plot(steps, acc, marker=".", label=label)
+                marker = "." if len(steps) <= MAX_MARKED_POINTS else None
+                acc_ax.plot(steps, acc, marker=marker, label=label)
                 plotted += 1
         if not plotted:
             raise ValueError("no test/acc records in the runs' metrics.jsonl")
         loss_ax.set_ylabel("train loss")
         acc_ax.set_xlabel("step")
         acc_ax.set_ylabel("test accuracy (%)")
+        cap_at_100(acc_ax)
         acc_ax.legend(frameon=False)
     fig.tight_layout()
     return fig
