@@ -63,7 +63,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Exception:
         log.exception("the run failed")  # train.log too, not only the console
         raise
-    log.info("%s", format_summary(summary, Path(run_dir)))
+    if last_step() is not None:  # trained here; a skipped run's folder stays untouched
+        log.info("%s", format_summary(summary, Path(run_dir)))
     return summary.get("final_test_acc")
 
 

@@ -40,6 +40,7 @@ def test_default_command_trains_digits_and_skips_when_finished(tmp_path):
     for name in ("config.json", "metrics.jsonl", "checkpoints/last.pt", "wandb_id.txt"):
         assert (run_dir / name).exists(), name
     assert (run_dir / ".lock").read_text() == ""  # released
+    assert "test accuracy: final" in (run_dir / "train.log").read_text()  # the summary too
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert state["step"] == summary["steps"]
     assert set(state["sparsity"]["masks"]) == {"1", "3", "5"}
