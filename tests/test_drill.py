@@ -65,4 +65,3 @@ def test_the_drill_has_sixty_commands_over_every_cli():
     found = cases()
     assert len(found) >= 60
     assert {cli for cli, _, _ in found} == {"sst-train", *MAINS}
-
