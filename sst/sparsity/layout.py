@@ -96,6 +96,11 @@ def fixed_densities(
     layer is an error; a later regex overrides an earlier one)."""
     fixed = {}
     for pattern, value in (densities or {}).items():
+        if not 0.0 < float(value) <= 1.0:
+            raise ValueError(
+                f"densities: {pattern!r}: {value} is out of range: a layer's density must be "
+                "in (0, 1]"
+            )
         for name in matching(names, [str(pattern)], "densities"):
             fixed[name] = float(value)
     return fixed

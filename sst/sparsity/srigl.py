@@ -19,7 +19,13 @@ DENOMINATORS = ("sparse", "dense")
 
 
 def check_ablation_settings(gamma_sal: float, ablation_denominator: str) -> None:
+    """gamma_sal >= 0; from 1 on it is a count of weights, so it must be a whole number."""
     check_at_least("gamma_sal", gamma_sal, 0)
+    if gamma_sal >= 1 and float(gamma_sal) != int(gamma_sal):
+        raise ValueError(
+            f"gamma_sal={gamma_sal}: values >= 1 are a count of salient weights and must be "
+            "whole numbers; below 1 it is a fraction of the fan-in"
+        )
     check_choice("ablation_denominator", ablation_denominator, DENOMINATORS)
 
 
