@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,6 +70,21 @@ def compose_run(overrides: list[str], output_dir: Path):
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg, run_dir, choices
+
+
+def long_train_command(output_dir: Path, progress_bar: bool) -> list[str]:
+    """``python -m sst.train`` on digits for 100 epochs (a run the tests stop long before
+    its end), with W&B off."""
+    return [
+        sys.executable,
+        "-m",
+        "sst.train",
+        f"output_dir={output_dir}",
+        "logger=none",
+        "trainer.batch_size=32",
+        "trainer.epochs=100",
+        f"trainer.progress_bar={str(progress_bar).lower()}",
+    ]
 
 
 def read_metrics(run_dir: Path, drop=("update/time_ms",)) -> list[dict]:

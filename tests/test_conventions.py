@@ -19,7 +19,7 @@ import pytest
 import torch
 import wandb
 from fabricated import make_run
-from runs import compose_run
+from runs import compose_run, long_train_command
 
 from sst import __version__
 from sst.condensed import cli as export_cli
@@ -127,16 +127,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_train(tmp_path: Path) -> subprocess.Popen:
     """``python -m sst.train`` on digits for 100 epochs (stopped long before the end), its
     stdout and stderr piped: not a terminal."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "sst.train",
-        f"output_dir={tmp_path}",
-        "logger=none",
-        "trainer.batch_size=32",
-        "trainer.epochs=100",
-        "trainer.progress_bar=true",
-    ]
+    cmd = long_train_command(tmp_path, progress_bar=True)
     env = {**os.environ, "WANDB_SILENT": "true"}
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
-from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
+from runs import QUICK, InterruptAt, compose_run, long_train_command, read_metrics, run_with
 
 import sst.launch.run as run_module
 from sst.config.keys import ConfigError
@@ -200,16 +200,7 @@ def test_a_crash_still_finishes_the_wandb_run_and_keeps_the_logs(tmp_path, monke
 def test_sigusr1_to_a_real_process_checkpoints_and_the_relaunch_resumes(tmp_path):
     """What SLURM does before preemption: the process saves, exits 124; the relaunch of the
     same command resumes from the saved step and finishes."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "sst.train",
-        f"output_dir={tmp_path}",
-        "logger=none",
-        "trainer.batch_size=32",
-        "trainer.epochs=100",
-        "trainer.progress_bar=false",
-    ]
+    cmd = long_train_command(tmp_path, progress_bar=False)
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("runs/*/metrics.jsonl")) and time.monotonic() < deadline:
