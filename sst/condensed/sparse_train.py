@@ -21,8 +21,9 @@ and the transposed (CSC) structure for the input gradient. A Conv2d weight (out,
 is flattened to (out, C * kh * kw), F.unfold's order, and runs as the same products on the
 unfolded input (``sparse_conv2d``).
 
-The compiled kernels (``_sparse_train.cpp``) run float32 CPU tensors; everything else (other
-dtypes, CUDA, the extension not built, ``FORCE_FALLBACK``) runs the PyTorch fallback, which
+The compiled kernels (``_sparse_train.cpp``, ``sparse_train_cpu.py``) run CPU tensors of one
+dtype, float32 or float64; everything else (other dtypes, CUDA, the extension not built,
+``sparse_train_cpu.FORCE_FALLBACK``) runs the PyTorch fallback, which
 scatters the values into a dense weight and lets autograd differentiate the dense op: the
 same results up to summation order, at dense cost.
 """
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import sparse_train_cpu as kernels
-from .sparse_train_cpu import compiled_available
+from .sparse_train_cpu import compiled_available, kernel_info
 from .sparse_train_layout import (
     KINDS,
     TrainLayout,
@@ -49,6 +50,7 @@ __all__ = [
     "build_layout",
     "compiled_available",
     "gather_values",
+    "kernel_info",
     "scatter_values",
     "sparse_conv2d",
     "sparse_linear",
@@ -65,16 +67,6 @@ def _dense_weight(values: Tensor, layout: TrainLayout) -> Tensor:
     return flat.view(layout.out_features, layout.in_features)
 
 
-def _compiled(x: Tensor, values: Tensor) -> bool:
-    return (
-        compiled_available()
-        and x.device.type == "cpu"
-        and values.device.type == "cpu"
-        and x.dtype == torch.float32
-        and values.dtype == torch.float32
-    )
-
-
 def _check_values(values: Tensor, layout: TrainLayout) -> None:
     if values.shape != (layout.nnz,):
         raise ValueError(f"values must have shape ({layout.nnz},), got {tuple(values.shape)}")
@@ -88,7 +80,7 @@ def sparse_linear(
     _check_values(values, layout)
     if x.shape[-1] != layout.in_features:
         raise ValueError(f"x has {x.shape[-1]} features, the layout {layout.in_features}")
-    if _compiled(x, values):
+    if kernels.runnable(x, values, bias):
         return kernels.linear(x, values, layout, bias)
     return F.linear(x, _dense_weight(values, layout), bias)
 
@@ -119,7 +111,7 @@ def sparse_conv2d(
         )
     _check_values(values, layout)
     geometry = (_pair(stride), _pair(padding), _pair(dilation), (kh, kw))
-    if _compiled(x, values):
+    if kernels.runnable(x, values, bias):
         return kernels.conv2d(x, values, layout, bias, geometry)
     weight = _dense_weight(values, layout).view(layout.out_features, x.shape[1], kh, kw)
     return F.conv2d(x, weight, bias, geometry[0], geometry[1], geometry[2])

@@ -1,8 +1,24 @@
-"""The compiled training kernels (``_sparse_train.cpp``) behind ``sparse_train.py``."""
+"""The compiled training kernels (``_sparse_train.cpp``) behind ``sparse_train.py``, as
+autograd functions.
+
+Linear: x (B, in) is transposed once to X (in, B), so that each kept weight touches a
+contiguous run of B numbers; the forward product gives Y^T (out, B), the input gradient
+G^T (in, B) from g^T = dL/dy^T (out, B) over the transposed structure, and the weight
+gradient dV[p] = g^T[o] . X[i] (a dot product of length B) at each kept (o, i).
+Conv2d: F.unfold's columns (B, C * kh * kw, L) already hold one image's batch along the
+contiguous axis, so the same kernels run per image with no transpose; the input gradient's
+columns go back through F.fold.
+"""
 
 from __future__ import annotations
 
 import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .sparse_train_layout import TrainLayout
 
 try:
     from . import _sparse_train as _ext
@@ -11,8 +27,161 @@ except ImportError:  # not built (no compiler at install time): the fallback run
 
 # Set SST_SPARSE_TRAIN_FALLBACK=1 (read at import) or this flag to run the PyTorch fallback.
 FORCE_FALLBACK = os.environ.get("SST_SPARSE_TRAIN_FALLBACK", "") == "1"
+# The kernels' dtype codes.
+DTYPES = {torch.float32: 0, torch.float64: 1}
+# Columns of X per spmm work item: a block of X that stays in cache while the rows pass.
+SPMM_CHUNK = 64
 
 
 def compiled_available() -> bool:
     """True when the C++ training kernels are built and not disabled (``FORCE_FALLBACK``)."""
     return _ext is not None and not FORCE_FALLBACK
+
+
+def kernel_info() -> dict[str, object]:
+    """What the compiled kernels run with (for benchmark headers)."""
+    if _ext is None:
+        return {"compiled": False}
+    return {"compiled": True, "isa": _ext.isa(), "openmp": _ext.openmp()}
+
+
+def runnable(x: Tensor, values: Tensor, bias: Tensor | None) -> bool:
+    """Whether the compiled kernels take these tensors (CPU, float32 or float64, one dtype)."""
+    tensors = [x, values] if bias is None else [x, values, bias]
+    return (
+        compiled_available()
+        and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors)
+        and x.dtype in DTYPES
+    )
+
+
+def _ptr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _transpose(a: Tensor) -> Tensor:
+    """(rows, cols) contiguous -> a new contiguous (cols, rows)."""
+    rows, cols = a.shape
+    out = torch.empty(cols, rows, dtype=a.dtype)
+    _ext.transpose(DTYPES[a.dtype], a.data_ptr(), rows, cols, out.data_ptr(), _threads())
+    return out
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _spmm(
+    layout: TrainLayout, transposed: bool, values: Tensor, bias: Tensor | None, x: Tensor, y: Tensor
+) -> None:
+    """Per image, y (rows, N) = bias + A x with x (cols, N): A = W (rows = outputs) or, with
+    ``transposed``, W^T (rows = inputs). x and y are (N_img, cols|rows, N) or 2-D."""
+    x3, y3 = x.view(-1, *x.shape[-2:]), y.view(-1, *y.shape[-2:])
+    n_img, n_rows, n = y3.shape
+    if transposed:
+        structure = (layout.colptr, layout.row, layout.perm)
+    else:
+        structure = (layout.rowptr, layout.col, None)
+    ptr, idx, perm = structure
+    _ext.spmm(
+        DTYPES[values.dtype], ptr.data_ptr(), idx.data_ptr(), _ptr(perm), values.data_ptr(),
+        _ptr(bias), x3.data_ptr(), n, x3.shape[1] * n, y3.data_ptr(), n, n_rows * n, n,
+        n_img, n_rows, SPMM_CHUNK, layout.nnz, _threads(),
+    )  # fmt: skip
+
+
+def _sddmm(layout: TrainLayout, g: Tensor, x: Tensor) -> Tensor:
+    """dV[p] = sum over images of g[o] . x[i] at each kept (o, i); g (.., out, N), x (.., in, N)."""
+    g3, x3 = g.view(-1, *g.shape[-2:]), x.view(-1, *x.shape[-2:])
+    n_img, n_rows, n = g3.shape
+    out = torch.empty(layout.nnz, dtype=g.dtype)
+    _ext.sddmm(
+        DTYPES[g.dtype], layout.rowptr.data_ptr(), layout.col.data_ptr(), g3.data_ptr(), n,
+        n_rows * n, x3.data_ptr(), n, x3.shape[1] * n, out.data_ptr(), n, n_img, n_rows,
+        layout.nnz, _threads(),
+    )  # fmt: skip
+    return out
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layout: TrainLayout):
+        x, values = x.contiguous(), values.detach().contiguous()
+        bias = None if bias is None else bias.detach().contiguous()
+        xt = _transpose(x)
+        yt = torch.empty(layout.out_features, x.shape[0], dtype=x.dtype)
+        _spmm(layout, False, values, bias, xt, yt)
+        ctx.layout = layout
+        ctx.save_for_backward(xt if ctx.needs_input_grad[1] else None, values)
+        return _transpose(yt)
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):
+        xt, values = ctx.saved_tensors
+        layout: TrainLayout = ctx.layout
+        gy = gy.contiguous()
+        gt = _transpose(gy)
+        gx = gv = gb = None
+        if ctx.needs_input_grad[0]:
+            gxt = torch.empty(layout.in_features, gy.shape[0], dtype=gy.dtype)
+            _spmm(layout, True, values, None, gt, gxt)
+            gx = _transpose(gxt)
+        if ctx.needs_input_grad[1]:
+            gv = _sddmm(layout, gt, xt)
+        if ctx.needs_input_grad[2]:
+            gb = gy.sum(0)
+        return gx, gv, gb, None
+
+
+def linear(x: Tensor, values: Tensor, layout: TrainLayout, bias: Tensor | None) -> Tensor:
+    """``sparse_train.sparse_linear`` on the compiled kernels (see ``runnable``)."""
+    lead = x.shape[:-1]
+    y = _Linear.apply(x.reshape(-1, layout.in_features), values, bias, layout)
+    return y.view(*lead, layout.out_features)
+
+
+Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+class _Conv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, values, bias, layout: TrainLayout, geometry: Geometry):
+        stride, padding, dilation, kernel = geometry
+        values = values.detach().contiguous()
+        bias = None if bias is None else bias.detach().contiguous()
+        cols = F.unfold(x.detach(), kernel, dilation, padding, stride).contiguous()
+        h, w = x.shape[-2:]
+        oh, ow = (
+            (size + 2 * p - d * (k - 1) - 1) // s + 1
+            for size, p, d, k, s in zip((h, w), padding, dilation, kernel, stride, strict=True)
+        )
+        y = torch.empty(x.shape[0], layout.out_features, oh * ow, dtype=x.dtype)
+        _spmm(layout, False, values, bias, cols, y)
+        ctx.layout, ctx.geometry, ctx.size = layout, geometry, (h, w)
+        ctx.save_for_backward(cols if ctx.needs_input_grad[1] else None, values)
+        return y.view(x.shape[0], layout.out_features, oh, ow)
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):
+        cols, values = ctx.saved_tensors
+        layout: TrainLayout = ctx.layout
+        stride, padding, dilation, kernel = ctx.geometry
+        g = gy.contiguous().view(gy.shape[0], gy.shape[1], -1)
+        gx = gv = gb = None
+        if ctx.needs_input_grad[0]:
+            gcols = torch.empty(g.shape[0], layout.in_features, g.shape[2], dtype=g.dtype)
+            _spmm(layout, True, values, None, g, gcols)
+            gx = F.fold(gcols, ctx.size, kernel, dilation, padding, stride)
+        if ctx.needs_input_grad[1]:
+            gv = _sddmm(layout, g, cols)
+        if ctx.needs_input_grad[2]:
+            gb = g.sum((0, 2))
+        return gx, gv, gb, None, None
+
+
+def conv2d(
+    x: Tensor, values: Tensor, layout: TrainLayout, bias: Tensor | None, geometry: Geometry
+) -> Tensor:
+    """``sparse_train.sparse_conv2d`` on the compiled kernels: geometry = (stride, padding,
+    dilation, kernel_size), each a pair."""
+    return _Conv2d.apply(x, values, bias, layout, geometry)

@@ -1,0 +1,515 @@
+// Sparse training kernels for the CPU (sparse_train.py): the three products of a masked
+// layer's training step over its kept weights only, in fp32 or fp64.
+//
+// The layer's kept positions are a compressed sparse structure: for each of n_rows rows r,
+// entries p in [ptr[r], ptr[r + 1]) hold a column idx[p] and value V[perm ? perm[p] : p].
+// Row-major CSR (rows = outputs) gives the forward product and the weight gradient; the
+// transposed structure (CSC: rows = inputs, perm = position of each entry in the CSR order)
+// gives the input gradient. Dense operands are "column-major" batches: X (cols, N) with the
+// batch along the contiguous axis (a transposed activation, or one image's unfolded columns),
+// so that every kept weight touches a contiguous run of N numbers:
+//
+//   spmm:  Y[r, l] = b[r] + sum_p V[p] X[idx[p], l]        (forward; input gradient)
+//   sddmm: D[p]    = sum_l G[r, l] X[idx[p], l]            (weight gradient at kept (r, i))
+//
+// summed over images for a batch of images (conv). spmm is vectorised along l (one broadcast
+// weight and a few FMAs per weight); sddmm keeps a tile of G's row in registers and takes four
+// entries at a time, reducing the four accumulators with one shuffle tree.
+//
+// Vectors are GCC vector extensions: the same templates compile to AVX-512, AVX2 or
+// the baseline ISA, chosen once at import (runtime dispatch). The parallel regions are OpenMP;
+// on Linux the extension binds to the libgomp.so.1 that torch has loaded, so both share one
+// thread pool.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SST_X86 1
+#define SST_AVX512 \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma,prefer-vector-width=512")))
+#define SST_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+#define SST_INLINE inline __attribute__((always_inline))
+
+namespace {
+
+typedef float v4f __attribute__((vector_size(16)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v16f __attribute__((vector_size(64)));
+typedef double v2d __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
+
+struct SpmmArgs {
+  const int32_t* ptr;   // (n_rows + 1)
+  const int32_t* idx;   // (nnz) column of each entry
+  const int32_t* perm;  // (nnz) value position of each entry, or null for p
+  const void* values;   // (nnz)
+  const void* bias;     // (n_rows) or null
+  const void* x;        // per image (cols, ldx)
+  int64_t ldx, x_img;
+  void* y;  // per image (n_rows, ldy)
+  int64_t ldy, y_img;
+  int64_t n, n_img, n_rows;  // N columns per image
+  int64_t chunk, n_chunks;   // columns per work item (cache blocking of X)
+};
+
+struct SddmmArgs {
+  const int32_t* ptr;
+  const int32_t* idx;
+  const void* g;  // per image (n_rows, ldg)
+  int64_t ldg, g_img;
+  const void* x;  // per image (cols, ldx)
+  int64_t ldx, x_img;
+  void* out;  // (nnz) in CSR order
+  int64_t n, n_img, n_rows;
+};
+
+template <typename V>
+SST_INLINE V load_v(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V>
+SST_INLINE void store_v(void* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// ------------------------------------------------------------------------------ spmm
+// One tile of NV vectors along l for one row: U weights run into separate accumulators so
+// that at least eight FMAs are independent (an FMA's latency is about four times its
+// throughput, two per cycle).
+template <typename T, typename V, int NV, bool PERM>
+SST_INLINE void spmm_tile(const SpmmArgs& a, const T* x, int64_t p0, int64_t p1, T b, T* y) {
+  constexpr int W = sizeof(V) / sizeof(T);
+  constexpr int U = NV >= 8 ? 1 : 8 / NV;
+  const T* vals = static_cast<const T*>(a.values);
+  V acc[U][NV];
+  for (int u = 0; u < U; ++u)
+    for (int t = 0; t < NV; ++t) acc[u][t] = V{} + (u == 0 ? b : T(0));
+  int64_t p = p0;
+  for (; p + U <= p1; p += U) {
+    for (int u = 0; u < U; ++u) {
+      const T w = vals[PERM ? a.perm[p + u] : p + u];
+      const T* xr = x + static_cast<int64_t>(a.idx[p + u]) * a.ldx;
+      for (int t = 0; t < NV; ++t) acc[u][t] += w * load_v<V>(xr + t * W);
+    }
+  }
+  for (; p < p1; ++p) {
+    const T w = vals[PERM ? a.perm[p] : p];
+    const T* xr = x + static_cast<int64_t>(a.idx[p]) * a.ldx;
+    for (int t = 0; t < NV; ++t) acc[0][t] += w * load_v<V>(xr + t * W);
+  }
+  for (int u = 1; u < U; ++u)
+    for (int t = 0; t < NV; ++t) acc[0][t] += acc[u][t];
+  for (int t = 0; t < NV; ++t) store_v(y + t * W, acc[0][t]);
+}
+
+template <typename T, bool PERM>
+SST_INLINE void spmm_scalar(const SpmmArgs& a, const T* x, int64_t p0, int64_t p1, T b, T* y,
+                            int64_t n) {
+  const T* vals = static_cast<const T*>(a.values);
+  for (int64_t l = 0; l < n; ++l) y[l] = b;
+  for (int64_t p = p0; p < p1; ++p) {
+    const T w = vals[PERM ? a.perm[p] : p];
+    const T* xr = x + static_cast<int64_t>(a.idx[p]) * a.ldx;
+    for (int64_t l = 0; l < n; ++l) y[l] += w * xr[l];
+  }
+}
+
+// Columns [l0, l1) of row r of one image.
+template <typename T, typename V, bool PERM>
+SST_INLINE void spmm_segment(const SpmmArgs& a, const T* x, T* y, int64_t r, int64_t l0,
+                             int64_t l1) {
+  constexpr int W = sizeof(V) / sizeof(T);
+  const int64_t p0 = a.ptr[r], p1 = a.ptr[r + 1];
+  const T b = a.bias ? static_cast<const T*>(a.bias)[r] : T(0);
+  y += r * a.ldy;
+  int64_t l = l0;
+  for (; l + 8 * W <= l1; l += 8 * W) spmm_tile<T, V, 8, PERM>(a, x + l, p0, p1, b, y + l);
+  if (l + 4 * W <= l1) {
+    spmm_tile<T, V, 4, PERM>(a, x + l, p0, p1, b, y + l);
+    l += 4 * W;
+  }
+  if (l + 2 * W <= l1) {
+    spmm_tile<T, V, 2, PERM>(a, x + l, p0, p1, b, y + l);
+    l += 2 * W;
+  }
+  if (l + W <= l1) {
+    spmm_tile<T, V, 1, PERM>(a, x + l, p0, p1, b, y + l);
+    l += W;
+  }
+  if (l < l1) spmm_scalar<T, PERM>(a, x + l, p0, p1, b, y + l, l1 - l);
+}
+
+// Work item = (image, column chunk, row), row fastest: a thread's contiguous range of items
+// stays on few chunks, so their columns of X stay in its cache.
+template <typename T, typename V, bool PERM>
+SST_INLINE void spmm_items(const SpmmArgs& a, int64_t i0, int64_t i1) {
+  for (int64_t item = i0; item < i1;) {
+    const int64_t r = item % a.n_rows;
+    const int64_t chunk = (item / a.n_rows) % a.n_chunks;
+    const int64_t img = item / (a.n_rows * a.n_chunks);
+    const int64_t l0 = chunk * a.chunk;
+    const int64_t l1 = l0 + a.chunk < a.n ? l0 + a.chunk : a.n;
+    const T* x = static_cast<const T*>(a.x) + img * a.x_img;
+    T* y = static_cast<T*>(a.y) + img * a.y_img;
+    const int64_t r_end = r + (i1 - item) < a.n_rows ? r + (i1 - item) : a.n_rows;
+    for (int64_t rr = r; rr < r_end; ++rr) spmm_segment<T, V, PERM>(a, x, y, rr, l0, l1);
+    item += r_end - r;
+  }
+}
+
+// ------------------------------------------------------------------------------ sddmm
+// The four sums of the lanes of a0..a3, as (s0, s1, s2, s3).
+template <typename T, typename V>
+SST_INLINE void hsum4(const V& a0, const V& a1, const V& a2, const V& a3, T* s) {
+  constexpr int W = sizeof(V) / sizeof(T);
+  T r[4] = {0, 0, 0, 0};
+  for (int i = 0; i < W; ++i) {
+    r[0] += a0[i];
+    r[1] += a1[i];
+    r[2] += a2[i];
+    r[3] += a3[i];
+  }
+  for (int u = 0; u < 4; ++u) s[u] = r[u];
+}
+
+SST_INLINE v4f halves(const v8f& a) {
+  return __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+}
+
+// A 4x4 transpose-and-add tree: 4 + 2 + 1 shuffles and adds instead of 4 x 7 lane adds.
+SST_INLINE v4f sum4x4(const v4f& x0, const v4f& x1, const v4f& x2, const v4f& x3) {
+  const v4f u01 =
+      __builtin_shufflevector(x0, x1, 0, 4, 1, 5) + __builtin_shufflevector(x0, x1, 2, 6, 3, 7);
+  const v4f u23 =
+      __builtin_shufflevector(x2, x3, 0, 4, 1, 5) + __builtin_shufflevector(x2, x3, 2, 6, 3, 7);
+  // u01 = (x0[0]+x0[2], x1[0]+x1[2], x0[1]+x0[3], x1[1]+x1[3])
+  return __builtin_shufflevector(u01, u23, 0, 1, 4, 5) +
+         __builtin_shufflevector(u01, u23, 2, 3, 6, 7);
+}
+
+template <>
+SST_INLINE void hsum4<float, v8f>(const v8f& a0, const v8f& a1, const v8f& a2, const v8f& a3,
+                                  float* s) {
+  store_v(s, sum4x4(halves(a0), halves(a1), halves(a2), halves(a3)));
+}
+
+SST_INLINE v8f halves(const v16f& a) {
+  return __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+template <>
+SST_INLINE void hsum4<float, v16f>(const v16f& a0, const v16f& a1, const v16f& a2,
+                                   const v16f& a3, float* s) {
+  store_v(s, sum4x4(halves(halves(a0)), halves(halves(a1)), halves(halves(a2)),
+                    halves(halves(a3))));
+}
+
+// out[p] += sum_l g[l] X[idx[p], l] over one tile of NV vectors, for the entries of one row;
+// g's tile stays in registers, X's rows stream.
+template <typename T, typename V, int NV>
+SST_INLINE void sddmm_tile(const SddmmArgs& a, const T* g, const T* x, int64_t p0, int64_t p1,
+                           T* out) {
+  constexpr int W = sizeof(V) / sizeof(T);
+  V gv[NV];
+  for (int t = 0; t < NV; ++t) gv[t] = load_v<V>(g + t * W);
+  int64_t p = p0;
+  for (; p + 4 <= p1; p += 4) {
+    const T* x0 = x + static_cast<int64_t>(a.idx[p]) * a.ldx;
+    const T* x1 = x + static_cast<int64_t>(a.idx[p + 1]) * a.ldx;
+    const T* x2 = x + static_cast<int64_t>(a.idx[p + 2]) * a.ldx;
+    const T* x3 = x + static_cast<int64_t>(a.idx[p + 3]) * a.ldx;
+    V c0 = gv[0] * load_v<V>(x0), c1 = gv[0] * load_v<V>(x1);
+    V c2 = gv[0] * load_v<V>(x2), c3 = gv[0] * load_v<V>(x3);
+    for (int t = 1; t < NV; ++t) {
+      c0 += gv[t] * load_v<V>(x0 + t * W);
+      c1 += gv[t] * load_v<V>(x1 + t * W);
+      c2 += gv[t] * load_v<V>(x2 + t * W);
+      c3 += gv[t] * load_v<V>(x3 + t * W);
+    }
+    T s[4];
+    hsum4<T, V>(c0, c1, c2, c3, s);
+    for (int u = 0; u < 4; ++u) out[p + u] += s[u];
+  }
+  for (; p < p1; ++p) {
+    const T* xr = x + static_cast<int64_t>(a.idx[p]) * a.ldx;
+    V c = gv[0] * load_v<V>(xr);
+    for (int t = 1; t < NV; ++t) c += gv[t] * load_v<V>(xr + t * W);
+    T s[4];
+    hsum4<T, V>(c, V{}, V{}, V{}, s);
+    out[p] += s[0];
+  }
+}
+
+template <typename T, typename V>
+SST_INLINE void sddmm_row(const SddmmArgs& a, const T* g, const T* x, int64_t p0, int64_t p1,
+                          T* out) {
+  constexpr int W = sizeof(V) / sizeof(T);
+  int64_t l = 0;
+  for (; l + 8 * W <= a.n; l += 8 * W) sddmm_tile<T, V, 8>(a, g + l, x + l, p0, p1, out);
+  if (l + 4 * W <= a.n) {
+    sddmm_tile<T, V, 4>(a, g + l, x + l, p0, p1, out);
+    l += 4 * W;
+  }
+  if (l + 2 * W <= a.n) {
+    sddmm_tile<T, V, 2>(a, g + l, x + l, p0, p1, out);
+    l += 2 * W;
+  }
+  if (l + W <= a.n) {
+    sddmm_tile<T, V, 1>(a, g + l, x + l, p0, p1, out);
+    l += W;
+  }
+  for (; l < a.n; ++l)
+    for (int64_t p = p0; p < p1; ++p) out[p] += g[l] * x[static_cast<int64_t>(a.idx[p]) * a.ldx + l];
+}
+
+// Work item = row; a thread's rows [r0, r1) go over the images in order, so that one image's
+// X stays in cache while its rows use it.
+template <typename T, typename V>
+SST_INLINE void sddmm_items(const SddmmArgs& a, int64_t r0, int64_t r1) {
+  T* out = static_cast<T*>(a.out);
+  for (int64_t p = a.ptr[r0]; p < a.ptr[r1]; ++p) out[p] = T(0);
+  for (int64_t img = 0; img < a.n_img; ++img) {
+    const T* g = static_cast<const T*>(a.g) + img * a.g_img;
+    const T* x = static_cast<const T*>(a.x) + img * a.x_img;
+    for (int64_t r = r0; r < r1; ++r)
+      if (a.ptr[r] < a.ptr[r + 1]) sddmm_row<T, V>(a, g + r * a.ldg, x, a.ptr[r], a.ptr[r + 1], out);
+  }
+}
+
+// ------------------------------------------------------------------------------ transpose
+// dst (cols, rows) = src (rows, cols)^T, rows [r0, r1), in square blocks that stay in cache.
+template <typename T>
+SST_INLINE void transpose_rows(const T* s, int64_t rows, int64_t cols, T* d, int64_t r0,
+                               int64_t r1) {
+  constexpr int64_t B = 16;
+  for (int64_t rb = r0; rb < r1; rb += B) {
+    const int64_t re = rb + B < r1 ? rb + B : r1;
+    for (int64_t cb = 0; cb < cols; cb += B) {
+      const int64_t ce = cb + B < cols ? cb + B : cols;
+      for (int64_t c = cb; c < ce; ++c)
+        for (int64_t r = rb; r < re; ++r) d[c * rows + r] = s[r * cols + c];
+    }
+  }
+}
+
+struct TransposeArgs {
+  const void* src;
+  int64_t rows, cols;
+  void* dst;
+};
+
+// ------------------------------------------------------------------------------ dispatch
+template <typename T, typename V>
+struct Kernels {
+  static void spmm(const SpmmArgs& a, int64_t i0, int64_t i1) {
+    if (a.perm)
+      spmm_items<T, V, true>(a, i0, i1);
+    else
+      spmm_items<T, V, false>(a, i0, i1);
+  }
+  static void sddmm(const SddmmArgs& a, int64_t r0, int64_t r1) { sddmm_items<T, V>(a, r0, r1); }
+  static void transpose(const TransposeArgs& a, int64_t r0, int64_t r1) {
+    transpose_rows(static_cast<const T*>(a.src), a.rows, a.cols, static_cast<T*>(a.dst), r0, r1);
+  }
+};
+
+#ifdef SST_X86
+template <typename T, typename V>
+struct KernelsAvx512 {
+  SST_AVX512 static void spmm(const SpmmArgs& a, int64_t i0, int64_t i1) {
+    if (a.perm)
+      spmm_items<T, V, true>(a, i0, i1);
+    else
+      spmm_items<T, V, false>(a, i0, i1);
+  }
+  SST_AVX512 static void sddmm(const SddmmArgs& a, int64_t r0, int64_t r1) {
+    sddmm_items<T, V>(a, r0, r1);
+  }
+};
+
+template <typename T, typename V>
+struct KernelsAvx2 {
+  SST_AVX2 static void spmm(const SpmmArgs& a, int64_t i0, int64_t i1) {
+    if (a.perm)
+      spmm_items<T, V, true>(a, i0, i1);
+    else
+      spmm_items<T, V, false>(a, i0, i1);
+  }
+  SST_AVX2 static void sddmm(const SddmmArgs& a, int64_t r0, int64_t r1) {
+    sddmm_items<T, V>(a, r0, r1);
+  }
+};
+#endif
+
+typedef void (*SpmmFn)(const SpmmArgs&, int64_t, int64_t);
+typedef void (*SddmmFn)(const SddmmArgs&, int64_t, int64_t);
+typedef void (*TransposeFn)(const TransposeArgs&, int64_t, int64_t);
+
+// By dtype code: 0 = float32, 1 = float64.
+SpmmFn spmm_table[2] = {Kernels<float, v4f>::spmm, Kernels<double, v2d>::spmm};
+SddmmFn sddmm_table[2] = {Kernels<float, v4f>::sddmm, Kernels<double, v2d>::sddmm};
+const TransposeFn transpose_table[2] = {Kernels<float, v4f>::transpose,
+                                        Kernels<double, v2d>::transpose};
+const char* isa_name = "generic";
+
+void select_kernels() {
+#ifdef SST_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    spmm_table[0] = KernelsAvx512<float, v16f>::spmm;
+    spmm_table[1] = KernelsAvx512<double, v8d>::spmm;
+    sddmm_table[0] = KernelsAvx512<float, v16f>::sddmm;
+    sddmm_table[1] = KernelsAvx512<double, v8d>::sddmm;
+    isa_name = "avx512";
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    spmm_table[0] = KernelsAvx2<float, v8f>::spmm;
+    spmm_table[1] = KernelsAvx2<double, v4d>::spmm;
+    sddmm_table[0] = KernelsAvx2<float, v8f>::sddmm;
+    sddmm_table[1] = KernelsAvx2<double, v4d>::sddmm;
+    isa_name = "avx2";
+  }
+#endif
+}
+
+// Runs fn over [0, n) on up to `threads` threads. The range is cut into about 8 chunks per
+// thread, claimed in order from a shared counter: a thread the OS schedules late (a busy
+// machine) finds the work done by the others instead of holding its static share.
+template <typename Args, typename Fn>
+void run_parallel(Fn fn, const Args& a, int64_t n, int threads) {
+#ifdef _OPENMP
+  if (threads > 1 && n > 1) {
+    const int64_t chunks = n < 8 * threads ? n : 8 * threads;
+    std::atomic<int64_t> next{0};
+#pragma omp parallel num_threads(threads)
+    {
+      for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1))
+        fn(a, n * c / chunks, n * (c + 1) / chunks);
+    }
+    return;
+  }
+#endif
+  (void)threads;
+  if (n > 0) fn(a, 0, n);
+}
+
+// Below this many multiply-adds a second thread costs more than it saves.
+constexpr int64_t kSerialWork = 32768;
+
+template <typename T>
+T* ptr(unsigned long long p) {
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
+}
+
+bool valid_dtype(int dtype) {
+  if (dtype == 0 || dtype == 1) return true;
+  PyErr_SetString(PyExc_ValueError, "dtype code must be 0 (float32) or 1 (float64)");
+  return false;
+}
+
+// spmm(dtype, ptr, idx, perm, values, bias, x, ldx, x_img, y, ldy, y_img, n, n_img, n_rows,
+//      chunk, nnz, threads)
+PyObject* py_spmm(PyObject*, PyObject* args) {
+  unsigned long long p, idx, perm, values, bias, x, y;
+  long long ldx, x_img, ldy, y_img, n, n_img, n_rows, chunk, nnz;
+  int dtype, threads;
+  if (!PyArg_ParseTuple(args, "iKKKKKKLLKLLLLLLLi", &dtype, &p, &idx, &perm, &values, &bias, &x,
+                        &ldx, &x_img, &y, &ldy, &y_img, &n, &n_img, &n_rows, &chunk, &nnz,
+                        &threads))
+    return nullptr;
+  if (!valid_dtype(dtype)) return nullptr;
+  if (chunk < 1) chunk = n > 0 ? n : 1;
+  const int64_t n_chunks = (n + chunk - 1) / chunk;
+  SpmmArgs a{ptr<const int32_t>(p), ptr<const int32_t>(idx), ptr<const int32_t>(perm),
+             ptr<const void>(values), ptr<const void>(bias), ptr<const void>(x), ldx, x_img,
+             ptr<void>(y), ldy, y_img, n, n_img, n_rows, chunk, n_chunks};
+  const int t = (nnz + n_rows) * n * n_img < kSerialWork ? 1 : threads;
+  Py_BEGIN_ALLOW_THREADS
+  run_parallel(spmm_table[dtype], a, n_img * n_chunks * n_rows, t);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+// sddmm(dtype, ptr, idx, g, ldg, g_img, x, ldx, x_img, out, n, n_img, n_rows, nnz, threads)
+PyObject* py_sddmm(PyObject*, PyObject* args) {
+  unsigned long long p, idx, g, x, out;
+  long long ldg, g_img, ldx, x_img, n, n_img, n_rows, nnz;
+  int dtype, threads;
+  if (!PyArg_ParseTuple(args, "iKKKLLKLLKLLLLi", &dtype, &p, &idx, &g, &ldg, &g_img, &x, &ldx,
+                        &x_img, &out, &n, &n_img, &n_rows, &nnz, &threads))
+    return nullptr;
+  if (!valid_dtype(dtype)) return nullptr;
+  SddmmArgs a{ptr<const int32_t>(p), ptr<const int32_t>(idx), ptr<const void>(g), ldg, g_img,
+              ptr<const void>(x), ldx, x_img, ptr<void>(out), n, n_img, n_rows};
+  const int t = nnz * n * n_img < kSerialWork ? 1 : threads;
+  Py_BEGIN_ALLOW_THREADS
+  run_parallel(sddmm_table[dtype], a, n_rows, t);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+// transpose(dtype, src, rows, cols, dst, threads): dst (cols, rows) = src (rows, cols)^T.
+PyObject* py_transpose(PyObject*, PyObject* args) {
+  unsigned long long src, dst;
+  long long rows, cols;
+  int dtype, threads;
+  if (!PyArg_ParseTuple(args, "iKLLKi", &dtype, &src, &rows, &cols, &dst, &threads))
+    return nullptr;
+  if (!valid_dtype(dtype)) return nullptr;
+  TransposeArgs a{ptr<const void>(src), rows, cols, ptr<void>(dst)};
+  // whole 16-row blocks per work item
+  const int t = rows * cols < 8 * kSerialWork ? 1 : threads;
+  const int64_t blocks = (rows + 15) / 16;
+  Py_BEGIN_ALLOW_THREADS
+  const TransposeFn fn = transpose_table[dtype];
+  run_parallel(
+      [fn, rows](const TransposeArgs& b, int64_t i0, int64_t i1) {
+        fn(b, i0 * 16, i1 * 16 < rows ? i1 * 16 : rows);
+      },
+      a, blocks, t);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+PyObject* py_isa(PyObject*, PyObject*) { return PyUnicode_FromString(isa_name); }
+
+PyObject* py_openmp(PyObject*, PyObject*) {
+#ifdef _OPENMP
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyMethodDef methods[] = {
+    {"spmm", py_spmm, METH_VARARGS, "Compressed sparse rows times column-major batches."},
+    {"sddmm", py_sddmm, METH_VARARGS, "Sampled dense-dense product at the kept positions."},
+    {"transpose", py_transpose, METH_VARARGS, "Transposes a row-major matrix."},
+    {"isa", py_isa, METH_NOARGS, "Instruction set the kernels were dispatched to."},
+    {"openmp", py_openmp, METH_NOARGS, "Whether the kernels were built with OpenMP."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sparse_train", "Sparse training CPU kernels.",
+                      -1, methods, nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__sparse_train(void) {
+  select_kernels();
+  return PyModule_Create(&module);
+}
