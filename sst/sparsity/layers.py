@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from torch import nn
 
-LAYER_TYPES: dict[str, type[nn.Module]] = {
-    "Linear": nn.Linear,
-    "Conv1d": nn.Conv1d,
-    "Conv2d": nn.Conv2d,
-    "Conv3d": nn.Conv3d,
-    "MultiheadAttention": nn.MultiheadAttention,
+
+def is_pointwise_conv(module: nn.Module) -> bool:
+    """A 1x1 Conv2d with groups=1: a matrix product over channels at every pixel, the layer
+    that MobileNet-style sparse inference runs sparse (the input conv, the depthwise convs
+    and the classifier stay dense)."""
+    return (
+        isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1) and module.groups == 1
+    )
+
+
+def _of_type(cls: type[nn.Module]) -> Callable[[nn.Module], bool]:
+    return lambda module: isinstance(module, cls)
+
+
+# ``layer_types`` name -> the test a module passes to be a candidate.
+LAYER_TYPES: dict[str, Callable[[nn.Module], bool]] = {
+    "Linear": _of_type(nn.Linear),
+    "Conv1d": _of_type(nn.Conv1d),
+    "Conv2d": _of_type(nn.Conv2d),
+    "Conv3d": _of_type(nn.Conv3d),
+    "MultiheadAttention": _of_type(nn.MultiheadAttention),
+    "PointwiseConv2d": is_pointwise_conv,
 }
 
 
@@ -32,15 +48,16 @@ def weight_layers(model: nn.Module, layer_types: Sequence[str]) -> dict[str, nn.
     """Layer name -> weight for every module of the given types, in registration order.
 
     A Linear or Conv is named by its module name (``layer3.1.conv2``); the packed q/k/v
-    projection of a MultiheadAttention by ``<module>.in_proj_weight``.
+    projection of a MultiheadAttention by ``<module>.in_proj_weight``. ``PointwiseConv2d``
+    selects the 1x1 convs with groups=1 only (``is_pointwise_conv``).
     """
     unknown = [t for t in layer_types if t not in LAYER_TYPES]
     if unknown:
         raise ValueError(f"layer_types {unknown} unknown: allowed values are {list(LAYER_TYPES)}")
-    types = tuple(LAYER_TYPES[t] for t in layer_types)
+    tests = [LAYER_TYPES[t] for t in layer_types]
     found: dict[str, nn.Parameter] = {}
     for name, module in unwrap(model).named_modules():
-        if not isinstance(module, types):
+        if not any(test(module) for test in tests):
             continue
         if isinstance(module, nn.MultiheadAttention):
             if module.in_proj_weight is not None:
