@@ -26,7 +26,7 @@ from sst.config import CONFIG_DIR, ConfigError, register_resolvers, runtime
 from sst.config.keys import check_command_line
 from sst.engine.records import last_step
 from sst.engine.signals import Preempted
-from sst.launch.run import format_summary, run
+from sst.launch.run import format_summary, optimized_metric, optimized_value, run
 from sst.runs.checkpoint import CorruptCheckpoint
 from sst.runs.folder import RunFolder, remove_if_unused
 
@@ -39,6 +39,8 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    """Runs one job; returns the summary's ``optimized_metric`` (default
+    ``final_test_acc``) to Hydra's sweeper, for a skipped finished run too."""
     dist.quiet_logging()  # a rank other than 0 writes no train.log
     run_dir = runtime.job_output_dir()
     try:
@@ -65,7 +67,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         raise
     if last_step() is not None:  # trained here; a skipped run's folder stays untouched
         log.info("%s", format_summary(summary, Path(run_dir)))
-    return summary.get("final_test_acc")
+    return optimized_value(summary, optimized_metric(cfg))  # what a sweeper (Optuna) optimises
 
 
 def saved_step(run_dir: str | Path) -> int | None:

@@ -34,8 +34,12 @@ CIFAR_SHAPE = (3, 32, 32)
 
 
 def has_submitit() -> bool:
+    return has_plugin("hydra_submitit_launcher")
+
+
+def has_plugin(name: str) -> bool:
     try:
-        return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+        return importlib.util.find_spec(f"hydra_plugins.{name}") is not None
     except ModuleNotFoundError:
         return False
 
@@ -78,6 +82,8 @@ def test_default_composes_and_resolves() -> None:
 def test_option_composes_and_resolves(group: str, option: str) -> None:
     if group == "launcher" and option.startswith("submitit") and not has_submitit():
         pytest.skip("hydra-submitit-launcher is not installed (pip install -e '.[slurm]')")
+    if group == "hparams_search" and not has_plugin("hydra_optuna_sweeper"):
+        pytest.skip("hydra-optuna-sweeper is not installed (pip install -e '.[optuna]')")
     cfg = compose_cfg(option_overrides(group, option))
     assert cfg.hydra.runtime.choices[group] == option
     config = job_config(cfg)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .keys import ConfigError, check_keys, forwarded_functions
 
-TOP_LEVEL = ("seed", "output_dir", "name", "group")
+TOP_LEVEL = ("seed", "output_dir", "name", "group", "optimized_metric")
 
 
 @dataclass

@@ -24,6 +24,56 @@ from .teacher import TeacherPlan, plan_teacher
 
 log = logging.getLogger("sst")
 
+# The numbers of a run's summary (``summary.json``) that ``optimized_metric`` may name, the
+# value ``sst-train`` returns to a Hydra sweeper (Optuna): every run has these; a multi-stage
+# run adds ``test_acc_<stage label>``, a distilled one ``teacher_test_acc``.
+SUMMARY_METRICS = (
+    "final_test_acc",
+    "best_test_acc",
+    "final_test_loss",
+    "final_test_acc_top5",
+    "sparsity_masked_layers",
+    "sparsity_all_params",
+    "inference_flops_rel",
+    "train_flops_rel",
+    "itop_rate",
+    "teacher_test_acc",
+    "density",
+    "steps",
+    "epochs",
+    "wall_time_s",
+)
+STAGE_METRIC = "test_acc_"
+
+
+def optimized_metric(cfg: DictConfig) -> str:
+    """The summary number ``optimized_metric`` names (default ``final_test_acc``); an
+    unknown name is a ``ConfigError`` listing the allowed ones, raised before anything runs."""
+    metric = cfg.get("optimized_metric") or "final_test_acc"
+    if metric in SUMMARY_METRICS or (isinstance(metric, str) and metric.startswith(STAGE_METRIC)):
+        return metric
+    raise ConfigError(
+        f"optimized_metric={metric!r} is not a number of the run summary: allowed values are "
+        f"{', '.join(SUMMARY_METRICS)} and {STAGE_METRIC}<stage label> of a multi-stage run"
+    )
+
+
+def optimized_value(summary: dict[str, Any], metric: str) -> float | None:
+    """The summary's value of ``metric`` (what a sweeper optimises); None, with a warning
+    naming the numbers this summary has, when it has no such number."""
+    value = summary.get(metric)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    numbers = sorted(
+        k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
+    log.warning(
+        "optimized_metric=%s: the summary holds no such number (it has %s); the sweeper gets None",
+        metric,
+        ", ".join(numbers),
+    )
+    return None
+
 
 def run(
     cfg: DictConfig,
@@ -40,6 +90,7 @@ def run(
     several students need), wait for it and then find the run finished."""
     run_dir = Path(run_dir)
     check_settings(cfg)  # before a teacher trains for a student that cannot run
+    optimized_metric(cfg)
     check_same_run(cfg, run_dir)
     done = finished_summary(run_dir)
     if done is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -175,9 +176,25 @@ def identity_differences(stored: DictConfig | dict, cfg: DictConfig | dict) -> l
     ]
 
 
+_LONG_DECIMAL = re.compile(r"(?<![\d.])\d+\.\d{5,}(?:[eE][-+]?\d+)?(?![\d.])")
+
+
+def readable_name(name: str) -> str:
+    """``name`` with every number of more than 4 decimals written with 4 significant
+    digits (a sweeper's draw ``d0.1736677810996509`` reads ``d0.1737``): the folder's hash
+    carries the exact value."""
+
+    def shorter(match: re.Match[str]) -> str:
+        rounded = f"{float(match.group()):.4g}"
+        return rounded if len(rounded) < len(match.group()) else match.group()
+
+    return _LONG_DECIMAL.sub(shorter, name)
+
+
 def run_folder_name(cfg: DictConfig | dict) -> str:
-    """``<name>-<hash>``: the run's folder under ``<output_dir>/runs/``."""
-    return f"{cfg['name']}-{config_hash(cfg)}"
+    """``<name>-<hash>``: the run's folder under ``<output_dir>/runs/``, long decimals
+    of the name rounded (``readable_name``)."""
+    return f"{readable_name(str(cfg['name']))}-{config_hash(cfg)}"
 
 
 def distill_tag(choice: str | None) -> str:
