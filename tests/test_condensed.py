@@ -48,6 +48,7 @@ from sst.condensed.packing import condense_matrix
 from sst.condensed.semi_structured import semi_structured
 from sst.condensed.serialize import read_description
 from sst.condensed.size import log2_binomial
+from sst.condensed.unstructured import SparseLinear
 from sst.condensed.windowed import pair_order
 from sst.models import mlp, resnet_cifar
 from sst.sparsity import Static
@@ -384,14 +385,17 @@ def test_nm_layers_stored_compressed(tmp_path):
     assert sizes["3"].nm == 4 * 192 + 48
 
 
-def test_unstructured_layers_csr_or_dense():
+def test_unstructured_layers_sparse_or_dense():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(512, 32), nn.ReLU(), nn.Linear(32, 8))
     masks = {"0": torch.rand(32, 512) < 0.01, "2": torch.rand(8, 32) < 0.5}
     masks["0"][:, 0] = True  # no empty row: nothing to remove, "2" stays unstructured
     condensed, report, _, _ = condense_with_report(model, masks)
-    assert {layer.name: layer.format for layer in report} == {"0": "csr", "2": "dense"}
-    assert isinstance(condensed.get_submodule("0"), CSRLinear)
+    # density 0.03 <= SPARSE_MAX_DENSITY: the compiled CSR kernels; 0.5 stays dense
+    assert {layer.name: layer.format for layer in report} == {"0": "sparse", "2": "dense"}
+    assert isinstance(condensed.get_submodule("0"), SparseLinear)
+    forced, report, _, _ = condense_with_report(model, masks, formats="csr")
+    assert isinstance(forced.get_submodule("0"), CSRLinear)
     x = torch.randn(3, 512)
     with torch.inference_mode():
         assert_close(condensed(x), masked_reference(model, masks)(x))

@@ -393,6 +393,240 @@ SST_AVX2 void spmm_avx2(const SpmmArgs& a, int64_t i0, int64_t i1) {
 }
 #endif
 
+// ------------------------------------------------------------------------------ unstructured
+// Unstructured (CSR) layers, whose rows hold different numbers of weights.
+//
+// csr_gemv (batch 1-3): output rows are taken 8 at a time (a group, one row per lane of a
+// ymm register) and the inputs 8 at a time (a window). An "op" holds, for every lane, one
+// weight of that lane's row whose input lies in the op's window (0 where the row has fewer)
+// and the input's position p in the window, packed into the value itself:
+// - fp32: the low 3 mantissa bits hold p (the weight keeps 20 significant bits: relative
+//   error < 2^-20); vpermps reads only the low 3 bits of each index lane, so the same
+//   register is the permutation and the multiplier;
+// - int8: an int16 word (q << 3) | p, sign-extended to 32 bits; q = word >> 3.
+// One op is a load, one in-register permute of the window's 8 inputs and one FMA, for up to
+// 8 weights (about half of the lanes hold one at 80% sparsity), against a scalar load per
+// weight for a gather. The ops of a group are sorted by window; each op carries its
+// window's x offset, so the loop has one trip count per group (no branch per window).
+struct CsrGemvArgs {
+  const float* x;  // (B, ldx), ldx a multiple of 8 and the padding columns zero
+  int64_t ldx, batch;
+  const int32_t* op_start;  // (n_groups + 1) first op of each group
+  const int32_t* op_win;    // (n_ops) x offset of the op's window
+  const void* ops;          // (n_ops, 8) packed values
+  const float* scale;       // (n_groups * 8) per-lane scale (int8), or null
+  const float* bias;        // (out) or null
+  float* y;                 // (B, ldy)
+  int64_t ldy, out;
+};
+
+SST_INLINE void csr_gemv_store(const CsrGemvArgs& a, int64_t g, const float* lanes, float* y) {
+  const int64_t r0 = g * 8;
+  const int64_t n = a.out - r0 < 8 ? a.out - r0 : 8;
+  for (int64_t l = 0; l < n; ++l) {
+    const float s = a.scale ? a.scale[r0 + l] : 1.0f;
+    y[r0 + l] = (a.bias ? a.bias[r0 + l] : 0.0f) + s * lanes[l];
+  }
+}
+
+// Portable version of the same layout (one lane at a time).
+template <typename Op>
+void csr_gemv_generic(const CsrGemvArgs& a, int64_t g0, int64_t g1) {
+  const Op* ops = static_cast<const Op*>(a.ops);
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t q = 0; q < a.batch; ++q) {
+      const float* x = a.x + q * a.ldx;
+      float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t o = a.op_start[g]; o < a.op_start[g + 1]; ++o) {
+        const float* xw = x + a.op_win[o];
+        for (int l = 0; l < 8; ++l) {
+          const Op word = ops[o * 8 + l];
+          if constexpr (std::is_same<Op, float>::value) {
+            uint32_t bits;
+            std::memcpy(&bits, &word, sizeof bits);
+            lanes[l] += word * xw[bits & 7u];
+          } else {
+            const int32_t w = static_cast<int32_t>(word);
+            lanes[l] += static_cast<float>(w >> 3) * xw[w & 7];
+          }
+        }
+      }
+      csr_gemv_store(a, g, lanes, a.y + q * a.ldy);
+    }
+  }
+}
+
+#ifdef SST_X86
+SST_AVX2 SST_INLINE void csr_op(const float* ops, int64_t o, const float* xw, __m256& acc) {
+  const __m256 v = _mm256_loadu_ps(ops + o * 8);
+  const __m256 p = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw), _mm256_castps_si256(v));
+  acc = _mm256_fmadd_ps(v, p, acc);
+}
+
+SST_AVX2 SST_INLINE void csr_op(const int16_t* ops, int64_t o, const float* xw, __m256& acc) {
+  const __m256i w =
+      _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ops + o * 8)));
+  const __m256 p = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xw), w);
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srai_epi32(w, 3)), p, acc);
+}
+
+template <typename Op>
+SST_AVX2 void csr_gemv_avx2(const CsrGemvArgs& a, int64_t g0, int64_t g1) {
+  const Op* ops = static_cast<const Op*>(a.ops);
+  const int32_t* win = a.op_win;
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t end = a.op_start[g + 1];
+    for (int64_t q = 0; q < a.batch; ++q) {
+      const float* x = a.x + q * a.ldx;
+      // four accumulators: an FMA's latency is four times its throughput
+      __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+      int64_t o = a.op_start[g];
+      for (; o + 4 <= end; o += 4) {
+        csr_op(ops, o, x + win[o], acc0);
+        csr_op(ops, o + 1, x + win[o + 1], acc1);
+        csr_op(ops, o + 2, x + win[o + 2], acc2);
+        csr_op(ops, o + 3, x + win[o + 3], acc3);
+      }
+      for (; o < end; ++o) csr_op(ops, o, x + win[o], acc0);
+      const __m256 sum = _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
+      float* y = a.y + q * a.ldy;
+      if (g * 8 + 8 <= a.out) {
+        __m256 r = a.scale ? _mm256_mul_ps(sum, _mm256_loadu_ps(a.scale + g * 8)) : sum;
+        if (a.bias) r = _mm256_add_ps(r, _mm256_loadu_ps(a.bias + g * 8));
+        _mm256_storeu_ps(y + g * 8, r);
+      } else {
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, sum);
+        csr_gemv_store(a, g, lanes, y);
+      }
+    }
+  }
+}
+#endif
+
+// csr_spmm: Y[n, l] = b[n] + s[n] * sum_{j in row n} V[j] * X[C[j], l] (s = 1 for fp32
+// values, the row's scale for int8), vectorised along l in tiles of 48, 32, 16, 8, 4 and 1
+// columns so that the accumulators stay in registers (AVX-512: 3 x 16 floats, AVX2: 6 x 8).
+// X rows are the input channels of a 1x1 conv (or unfolded columns, or a transposed batch).
+struct CsrSpmmArgs {
+  const float* x;
+  int64_t ldx, x_img;
+  const int32_t* rowptr;  // (rows + 1)
+  const void* cols;       // (nnz) uint16 or int32 input rows
+  const void* values;     // (nnz) float or int8
+  const float* scale;     // (rows) or null
+  const float* bias;      // (rows) or null
+  float* y;
+  int64_t y_img, y_row, y_col, length, chunk, n_chunks, rows;
+};
+
+SST_INLINE float to_float(int8_t v) { return static_cast<float>(v); }
+
+template <typename Val, typename Idx, typename V, int NV>
+SST_INLINE void csr_tile(const CsrSpmmArgs& a, const float* x, const Val* v, const Idx* I,
+                         int64_t nnz, float b, float s, float* y) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  constexpr int U = NV >= 6 ? 1 : NV >= 3 ? 2 : 8 / NV;
+  V acc[U][NV];
+  for (int u = 0; u < U; ++u)
+    for (int t = 0; t < NV; ++t) acc[u][t] = V{};
+  int64_t j = 0;
+  for (; j + U <= nnz; j += U) {
+    for (int u = 0; u < U; ++u) {
+      const float w = to_float(v[j + u]);
+      const float* p = x + static_cast<int64_t>(I[j + u]) * a.ldx;
+      for (int t = 0; t < NV; ++t) acc[u][t] += w * load_v<V>(p + t * W);
+    }
+  }
+  for (; j < nnz; ++j) {
+    const float w = to_float(v[j]);
+    const float* p = x + static_cast<int64_t>(I[j]) * a.ldx;
+    for (int t = 0; t < NV; ++t) acc[0][t] += w * load_v<V>(p + t * W);
+  }
+  for (int u = 1; u < U; ++u)
+    for (int t = 0; t < NV; ++t) acc[0][t] += acc[u][t];
+  for (int t = 0; t < NV; ++t) store_v<V>(y + t * W * a.y_col, a.y_col, b + s * acc[0][t]);
+}
+
+template <typename Val, typename Idx>
+SST_INLINE void csr_column(const CsrSpmmArgs& a, const float* x, const Val* v, const Idx* I,
+                           int64_t nnz, float b, float s, float* y) {
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  int64_t j = 0;
+  for (; j + 4 <= nnz; j += 4)
+    for (int u = 0; u < 4; ++u) acc[u] += to_float(v[j + u]) * x[static_cast<int64_t>(I[j + u]) * a.ldx];
+  for (; j < nnz; ++j) acc[0] += to_float(v[j]) * x[static_cast<int64_t>(I[j]) * a.ldx];
+  *y = b + s * ((acc[0] + acc[1]) + (acc[2] + acc[3]));
+}
+
+// Columns [l0, l1) of row r of one image; V is the widest vector (v16f or v8f).
+template <typename Val, typename Idx, typename V>
+SST_INLINE void csr_segment(const CsrSpmmArgs& a, const float* x, float* y_img, int64_t r,
+                            int64_t l0, int64_t l1) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  const int64_t start = a.rowptr[r], nnz = a.rowptr[r + 1] - start;
+  const Val* v = static_cast<const Val*>(a.values) + start;
+  const Idx* I = static_cast<const Idx*>(a.cols) + start;
+  const float b = a.bias ? a.bias[r] : 0.0f;
+  const float s = a.scale ? a.scale[r] : 1.0f;
+  float* y = y_img + r * a.y_row;
+  int64_t l = l0;
+  for (; l + 48 <= l1; l += 48) csr_tile<Val, Idx, V, 48 / W>(a, x + l, v, I, nnz, b, s, y + l * a.y_col);
+  if (l + 32 <= l1) {
+    csr_tile<Val, Idx, V, 32 / W>(a, x + l, v, I, nnz, b, s, y + l * a.y_col);
+    l += 32;
+  }
+  if (l + 16 <= l1) {
+    if constexpr (W == 16)
+      csr_tile<Val, Idx, v16f, 1>(a, x + l, v, I, nnz, b, s, y + l * a.y_col);
+    else
+      csr_tile<Val, Idx, v8f, 2>(a, x + l, v, I, nnz, b, s, y + l * a.y_col);
+    l += 16;
+  }
+  if (l + 8 <= l1) {
+    csr_tile<Val, Idx, v8f, 1>(a, x + l, v, I, nnz, b, s, y + l * a.y_col);
+    l += 8;
+  }
+  if (l + 4 <= l1) {
+    csr_tile<Val, Idx, v4f, 1>(a, x + l, v, I, nnz, b, s, y + l * a.y_col);
+    l += 4;
+  }
+  for (; l < l1; ++l) csr_column<Val, Idx>(a, x + l, v, I, nnz, b, s, y + l * a.y_col);
+}
+
+// Work item = (image, column chunk, row), row fastest, as in spmm_items.
+template <typename Val, typename Idx, typename V>
+SST_INLINE void csr_items(const CsrSpmmArgs& a, int64_t i0, int64_t i1) {
+  for (int64_t item = i0; item < i1;) {
+    const int64_t r = item % a.rows;
+    const int64_t chunk = (item / a.rows) % a.n_chunks;
+    const int64_t img = item / (a.rows * a.n_chunks);
+    const int64_t l0 = chunk * a.chunk;
+    const int64_t l1 = l0 + a.chunk < a.length ? l0 + a.chunk : a.length;
+    const float* x = a.x + img * a.x_img;
+    float* y = a.y + img * a.y_img;
+    const int64_t r_end = r + (i1 - item) < a.rows ? r + (i1 - item) : a.rows;
+    for (int64_t rr = r; rr < r_end; ++rr) csr_segment<Val, Idx, V>(a, x, y, rr, l0, l1);
+    item += r_end - r;
+  }
+}
+
+template <typename Val, typename Idx>
+void csr_spmm_generic(const CsrSpmmArgs& a, int64_t i0, int64_t i1) {
+  csr_items<Val, Idx, v8f>(a, i0, i1);
+}
+#ifdef SST_X86
+template <typename Val, typename Idx>
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma,prefer-vector-width=512")))
+void csr_spmm_avx512(const CsrSpmmArgs& a, int64_t i0, int64_t i1) {
+  csr_items<Val, Idx, v16f>(a, i0, i1);
+}
+template <typename Val, typename Idx>
+SST_AVX2 void csr_spmm_avx2(const CsrSpmmArgs& a, int64_t i0, int64_t i1) {
+  csr_items<Val, Idx, v8f>(a, i0, i1);
+}
+#endif
+
 // ------------------------------------------------------------------------------ dispatch
 typedef void (*GemvFn)(const GemvArgs&, int64_t, int64_t);
 typedef void (*SpmmFn)(const SpmmArgs&, int64_t, int64_t);
@@ -402,6 +636,13 @@ const GemvFn gemv_table[2][3] = {
     {gemv_scalar<float, uint8_t>, gemv_scalar<float, uint16_t>, gemv_scalar<float, int32_t>},
     {gemv_scalar<Bf16, uint8_t>, gemv_scalar<Bf16, uint16_t>, gemv_scalar<Bf16, int32_t>}};
 SpmmFn spmm_table[2][3][2];
+typedef void (*CsrGemvFn)(const CsrGemvArgs&, int64_t, int64_t);
+typedef void (*CsrSpmmFn)(const CsrSpmmArgs&, int64_t, int64_t);
+// By value type (0 fp32, 1 int8), then (spmm) column index type (uint16, int32).
+CsrGemvFn csr_gemv_table[2] = {csr_gemv_generic<float>, csr_gemv_generic<int16_t>};
+CsrSpmmFn csr_spmm_table[2][2] = {
+    {csr_spmm_generic<float, uint16_t>, csr_spmm_generic<float, int32_t>},
+    {csr_spmm_generic<int8_t, uint16_t>, csr_spmm_generic<int8_t, int32_t>}};
 bool has_avx512 = false;
 bool has_avx2 = false;
 const char* isa_name = "generic";
@@ -421,6 +662,11 @@ void select_kernels() {
   spmm_table[V][1][1] = SPMM<Val, uint16_t, true>;  \
   spmm_table[V][2][0] = SPMM<Val, int32_t, false>;  \
   spmm_table[V][2][1] = SPMM<Val, int32_t, true>;
+#define SST_FILL_CSR(SPMM)                     \
+  csr_spmm_table[0][0] = SPMM<float, uint16_t>;  \
+  csr_spmm_table[0][1] = SPMM<float, int32_t>;   \
+  csr_spmm_table[1][0] = SPMM<int8_t, uint16_t>; \
+  csr_spmm_table[1][1] = SPMM<int8_t, int32_t>;
 #define SST_FILL(SPMM)        \
   SST_FILL_VAL(SPMM, 0, float) \
   SST_FILL_VAL(SPMM, 1, Bf16)
@@ -431,15 +677,22 @@ void select_kernels() {
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
     SST_FILL(spmm_avx512)
+    SST_FILL_CSR(csr_spmm_avx512)
     has_avx512 = true;
     isa_name = "avx512";
   } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     SST_FILL(spmm_avx2)
+    SST_FILL_CSR(csr_spmm_avx2)
     isa_name = "avx2";
+  }
+  if (has_avx2) {
+    csr_gemv_table[0] = csr_gemv_avx2<float>;
+    csr_gemv_table[1] = csr_gemv_avx2<int16_t>;
   }
 #endif
 #undef SST_FILL
 #undef SST_FILL_VAL
+#undef SST_FILL_CSR
 }
 
 // Runs fn over [0, n) on up to `threads` threads. The range is cut into about 8 chunks per
@@ -558,6 +811,58 @@ PyObject* py_spmm(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// csr_gemv(x, ldx, batch, op_start, op_win, ops, value_type, scale, bias, y, ldy, out,
+//          n_groups, work, threads); value_type 0 = fp32 ops, 1 = int8 (int16 words)
+PyObject* py_csr_gemv(PyObject*, PyObject* args) {
+  unsigned long long x, op_start, op_win, ops, scale, bias, y;
+  long long ldx, batch, ldy, out, n_groups, work;
+  int value_type, threads;
+  if (!PyArg_ParseTuple(args, "KLLKKKiKKKLLLLi", &x, &ldx, &batch, &op_start, &op_win, &ops,
+                        &value_type, &scale, &bias, &y, &ldy, &out, &n_groups, &work, &threads))
+    return nullptr;
+  if (value_type != 0 && value_type != 1) {
+    PyErr_SetString(PyExc_ValueError, "value_type must be 0 (fp32) or 1 (int8)");
+    return nullptr;
+  }
+  CsrGemvArgs a{ptr<const float>(x),     ldx,          batch,
+                ptr<const int32_t>(op_start), ptr<const int32_t>(op_win), ptr<const void>(ops),
+                ptr<const float>(scale), ptr<const float>(bias), ptr<float>(y),
+                ldy,                     out};
+  const int t = work * batch < kSerialWork ? 1 : threads;
+  Py_BEGIN_ALLOW_THREADS
+  run_parallel(csr_gemv_table[value_type], a, n_groups, t);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+// csr_spmm(x, ldx, x_img, rowptr, cols, idx_bytes, values, value_type, scale, bias, y, y_img,
+//          y_row, y_col, length, chunk, n_img, rows, nnz, threads)
+PyObject* py_csr_spmm(PyObject*, PyObject* args) {
+  unsigned long long x, rowptr, cols, values, scale, bias, y;
+  long long ldx, x_img, y_img, y_row, y_col, length, chunk, n_img, rows, nnz;
+  int idx_bytes, value_type, threads;
+  if (!PyArg_ParseTuple(args, "KLLKKiKiKKKLLLLLLLLi", &x, &ldx, &x_img, &rowptr, &cols,
+                        &idx_bytes, &values, &value_type, &scale, &bias, &y, &y_img, &y_row,
+                        &y_col, &length, &chunk, &n_img, &rows, &nnz, &threads))
+    return nullptr;
+  if ((idx_bytes != 2 && idx_bytes != 4) || (value_type != 0 && value_type != 1) || chunk < 1) {
+    PyErr_SetString(PyExc_ValueError,
+                    "idx_bytes must be 2 or 4, value_type 0 (fp32) or 1 (int8), chunk >= 1");
+    return nullptr;
+  }
+  const int64_t n_chunks = (length + chunk - 1) / chunk;
+  CsrSpmmArgs a{ptr<const float>(x), ldx, x_img, ptr<const int32_t>(rowptr),
+                ptr<const void>(cols), ptr<const void>(values), ptr<const float>(scale),
+                ptr<const float>(bias), ptr<float>(y), y_img, y_row, y_col, length, chunk,
+                n_chunks, rows};
+  const int t = n_img * nnz * length < kSerialWork ? 1 : threads;
+  CsrSpmmFn fn = csr_spmm_table[value_type][idx_bytes == 2 ? 0 : 1];
+  Py_BEGIN_ALLOW_THREADS
+  run_parallel(fn, a, n_img * n_chunks * rows, t);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
 void transpose_scalar(const float* s, int64_t rows, int64_t cols, float* d, int64_t r0, int64_t r1,
                       int64_t c0, int64_t c1) {
   for (int64_t r = r0; r < r1; ++r)
@@ -628,6 +933,8 @@ PyMethodDef methods[] = {
     {"gemv", py_gemv, METH_VARARGS, "Condensed matrix times rows of x (scalar loads)."},
     {"perm", py_perm, METH_VARARGS, "Windowed layout times a few rows of x (AVX-512)."},
     {"spmm", py_spmm, METH_VARARGS, "Condensed matrix times column blocks of x."},
+    {"csr_gemv", py_csr_gemv, METH_VARARGS, "Windowed CSR layout times a few rows of x."},
+    {"csr_spmm", py_csr_spmm, METH_VARARGS, "CSR matrix times column tiles of X."},
     {"transpose", py_transpose, METH_VARARGS, "Transposes a row-major float32 matrix."},
     {"isa", py_isa, METH_NOARGS, "Instruction set the kernels were dispatched to."},
     {"has_perm", py_has_perm, METH_NOARGS, "Whether the windowed (perm) kernel can run."},

@@ -10,17 +10,21 @@
    it, ablated neurons removed with the next layer's input channels where that is safe;
 4. every sparse layer gets its inference form: constant fan-in and N:M layers condensed
    (``CondensedLinear`` / ``CondensedConv2d``; N:M ones stored in N:M compressed form),
-   unstructured ones CSR (``CSRLinear`` / ``CSRConv2d``) or dense. With ``example_input``
-   the choice is measured per layer on that layer's real input (condensed in both conv
-   modes, CSR, dense: the fastest wins); without it a rule decides: condensed for constant
-   fan-in and N:M, CSR for unstructured layers at density <= ``CSR_MAX_DENSITY``, else
-   dense (measured crossovers, docs/benchmarks.md).
+   unstructured ones ``SparseLinear`` / ``SparseConv2d`` (CSR with compiled kernels,
+   ``unstructured.py``) or dense. With ``example_input`` the choice is measured per layer
+   on that layer's real input (condensed in both conv modes, sparse, dense: the fastest
+   wins); without it a rule decides: condensed for constant fan-in and N:M, sparse for
+   unstructured layers at density <= ``SPARSE_MAX_DENSITY``, else dense (measured
+   crossovers, docs/benchmarks.md).
 
 ``formats`` forces a choice: "condensed" (an unstructured layer is then refused with a
-ValueError naming it), "csr", or "dense" (the "structured only" model: surgery, dense GEMMs).
+ValueError naming it), "sparse" (the compiled CSR kernels), "csr" (torch's CSR matmul),
+or "dense" (the "structured only" model: surgery, dense GEMMs).
 ``dtype=torch.bfloat16`` stores the condensed layers' values in bf16 (CSR and dense layers
 stay fp32), which halves their value bytes; the export check then allows the bf16 rounding
-(``tolerance``).
+(``tolerance``). ``dtype=torch.int8`` stores every sparse layer as a ``Sparse*`` module
+with int8 values and per-output-channel scales (condensed modules have no int8 form; dense
+layers stay fp32); the check then allows ``INT8_ROUNDOFF`` per int8 layer.
 """
 
 from __future__ import annotations
@@ -41,13 +45,19 @@ from sst.sparsity.layers import unwrap
 from . import serialize, surgery
 from .layers import CondensedConv2d, CondensedLinear, CSRConv2d, CSRLinear
 from .packing import is_constant_fan_in, nm_pattern, value_dtype
+from .unstructured import SPARSE_TYPES, SparseConv2d, SparseLinear
 
-FORMATS = ("auto", "condensed", "csr", "dense")
+FORMATS = ("auto", "condensed", "sparse", "csr", "dense")
 CSR_MAX_DENSITY = 0.02
+# Unstructured layers up to this density run the compiled CSR kernels without measurement.
+SPARSE_MAX_DENSITY = 0.3
 # Output tolerance of an fp32 export: max |y - y_ref| <= TOLERANCE * max(1, max |y_ref|).
 TOLERANCE = 1e-4
 # Unit roundoff of bf16 (8 significant bits): |bf16(w) - w| <= BF16_ROUNDOFF * |w|.
 BF16_ROUNDOFF = 2.0**-8
+# Allowance per int8 layer, relative to the output scale: a weight moves by at most half a
+# step of its row's scale max|W[n]| / 127 (an estimate for a model, docs/condensed.md).
+INT8_ROUNDOFF = 1.0 / 127
 
 
 @dataclass
@@ -56,7 +66,7 @@ class LayerExport:
 
     name: str
     kind: str  # dense | constant_fan_in | nm | unstructured
-    format: str  # dense | condensed | condensed:direct | condensed:unfold | csr
+    format: str  # dense | condensed | condensed:direct | condensed:unfold | sparse | csr
     density: float
     nm: tuple[int, int] | None = None
     timings_us: dict[str, float] = field(default_factory=dict)
@@ -179,21 +189,32 @@ def _candidates(
             else CSRLinear.from_linear(layer, mask)
         )
 
+    def sparse() -> nn.Module:
+        fp = torch.int8 if dtype == torch.int8 else torch.float32
+        if conv:
+            return SparseConv2d.from_conv(layer, mask, name=name, dtype=fp)
+        return SparseLinear.from_linear(layer, mask, dtype=fp)
+
     if formats == "dense" or kind == "dense":
         return {"dense": lambda: layer}
     if formats == "csr":
         return {"csr": csr}
+    if formats == "sparse" or (dtype == torch.int8 and formats == "auto"):
+        options: dict[str, Callable[[], nn.Module]] = {"sparse": sparse}
+        if formats == "auto":
+            options["dense"] = lambda: layer
+        return options
     if formats == "condensed":
         return {"condensed": condensed()}
     structured = kind in ("nm", "constant_fan_in")
-    options: dict[str, Callable[[], nn.Module]] = {}
+    options = {}
     if structured and conv:
         options["condensed:direct"] = condensed("direct")
         options["condensed:unfold"] = condensed("unfold")
     elif structured:
         options["condensed"] = condensed()
-    else:
-        options["csr"] = csr
+    if not structured or dtype == torch.float32:
+        options["sparse"] = sparse
     options["dense"] = lambda: layer
     return options
 
@@ -204,6 +225,8 @@ def _rule(options: dict[str, Callable[[], nn.Module]], density: float) -> str:
         return "condensed:auto"
     if "condensed" in options:
         return "condensed"
+    if "sparse" in options and density <= SPARSE_MAX_DENSITY:
+        return "sparse"
     if "csr" in options and density <= CSR_MAX_DENSITY:
         return "csr"
     return next(iter(options)) if len(options) == 1 else "dense"
@@ -294,6 +317,24 @@ def _export_layer(
     return module, LayerExport(name, kind_name, choice, density, nm, timings)
 
 
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """The export's value dtype: float32, bfloat16 (condensed values) or int8 (sparse
+    values), from a dtype or a name ("fp32", "bf16", "int8", ...).
+
+    Raises:
+        ValueError: for any other dtype or name, listing the allowed ones.
+    """
+    if dtype in (torch.int8, "int8"):
+        return torch.int8
+    try:
+        return value_dtype(dtype)
+    except ValueError:
+        raise ValueError(
+            f"dtype={dtype!r}: allowed values are float32, bfloat16 and int8 (or the names "
+            f"'fp32', 'bf16', 'int8')"
+        ) from None
+
+
 def condense_with_report(
     model: nn.Module,
     masks: Mapping[str, Tensor] | None = None,
@@ -307,7 +348,7 @@ def condense_with_report(
     """``condense`` plus what it did: per-layer exports, removals, folded convs."""
     if formats not in FORMATS:
         raise ValueError(f"formats={formats!r} is unknown: allowed values are {FORMATS}")
-    dtype = value_dtype(dtype)
+    dtype = resolve_dtype(dtype)
     model, masks = _masked_copy(model, masks)
     kinds = {name: classify(mask) for name, mask in masks.items()}
     target, folded, removed = _graph_surgery(model, masks, fold_bn, remove_ablated)
@@ -347,7 +388,9 @@ def condense(
         fold_bn: fold BatchNorm2d into the preceding conv.
         remove_ablated: remove ablated neurons and the next layer's inputs where safe.
         dtype: value type of the condensed layers, torch.float32 or torch.bfloat16 (or
-            "fp32" / "bf16"); inputs, outputs and biases stay fp32.
+            "fp32" / "bf16"), or torch.int8 ("int8"): every sparse layer as a
+            ``Sparse*`` module with int8 values (per-output-channel scales); inputs,
+            outputs and biases stay fp32.
 
     Raises:
         ValueError: naming the layer, if ``formats="condensed"`` meets an unstructured layer.
@@ -389,7 +432,14 @@ def tolerance(model: nn.Module) -> float:
     2^-8 sum_j |W[n, j] x[j]| (each weight rounded within 2^-8 of itself), about 2^-8 |y|
     without cancellation; to first order the layers' relative errors add up. An estimate
     for the whole model, not a bound (tests/test_condensed.py checks the per-layer bound)."""
-    return TOLERANCE + BF16_ROUNDOFF * bf16_layers(model)
+    return TOLERANCE + BF16_ROUNDOFF * bf16_layers(model) + INT8_ROUNDOFF * int8_layers(model)
+
+
+def int8_layers(model: nn.Module) -> int:
+    """Number of sparse modules holding int8 values."""
+    return sum(
+        1 for m in model.modules() if isinstance(m, SPARSE_TYPES) and m.value_dtype == torch.int8
+    )
 
 
 def max_error(output: Tensor, reference: Tensor) -> tuple[float, float]:

@@ -15,7 +15,10 @@ The file holds every tensor of the model and, in the safetensors metadata under
 Tensor names are ``<module>.<buffer>`` (``layers.0.0.conv1.values``); attributes read by
 get_attr nodes are stored under their own qualified names. Condensed values are stored in
 their dtype (float32, or bfloat16 with the module argument ``"dtype": "bfloat16"``); a file
-holding bf16 values is format version 2, so that readers of version 1 refuse it.
+holding bf16 values is format version 2, so that readers of version 1 refuse it. Sparse
+(CSR) modules (``SparseLinear`` / ``SparseConv2d``) store ``rowptr``, ``cols``, ``values``
+(float32 or int8) and, for int8, ``scale``; a file holding them is version 3 (readers of
+versions 1 and 2 do not know these modules).
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ from sst.files import atomic_write
 from . import codec
 from .layers import CondensedConv2d, CondensedLinear, CSRConv2d, CSRLinear
 from .packing import flat_to_unit, nm_metadata, nm_positions, unit_to_flat
+from .unstructured import SparseConv2d, SparseLinear
 
 FORMAT = "sst.condensed"
-VERSION = 2  # 2: bf16 condensed values; files without them are still written as 1
+VERSION = 3  # 2: bf16 condensed values; 3: sparse (CSR kernel) modules; else written as 1
 
 
 def _spec(*names: str, bias: bool = False):
@@ -107,6 +111,22 @@ def _csr_conv(m: CSRConv2d) -> dict[str, Any]:
     }
 
 
+def _sparse_dtype(m: SparseLinear | SparseConv2d) -> dict[str, Any]:
+    return {"dtype": str(m.value_dtype).removeprefix("torch."), "bias": m.bias is not None}
+
+
+def _sparse_linear(m: SparseLinear) -> dict[str, Any]:
+    return {**_spec("in_features", "out_features", "nnz")(m), **_sparse_dtype(m)}
+
+
+def _sparse_conv(m: SparseConv2d) -> dict[str, Any]:
+    return {
+        **_spec("in_channels", "out_channels", "nnz")(m),
+        **_geometry(m),
+        **_sparse_dtype(m),
+    }
+
+
 CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation")
 BN = ("num_features", "eps", "momentum", "affine", "track_running_stats")
 POOL = ("kernel_size", "stride", "padding", "ceil_mode")
@@ -141,6 +161,8 @@ MODULES: dict[str, tuple[type[nn.Module], Any]] = {
     "CondensedConv2d": (CondensedConv2d, _condensed_conv),
     "CSRLinear": (CSRLinear, _csr_linear),
     "CSRConv2d": (CSRConv2d, _csr_conv),
+    "SparseLinear": (SparseLinear, _sparse_linear),
+    "SparseConv2d": (SparseConv2d, _sparse_conv),
 }
 
 # Namespaces whose functions call_function nodes may name, most specific first.
@@ -342,8 +364,9 @@ def save(
             }
         )
     bf16 = any("dtype" in spec["args"] for spec in modules.values() if _condensed(spec))
+    sparse = any(spec["type"] in ("SparseLinear", "SparseConv2d") for spec in modules.values())
     description = {
-        "version": VERSION if bf16 else 1,
+        "version": 3 if sparse else 2 if bf16 else 1,
         "modules": modules,
         "attrs": attrs,
         "graph": nodes,
