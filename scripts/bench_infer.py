@@ -40,6 +40,19 @@ raw and with ``compress=True`` (delta-coded indices through zlib).
 
     python scripts/bench_infer.py            # full run (7 min on 2 idle cores, 25 at load 10)
     python scripts/bench_infer.py --quick    # smoke test (17 s on 2 idle cores)
+
+``--section unstructured`` runs instead the unstructured layers at batch 1 (issue 22):
+Linear 1024 -> 1024 at 80% / 90% random unstructured sparsity (warm, and cold: a 64 MiB
+buffer written between calls), every 1x1 conv shape of MobileNetV1 (224 input) at 80%, and
+the whole ``sst.models.mobilenet.mobilenet_v1`` (1.0, 224, 1000 classes) with 80% random
+masks on its 1x1 convs. Variants: dense FP32 (torch; for the model ``condense(formats=
+"dense")``, BN folded), sparse FP32 / INT8 (``SparseLinear`` / ``SparseConv2d``; for the
+model ``condense(example_input=x[, dtype="int8"])``), and torch's dense INT8: dynamic
+quantisation for the Linear, FX static quantisation (x86 backend, calibrated on x) for the
+model. Medians of interleaved calls; ratios are dense FP32 time / variant time.
+
+    python scripts/bench_infer.py --section unstructured           # about 3 min idle
+    python scripts/bench_infer.py --section unstructured --quick   # smoke test
 """
 
 from __future__ import annotations
@@ -453,8 +466,177 @@ def sizes(args) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- unstructured
+# MobileNetV1's 1x1 convs at 224 input: (in, out, H = W)
+MOBILENET_POINTWISE = (
+    (32, 64, 112), (64, 128, 56), (128, 128, 56), (128, 256, 28), (256, 256, 28),
+    (256, 512, 14), (512, 512, 14), (512, 1024, 7), (1024, 1024, 7),
+)  # fmt: skip
+
+
+def random_mask(shape: tuple[int, ...], sparsity: float, gen: torch.Generator) -> torch.Tensor:
+    """Exactly round((1 - sparsity) * numel) active weights at random positions."""
+    numel = math.prod(shape)
+    keep = round((1 - sparsity) * numel)
+    mask = torch.zeros(numel, dtype=torch.bool)
+    mask[torch.randperm(numel, generator=gen)[:keep]] = True
+    return mask.view(shape)
+
+
+def ratio_cells(cells: dict[str, Cell], names: list[str]) -> str:
+    times = " | ".join(f"{cells[n].us:,.1f}" for n in names)
+    ratios = " | ".join(f"{cells['dense'].us / cells[n].us:.2f}x" for n in names[1:])
+    return f"{times} | {ratios}"
+
+
+def unstructured_linear(args, flush: torch.Tensor) -> list[str]:
+    from sst.condensed.unstructured import SparseLinear
+
+    names = ["dense", "sparse", "sparse_int8", "torch_int8"]
+    lines = [
+        "| sparsity | cache | " + " | ".join(f"{n} µs" for n in names) + " | "
+        + " | ".join(f"dense / {n}" for n in names[1:]) + " |",
+        "|" + "---|" * (2 * len(names) + 1),
+    ]  # fmt: skip
+    for sparsity in args.sparsities:
+        gen = torch.Generator().manual_seed(0)
+        linear = nn.Linear(1024, 1024).eval()
+        mask = random_mask((1024, 1024), sparsity, gen)
+        with torch.no_grad():
+            linear.weight.mul_(mask)
+        variants = {
+            "dense": linear,
+            "sparse": SparseLinear.from_linear(linear, mask),
+            "sparse_int8": SparseLinear.from_linear(linear, mask, dtype=torch.int8),
+            "torch_int8": torch_dynamic_int8(linear),
+        }
+        x = torch.randn(1, 1024, generator=gen)
+        for cache, buffer in (("warm", None), ("cold", flush)):
+            cells = time_variants(variants, x, args.rounds, buffer)
+            lines.append(f"| {sparsity:.0%} | {cache} | {ratio_cells(cells, names)} |")
+    return lines
+
+
+def torch_dynamic_int8(module: nn.Module) -> nn.Module:
+    """torch's dense INT8 Linear (dynamic activation quantisation, int8 weights)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            nn.Sequential(module), {nn.Linear}, dtype=torch.qint8
+        )
+
+
+def unstructured_pointwise(args) -> list[str]:
+    from sst.condensed.unstructured import SparseConv2d
+
+    names = ["dense", "sparse", "sparse_int8"]
+    lines = [
+        "| 1x1 conv | H x W | " + " | ".join(f"{n} µs" for n in names) + " | "
+        + " | ".join(f"dense / {n}" for n in names[1:]) + " |",
+        "|" + "---|" * (2 * len(names) + 1),
+    ]  # fmt: skip
+    for c_in, c_out, size in MOBILENET_POINTWISE:
+        gen = torch.Generator().manual_seed(c_in + c_out)
+        conv = nn.Conv2d(c_in, c_out, 1, bias=False).eval()
+        mask = random_mask(tuple(conv.weight.shape), 0.8, gen)
+        with torch.no_grad():
+            conv.weight.mul_(mask)
+        variants = {
+            "dense": conv,
+            "sparse": SparseConv2d.from_conv(conv, mask),
+            "sparse_int8": SparseConv2d.from_conv(conv, mask, dtype=torch.int8),
+        }
+        x = torch.randn(1, c_in, size, size, generator=gen)
+        cells = time_variants(variants, x, args.rounds, None)
+        lines.append(f"| {c_in} -> {c_out} | {size}x{size} | {ratio_cells(cells, names)} |")
+    return lines
+
+
+def mobilenet_variants(sparsity: float) -> tuple[dict[str, nn.Module], torch.Tensor]:
+    """The whole MobileNetV1 (1.0, 224) in its four forms, and the input."""
+    import warnings
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    from sst.models.mobilenet import mobilenet_v1
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = mobilenet_v1(1000, (3, 224, 224), width=1.0)
+    with torch.no_grad():  # BN statistics of random inputs, so that activations vary
+        model.train()(torch.randn(4, 3, 224, 224, generator=gen))
+    model.eval()
+    masks = {
+        name: random_mask(tuple(m.weight.shape), sparsity, gen)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
+    }
+    x = torch.randn(1, 3, 224, 224, generator=gen)
+    dense = condense(model, masks, formats="dense")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(copy.deepcopy(dense), get_default_qconfig_mapping("x86"), (x,))
+        with torch.inference_mode():
+            prepared(x)
+        torch_int8 = convert_fx(prepared)
+    variants = {
+        "dense": dense,
+        "sparse": condense(model, masks, example_input=x),
+        "sparse_int8": condense(model, masks, example_input=x, dtype=torch.int8),
+        "torch_int8": torch_int8,
+    }
+    return variants, x
+
+
+def unstructured_model(args) -> list[str]:
+    variants, x = mobilenet_variants(0.8)
+    names = list(variants)
+    cells = time_variants(variants, x, args.rounds, None)
+    with torch.inference_mode():
+        reference = variants["dense"](x)
+        scale = float(reference.abs().max())
+        errors = {n: float((variants[n](x) - reference).abs().max()) / scale for n in names}
+    lines = [
+        "| variant | µs | dense FP32 / variant | torch INT8 / variant | max abs error / max abs |",
+        "|---|---|---|---|---|",
+    ]
+    for n in names:
+        lines.append(
+            f"| {n} | {cells[n].us:,.0f} | {cells['dense'].us / cells[n].us:.2f}x | "
+            f"{cells['torch_int8'].us / cells[n].us:.2f}x | {errors[n]:.2g} |"
+        )
+    return lines
+
+
+def unstructured_section(args) -> None:
+    print("# Unstructured layers at batch 1 and INT8 (scripts/bench_infer.py)\n")
+    print("\n".join(machine_info(torch.device("cpu"))))
+    print(f"- condensed kernels: {kernel_info()}")
+    print(f"- command: python scripts/bench_infer.py {' '.join(sys.argv[1:])}".rstrip())
+    print(f"- cells: median µs per call over {args.rounds} interleaved rounds\n")
+    flush = torch.zeros(16 << 20)  # 64 MiB written between calls: a cold cache
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        log(f"threads={threads}: unstructured section")
+        print(f"## {threads} thread(s)\n")
+        print("Linear 1024 -> 1024, batch 1, random unstructured masks:\n")
+        print("\n".join(unstructured_linear(args, flush)) + "\n")
+        print("MobileNetV1 (224) 1x1 convs, 80% random unstructured, batch 1:\n")
+        print("\n".join(unstructured_pointwise(args)) + "\n")
+        print("Whole MobileNetV1 (1.0, 224), 80% random masks on the 1x1 convs, batch 1:\n")
+        print("\n".join(unstructured_model(args)) + "\n")
+        sys.stdout.flush()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--section", choices=("all", "unstructured"), default="all",
+        help="all: the condensed benchmark; unstructured: issue 22's batch-1 tables",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke test: S=90%%, 2 rounds")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--sparsities", nargs="+", type=float, default=list(SPARSITIES))
@@ -470,6 +652,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resnet-max-batch", type=int, default=64, help="largest ResNet-18 batch (CSR is slow)"
     )
     args = parser.parse_args(argv)
+    if args.section == "unstructured" and args.sparsities == list(SPARSITIES):
+        args.sparsities = [0.8, 0.9]
     if args.quick:
         args.sparsities, args.rounds, args.big_rounds = [0.9], 2, 1
         args.batches = [1, 8]
@@ -479,6 +663,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.section == "unstructured":
+        unstructured_section(args)
+        return
     print("# Inference benchmark: dense vs CSR vs condensed vs structured only\n")
     print("\n".join(machine_info(torch.device("cpu"))))
     print(f"- condensed kernels: {kernel_info()}")
