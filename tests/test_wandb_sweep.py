@@ -75,7 +75,7 @@ def test_nothing_to_sweep_and_slurm_script(capsys) -> None:
     assert "#SBATCH --array=0-3" in script and "#SBATCH --partition=gpu" in script
     assert script.strip().endswith("exec wandb agent team/sst/abc123")
     with pytest.raises(ValueError, match="allowed values"):
-        sweep_config(["seed=0,1"], method="bayes")
+        sweep_config(["seed=0,1"], method="hyperband")
 
 
 def test_run_joins_the_agents_wandb_run(tmp_path: Path, monkeypatch) -> None:
@@ -89,3 +89,76 @@ def test_run_joins_the_agents_wandb_run(tmp_path: Path, monkeypatch) -> None:
     again = RunLog(tmp_path / "run", config={"seed": 0}, kind="wandb", mode="offline")
     again.finish()
     assert again.run_id == "agent123"
+
+
+def test_intervals_become_wandb_distributions() -> None:
+    config = sweep_config(
+        [
+            "sparsity.density=interval(0.02,0.3)",
+            "optimizer.lr=tag(log, interval(0.001, 0.1))",
+            "trainer.epochs=tag(int, interval(2, 6))",
+            "sparsity=rigl,srigl",
+        ],
+        method="bayes",
+    )
+    assert config["method"] == "bayes"
+    assert config["parameters"] == {
+        "sparsity.density": {"distribution": "uniform", "min": 0.02, "max": 0.3},
+        "optimizer.lr": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.1},
+        "trainer.epochs": {"distribution": "int_uniform", "min": 2, "max": 6},
+        "sparsity": {"values": ["rigl", "srigl"]},
+    }
+    assert sweep_config(["sparsity.density=interval(0.02,0.3)"], method="random")["parameters"]
+    with pytest.raises(ValueError, match=r"--method grid needs lists of values.*--method random"):
+        sweep_config(["sparsity.density=interval(0.02,0.3)"])
+    with pytest.raises(ValueError, match="a log scale needs a start > 0"):
+        sweep_config(["optimizer.lr=tag(log, interval(0, 0.1))"], method="random")
+
+
+AGENT_RUN = """
+import json, sys
+from sst.runs.runlog import RunLog
+config = {"sparsity": {"_target_": "sst.sparsity.RigL", "density": 0.1}, "seed": 1}
+log = RunLog(sys.argv[1], config=config, kind="wandb", mode="offline", project="sst",
+             entity="team")
+print(json.dumps(dict(log.wandb_run.config)))
+log.finish()
+"""
+
+
+def test_an_agent_run_keeps_the_groups_settings_and_warns_nothing(tmp_path: Path) -> None:
+    """What ``wandb agent`` sets before it starts ``sst.train`` for a cell with
+    ``sparsity=rigl``: W&B puts ``sparsity: rigl`` in the run's config; the settings of the
+    group stay there as ``sparsity.*``, and the agent's run id, project and entity are not
+    overridden (no "Ignoring run_id" warning)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    params = tmp_path / "params.yaml"
+    params.write_text("sparsity:\n  value: rigl\nseed:\n  value: 1\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "wandb_id.txt").write_text("older01\n")  # an earlier attempt's id
+    env = {
+        **os.environ,
+        "WANDB_SWEEP_ID": "sweep01",
+        "WANDB_RUN_ID": "agent01",
+        "WANDB_SWEEP_PARAM_PATH": str(params),
+    }
+    env.pop("WANDB_SILENT", None)
+    done = subprocess.run(
+        [sys.executable, "-c", AGENT_RUN, str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    config = json.loads(done.stdout.splitlines()[-1])
+    assert config["sparsity"] == "rigl"
+    assert config["sparsity.density"] == 0.1
+    assert config["sparsity._target_"] == "sst.sparsity.RigL"
+    assert "Ignoring" not in done.stdout + done.stderr
+    assert (tmp_path / "run" / "wandb_id.txt").read_text().strip() == "agent01"
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*-agent01"))

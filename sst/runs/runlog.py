@@ -90,6 +90,39 @@ def wandb_init_args(
     return args
 
 
+def in_wandb_sweep() -> bool:
+    """Whether a W&B sweep agent started this process (it sets ``WANDB_SWEEP_ID``): W&B
+    then takes the run's id, project and entity from the agent and ignores those given to
+    ``wandb.init``, with an "Ignoring run_id" warning for each."""
+    return bool(os.environ.get("WANDB_SWEEP_ID"))
+
+
+def flat_settings(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``{"density": 0.1, "a": {"b": 1}}`` under ``sparsity`` -> ``{"sparsity.density":
+    0.1, "sparsity.a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_settings(value, f"{prefix}.{key}"))
+        else:
+            out[f"{prefix}.{key}"] = value
+    return out
+
+
+def restore_group_settings(run: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """A sweep parameter that chooses a config group (``sparsity=rigl``) makes the W&B
+    run's config ``sparsity: rigl`` (sweep values replace the run's own at the top level):
+    the group's settings are added back as dotted keys (``sparsity.density``), which W&B
+    filters and groups by as it does nested ones. Returns what was added."""
+    added: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and not isinstance(run.config.get(key), dict):
+            added.update(flat_settings(value, key))
+    if added:
+        run.config.update(added, allow_val_change=True)
+    return added
+
+
 class RunLog:
     """Writes a run's metrics to ``metrics.jsonl`` and, with ``kind="wandb"``, to W&B.
 
@@ -103,8 +136,8 @@ class RunLog:
             ``WANDB_JOB_TYPE``) in charge, and where those are unset too the run is
             ``offline`` in project ``sst`` with job type ``train`` and ``default_tags``
             (see ``wandb_init_args``).
-        run_id: the W&B run id to attach to (resume); None takes the one stored in the run
-            folder, else ``WANDB_RUN_ID`` (set by a W&B sweep agent), else a new one, and
+        run_id: the W&B run id to attach to (resume); None takes a W&B sweep agent's
+            ``WANDB_RUN_ID``, else the one stored in the run folder, else a new one, and
             stores it.
     """
 
@@ -143,10 +176,13 @@ class RunLog:
             self.wandb_run = self._init_wandb(config, entity, name, group, settings)
 
     def _stored_run_id(self) -> str:
-        """The run's W&B id: the given one, else the run folder's, else the sweep agent's
-        ``WANDB_RUN_ID``, else a new one; written to ``wandb_id.txt``."""
+        """The run's W&B id: the given one, else a sweep agent's ``WANDB_RUN_ID`` (W&B
+        gives the agent's run no other id), else the run folder's, else ``WANDB_RUN_ID``,
+        else a new one; written to ``wandb_id.txt``."""
         id_file = self.run_dir / "wandb_id.txt"
         run_id = self.run_id
+        if run_id is None and in_wandb_sweep() and os.environ.get("WANDB_RUN_ID"):
+            run_id = os.environ["WANDB_RUN_ID"]  # the agent's run: W&B uses no other id
         if run_id is None and id_file.exists():
             run_id = id_file.read_text().strip()
         if run_id is None:  # a W&B sweep agent names the run it started for us
@@ -164,20 +200,26 @@ class RunLog:
         group: str | None,
         settings: dict[str, Any],
     ) -> Any:
-        """Starts (or resumes) the W&B run in the run folder."""
+        """Starts (or resumes) the W&B run in the run folder; under a sweep agent the
+        agent's id, project and entity (``in_wandb_sweep``), and the settings of a group
+        the sweep chooses kept (``restore_group_settings``)."""
         import wandb
 
-        return wandb.init(
-            entity=entity,
+        where = {"entity": entity, "id": self.run_id, **settings}
+        if in_wandb_sweep():
+            where = {k: v for k, v in where.items() if k not in ("entity", "id", "project")}
+        run = wandb.init(
             name=name,
             group=group,
-            id=self.run_id,
             resume="allow",
             dir=str(self.run_dir),
             config=config,
             settings=wandb.Settings(quiet=True),
-            **settings,
+            **where,
         )
+        if config is not None and in_wandb_sweep():
+            restore_group_settings(run, config)
+        return run
 
     def truncate_after(self, step: int) -> None:
         """Drops records past ``step``: a resumed run re-logs them, so the file reads as if

@@ -6,6 +6,8 @@ sst-sweep experiment=srigl_resnet18_cifar10 --project sst -o sweep.yaml
 sst-sweep experiment=srigl_gamma_sal_study seed=0,1,2 --project sst --create   # online
 wandb agent ENTITY/PROJECT/SWEEP_ID                 # one agent here; start more anywhere
 sst-sweep ... --slurm-array 16 --partition gpu      # an sbatch script: 16 agents on SLURM
+sst-sweep 'sparsity.density=interval(0.02,0.3)' 'optimizer.lr=tag(log, interval(0.01,0.5))' \
+    --method bayes                                  # W&B's uniform / log_uniform_values
 
 Every agent's run composes like ``sst-train`` with the same overrides, so it lands in the
 same run folder (a finished cell is skipped, an interrupted one resumes) and joins the sweep's
@@ -23,12 +25,13 @@ from typing import Any
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override
 
 from sst import __version__
 from sst.config import CONFIG_DIR, runtime
 from sst.config.keys import check_command_line
 
-SEARCH_METHODS = ("grid", "random")
+SEARCH_METHODS = ("grid", "random", "bayes")
 AGENT_COMMAND = ["${env}", "${interpreter}", "-m", "sst.train"]
 
 
@@ -38,31 +41,52 @@ def _typed(text: str) -> Any:
     return text if isinstance(value, (dict, list)) else value
 
 
-def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, list[Any]], list[str]]:
-    """Command-line overrides -> (swept key -> its values, fixed overrides)."""
+def wandb_parameter(override: Override) -> dict[str, Any]:
+    """The W&B sweep parameter of one swept override: a list (``a,b``, ``choice``,
+    ``range``) gives ``values``; Hydra's ``interval(lo, hi)`` W&B's ``uniform``,
+    ``tag(log, interval(lo, hi))`` ``log_uniform_values`` and ``tag(int, ...)`` the
+    integer forms ``int_uniform`` / ``q_log_uniform_values`` (q = 1)."""
+    sweep = override.value()
+    if not isinstance(sweep, IntervalSweep):
+        return {"values": [_typed(v) for v in override.sweep_string_iterator()]}
+    key, tags = override.get_key_element(), set(sweep.tags or ())
+    low, high = sweep.start, sweep.end
+    if low is None or high is None or not low < high:
+        raise ValueError(f"{key}=interval({low}, {high}): the start must be below the end")
+    if "log" in tags and low <= 0:
+        raise ValueError(f"{key}=tag(log, interval({low}, {high})): a log scale needs a start > 0")
+    if "int" in tags:
+        if "log" in tags:
+            return {"distribution": "q_log_uniform_values", "min": low, "max": high, "q": 1}
+        return {"distribution": "int_uniform", "min": int(low), "max": int(high)}
+    kind = "log_uniform_values" if "log" in tags else "uniform"
+    return {"distribution": kind, "min": float(low), "max": float(high)}
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Command-line overrides -> (swept key -> its W&B parameter, fixed overrides)."""
     parser = OverridesParser.create()
-    swept: dict[str, list[Any]] = {}
+    swept: dict[str, dict[str, Any]] = {}
     fixed: list[str] = []
     for override, text in zip(parser.parse_overrides(list(overrides)), overrides, strict=True):
         if override.is_sweep_override():
-            swept[override.get_key_element()] = [
-                _typed(v) for v in override.sweep_string_iterator()
-            ]
+            swept[override.get_key_element()] = wandb_parameter(override)
         else:
             fixed.append(text)
     return swept, fixed
 
 
-def sweep_grid(overrides: Sequence[str]) -> tuple[dict[str, list[Any]], list[str]]:
-    """The sweep ``sst-train -m <overrides>`` would run: the experiment's
-    ``hydra.sweeper.params`` (command-line grids take precedence) and the fixed overrides."""
+def sweep_grid(overrides: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The sweep ``sst-train -m <overrides>`` would run, as W&B parameters: the
+    experiment's ``hydra.sweeper.params`` (command-line sweeps take precedence) and the
+    fixed overrides."""
     swept, fixed = split_overrides(overrides)
     cfg = runtime.compose(fixed)
     preset = dict(cfg.hydra.sweeper.get("params") or {})
-    grid: dict[str, list[Any]] = {}
+    grid: dict[str, dict[str, Any]] = {}
     for key, text in preset.items():
         from_preset, _ = split_overrides([f"{key}={text}"])
-        grid.update(from_preset or {key: [_typed(str(text))]})
+        grid.update(from_preset or {key: {"values": [_typed(str(text))]}})
     grid.update(swept)
     return grid, fixed
 
@@ -84,6 +108,12 @@ def sweep_config(
             "nothing to sweep: the experiment has no hydra.sweeper.params and no override "
             "lists values (e.g. seed=0,1,2)"
         )
+    sampled = [key for key, parameter in grid.items() if "values" not in parameter]
+    if method == "grid" and sampled:
+        raise ValueError(
+            f"--method grid needs lists of values, but {', '.join(sampled)} is an interval: "
+            "use --method random or --method bayes"
+        )
     logger = ["logger=wandb", "logger.mode=online"]
     if project:
         logger.append(f"logger.project={project}")
@@ -94,7 +124,7 @@ def sweep_config(
         "program": "sst.train",
         "method": method,
         "metric": {"name": "test/acc", "goal": "maximize"},
-        "parameters": {key: {"values": values} for key, values in grid.items()},
+        "parameters": grid,
         "command": [*AGENT_COMMAND, *fixed, *logger, "${args_no_hyphens}"],
     }
     if project:
