@@ -7,6 +7,7 @@ sst-plot layers RUN_ERK RUN_UNIFORM -o figures/layers          # per-layer densi
 sst-plot neurons RUN -o figures/neurons                        # SRigL active neurons over steps
 sst-plot curves RUN [RUN ...] -o figures/curves                # train loss and test accuracy
 sst-plot mask RUN --layer layer3.1.conv2 -o figures/mask       # one layer's mask as an image
+sst-plot latency DIR/latency_table.json [--target 1.5]         # speed-up vs sparsity per layer
 """
 
 from __future__ import annotations
@@ -65,7 +66,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     curves.add_argument("--labels", nargs="+", help="legend labels, one per run")
     mask = command("mask", "one layer's mask as an image", "a run folder")
     mask.add_argument("--layer", required=True, help="fully qualified layer name")
-    return parser.parse_args(argv)
+    latency = commands.add_parser("latency", help="speed-up vs sparsity per layer")
+    latency.add_argument("runs", nargs=1, type=Path, help="a latency_table.json (sst-export)")
+    latency.add_argument(
+        "-o", "--output", type=Path, default=None, help="file stem (default: next to the table)"
+    )
+    latency.add_argument(
+        "--formats", nargs="+", default=list(plots.FIGURE_FORMATS), choices=plots.FIGURE_FORMATS
+    )
+    latency.add_argument("--target", type=float, default=None, help="default: the table's")
+    args = parser.parse_args(argv)
+    if args.command == "latency" and args.output is None:
+        args.output = args.runs[0].with_suffix("")
+    return args
 
 
 def make_figure(args: argparse.Namespace):
@@ -87,6 +100,8 @@ def make_figure(args: argparse.Namespace):
         return plots.layer_densities([read_run(r) for r in args.runs], args.labels)
     if args.command == "curves":
         return plots.training_curves(args.runs, args.labels)
+    if args.command == "latency":
+        return plots.latency_speedups(plots.read_latency_table(args.runs[0]), args.target)
     if len(args.runs) != 1:
         raise ValueError(f"sst-plot {args.command} takes one run folder, got {len(args.runs)}")
     if args.command == "neurons":

@@ -21,6 +21,7 @@ axes end at 100%.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -334,4 +335,48 @@ def mask_image(run_dir: str | Path, layer: str) -> Figure:
         ax.set_xlabel(f"input (fan-in {cols})")
         ax.set_ylabel(f"output neuron ({rows})")
         ax.set_title(f"{layer}: density {mask.mean():.3f}, {int((~mask.any(1)).sum())} empty rows")
+    return fig
+
+
+def read_latency_table(path: str | Path) -> dict[str, Any]:
+    """A ``latency_table.json`` written by ``sst-export --latency-table``, checked for rows."""
+    document = json.loads(Path(path).read_text())
+    if not isinstance(document, dict) or not document.get("rows"):
+        raise ValueError(
+            f"{path} is not a latency table (no 'rows'): write one with sst-export --latency-table"
+        )
+    return document
+
+
+def latency_speedups(document: dict[str, Any], target: float | None = None) -> Figure:
+    """Speed-up (dense median / sparse median) against sparsity, one line per layer, with
+    the target (``target``, else the table's own) as a dashed line and 1x (break-even) as a
+    dotted one; a filled marker shows each layer's lowest sparsity that meets the target."""
+    target = target if target is not None else document.get("target")
+    layers: dict[str, list[tuple[float, float]]] = {}
+    for row in document["rows"]:
+        layers.setdefault(row["name"], []).append((row["sparsity"], row["speedup"]))
+    fig, ax = figure(height=2.8)
+    with plt.rc_context(STYLE):
+        colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(layers)))
+        for colour, (name, points) in zip(colours, layers.items(), strict=True):
+            points.sort()
+            x, y = [100 * p[0] for p in points], [p[1] for p in points]
+            ax.plot(x, y, marker=".", color=colour, label=name)
+            met = [p for p in points if target is not None and p[1] >= target]
+            if met:
+                ax.plot(100 * met[0][0], met[0][1], "o", color=colour, markersize=5)
+        ax.axhline(1.0, color="black", linestyle=":", linewidth=0.8)
+        if target is not None:
+            ax.axhline(
+                target, color="black", linestyle="--", linewidth=0.8, label=f"target {target:g}x"
+            )
+        settings = document.get("settings", {})
+        ax.set_title(
+            f"{settings.get('model', '')}: batch {settings.get('batch', '?')}, "
+            f"{settings.get('threads', '?')} thread(s)"
+        )
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("speed-up over dense (x)")
+        ax.legend(frameon=False, fontsize=5, ncol=2 if len(layers) > 8 else 1)
     return fig
