@@ -95,6 +95,14 @@ def build_method(cfg: DictConfig, model, optimizer, total_steps: int, data, devi
     )
 
 
+def enforce_masks(method, settings: TrainerSettings) -> None:
+    """The mask set's per-run switches: the DDP mask check (``trainer.mask_check``), and
+    gradient masking when the loop clips by the global norm (``trainer.grad_clip``), which
+    must not see the gradients of pruned weights."""
+    method.mask_set.check_ranks = settings.mask_check
+    method.mask_set.mask_grads = settings.grad_clip is not None
+
+
 def build_hooks(
     cfg: DictConfig, method, device: torch.device, teacher_folder: Path | None
 ) -> list[Hook]:
@@ -214,7 +222,7 @@ def build(
         "lr_schedule", cfg.lr_schedule, steps_per_epoch=per_epoch, total_steps=stage_steps
     )
     method = build_method(cfg, model, optimizer, stage_steps, data, where.device)
-    method.mask_set.check_ranks = where.settings.mask_check
+    enforce_masks(method, where.settings)
     if cfg.distill.enabled and teacher_folder is None:
         teacher_folder = plan_teacher(cfg).folder
     teacher = Path(teacher_folder) if cfg.distill.enabled else None

@@ -140,7 +140,7 @@ class DynamicSparsity(SparsityMethod):
             for param in params:  # an optimizer skips parameters without a gradient
                 param.grad = None
         else:
-            self.mask_gradients()
+            self.mask_set.before_optimizer_step()
         self._dense_grad_step = dense_grad_step
 
     def after_step(self) -> None:

@@ -1,11 +1,22 @@
 """Masks and their enforcement, apart from the policy that decides them.
 
 A ``MaskSet`` owns one 0/1 mask per masked weight and everything that keeps the weights
-true to it: the fused per-step ``weight *= mask`` and ``grad *= mask``, the optimizer-state
-surgery when the topology changes, the guard that a masked weight is still the model's
+true to it: the fused per-step ``weight *= mask`` (and ``grad *= mask`` where a caller reads
+the gradients of pruned weights: ``mask_grads``), the optimizer-state surgery when the
+topology changes, the guard that a masked weight is still the model's
 parameter, the counts and metrics derived from the masks (cached between topology
 changes), and the masks' part of a checkpoint. A sparsity method (``method.py``) is the
 policy: it decides the first masks and how they change, and hands new masks to ``set``.
+
+One masking pass per step: the weights are masked after the optimizer step, the gradients
+are not. With an elementwise optimizer (``SUPPORTED_OPTIMIZERS``) the update of a kept weight
+reads only its own gradient, weight and state, so the gradients of pruned weights change
+nothing but the state at pruned positions, which no kept weight reads: the pruned weights
+are zeroed after every step, and a position's state is zeroed when it is grown again
+(``set``). Kept weights and their state are therefore bit-for-bit those of masking the
+gradients too. What does read pruned gradients must ask for the gradient pass
+(``mask_grads = True``): clipping by the global gradient norm (the training loop turns it
+on with ``trainer.grad_clip``), or any other global statistic of the gradients.
 
 Optional forward-time masks (targeted dropout) multiply a weight only inside the forward
 pass of a training step, through forward hooks: the stored weights are never modified.
@@ -129,6 +140,8 @@ class MaskSet:
         self.masks: dict[str, torch.Tensor] = {}
         # verify after every topology change that all ranks hold these masks (DDP only)
         self.check_ranks = True
+        # also mask every gradient before the optimizer step (see the module docstring)
+        self.mask_grads = False
         self.ever_active: dict[str, torch.Tensor] = {}
         self._forward_hooks: list = []
         self._swapped: dict[str, torch.Tensor] = {}
@@ -153,13 +166,18 @@ class MaskSet:
         self.apply()
 
     # ----------------------------------------------------------------- per step
-    # Both run every step: on a small model their Python cost is comparable to the kernels',
+    # They run every step: on a small model their Python cost is comparable to the kernels',
     # so they use the aligned lists kept by _changed and one fused call each.
     def apply(self) -> None:
         """weight *= mask for every masked layer."""
         if self._mask_list:
             with torch.no_grad():
                 torch._foreach_mul_(self._weight_list, self._mask_list)
+
+    def before_optimizer_step(self) -> None:
+        """grad *= mask when ``mask_grads`` asks for it; else nothing (one pass a step)."""
+        if self.mask_grads:
+            self.mask_gradients()
 
     def mask_gradients(self) -> None:
         """grad *= mask for every masked layer that has a gradient."""
@@ -199,6 +217,14 @@ class MaskSet:
         if not grown:
             return 0
         return int(torch.stack([c.to(grown[0].device) for c in grown]).sum())
+
+    @torch.no_grad()
+    def mask_optimizer_state(self) -> None:
+        """Zeroes the optimizer state of every pruned weight, as masking the gradients every
+        step would have left it (the state at pruned positions is never read; this makes a
+        saved optimizer state the same whichever way the gradients were treated)."""
+        for name, weight in self.weights.items():
+            self._mask_optimizer_state(weight, self.masks[name])
 
     @torch.no_grad()
     def _mask_optimizer_state(self, weight: torch.Tensor, keep: torch.Tensor) -> None:

@@ -5,8 +5,10 @@ A method is optimizer-like and knows nothing of the training loop::
     method = RigL(model, optimizer, density=0.1, total_steps=T)
     loss.backward(); method.before_step(); optimizer.step(); method.after_step()
 
-``before_step`` masks the gradients (a dynamic method first keeps the dense gradient);
-``after_step`` re-applies the masks to the weights and calls the policy's ``update(step)``.
+``before_step`` keeps the dense gradient where a dynamic method needs it (and masks the
+gradients only when ``mask_set.mask_grads`` asks for it, e.g. before clipping by the global
+norm); ``after_step`` re-applies the masks to the weights (one masking pass a step: see
+``masks.py``) and calls the policy's ``update(step)``.
 The masks themselves and their enforcement live in a ``MaskSet`` (``masks.py``), the layers
 and their densities in a ``Layout`` (``layout.py``), the logged numbers in ``MaskMetrics``
 (``metrics.py``). A policy decides the first masks (``initial_masks``, asked once the
@@ -193,7 +195,7 @@ class SparsityMethod:
     # ----------------------------------------------------------------- the loop's calls
     def before_step(self) -> None:
         """Call after backward (and after AMP unscaling), before ``optimizer.step()``."""
-        self.mask_set.mask_gradients()
+        self.mask_set.before_optimizer_step()
 
     def after_step(self) -> None:
         """Call after ``optimizer.step()``."""
@@ -247,7 +249,10 @@ class SparsityMethod:
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """A snapshot: its tensors are copies, so later training never changes it."""
+        """A snapshot: its tensors are copies, so later training never changes it. Zeroes
+        the optimizer state of pruned weights first (``MaskSet.mask_optimizer_state``), so
+        that an optimizer state saved after it is the one masked gradients would give."""
+        self.mask_set.mask_optimizer_state()
         return {
             **self.mask_set.state_dict(),
             "step": self.step,
