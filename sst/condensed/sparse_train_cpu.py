@@ -2,9 +2,11 @@
 autograd functions.
 
 Linear: x (B, in) is transposed once to X (in, B), so that each kept weight touches a
-contiguous run of B numbers; the forward product gives Y^T (out, B), the input gradient
-G^T (in, B) from g^T = dL/dy^T (out, B) over the transposed structure, and the weight
-gradient dV[p] = g^T[o] . X[i] (a dot product of length B) at each kept (o, i).
+contiguous run of B numbers; the forward product computes Y^T (out, B) and stores it as y
+(B, out) (a strided store per output, cheap next to the k multiply-adds behind it), the input
+gradient computes G_x^T (in, B) from g^T = dL/dy^T (out, B) over the transposed structure
+(rows hold about nnz / in weights each, too few to hide strided stores: one transpose after),
+and the weight gradient dV[p] = g^T[o] . X[i] (a dot product of length B) at each kept (o, i).
 Conv2d: F.unfold's columns (B, C * kh * kw, L) already hold one image's batch along the
 contiguous axis, so the same kernels run per image with no transpose; the input gradient's
 columns go back through F.fold.
@@ -72,22 +74,44 @@ def _threads() -> int:
 
 
 def _spmm(
-    layout: TrainLayout, transposed: bool, values: Tensor, bias: Tensor | None, x: Tensor, y: Tensor
+    layout: TrainLayout,
+    transposed: bool,
+    values: Tensor,
+    bias: Tensor | None,
+    x: Tensor,
+    y: Tensor,
+    y_rows_last: bool = False,
 ) -> None:
-    """Per image, y (rows, N) = bias + A x with x (cols, N): A = W (rows = outputs) or, with
-    ``transposed``, W^T (rows = inputs). x and y are (N_img, cols|rows, N) or 2-D."""
-    x3, y3 = x.view(-1, *x.shape[-2:]), y.view(-1, *y.shape[-2:])
-    n_img, n_rows, n = y3.shape
+    """Per image, y = bias + A x with x (cols, N): A = W (rows = outputs, ``values`` in the
+    layout's order) or, with ``transposed``, W^T (rows = inputs, ``values`` in CSC order:
+    ``_csc_values``). x is (N_img, cols, N) or 2-D; y is (N_img, rows, N), or with
+    ``y_rows_last`` (N, rows) for a single image: the product stored transposed."""
+    x3 = x.view(-1, *x.shape[-2:])
+    n_img, n = x3.shape[0], x3.shape[2]
     if transposed:
-        structure = (layout.colptr, layout.row, layout.perm)
+        ptr, idx, n_rows = layout.colptr, layout.row, layout.in_features
     else:
-        structure = (layout.rowptr, layout.col, None)
-    ptr, idx, perm = structure
+        ptr, idx, n_rows = layout.rowptr, layout.col, layout.out_features
+    if y_rows_last:  # y[l, r] at l * rows + r
+        y_img, y_row, y_col = 0, 1, n_rows
+    else:
+        y_img, y_row, y_col = n_rows * n, n, 1
     _ext.spmm(
-        DTYPES[values.dtype], ptr.data_ptr(), idx.data_ptr(), _ptr(perm), values.data_ptr(),
-        _ptr(bias), x3.data_ptr(), n, x3.shape[1] * n, y3.data_ptr(), n, n_rows * n, n,
-        n_img, n_rows, SPMM_CHUNK, layout.nnz, _threads(),
+        DTYPES[values.dtype], ptr.data_ptr(), idx.data_ptr(), values.data_ptr(), _ptr(bias),
+        x3.data_ptr(), n, x3.shape[1] * n, y.data_ptr(), y_img, y_row, y_col, n, n_img, n_rows,
+        SPMM_CHUNK, layout.nnz, _threads(),
     )  # fmt: skip
+
+
+def _csc_values(layout: TrainLayout, values: Tensor) -> Tensor:
+    """The values in the transposed structure's order (one gather per backward: cheaper than
+    an indirect load per weight and column block in the product)."""
+    out = torch.empty_like(values)
+    _ext.gather(
+        DTYPES[values.dtype], values.data_ptr(), layout.perm.data_ptr(), layout.nnz,
+        out.data_ptr(), _threads(),
+    )  # fmt: skip
+    return out
 
 
 def _sddmm(layout: TrainLayout, g: Tensor, x: Tensor) -> Tensor:
@@ -109,11 +133,11 @@ class _Linear(torch.autograd.Function):
         x, values = x.contiguous(), values.detach().contiguous()
         bias = None if bias is None else bias.detach().contiguous()
         xt = _transpose(x)
-        yt = torch.empty(layout.out_features, x.shape[0], dtype=x.dtype)
-        _spmm(layout, False, values, bias, xt, yt)
+        y = torch.empty(x.shape[0], layout.out_features, dtype=x.dtype)
+        _spmm(layout, False, values, bias, xt, y, y_rows_last=True)
         ctx.layout = layout
         ctx.save_for_backward(xt if ctx.needs_input_grad[1] else None, values)
-        return _transpose(yt)
+        return y
 
     @staticmethod
     def backward(ctx, gy: Tensor):
@@ -124,7 +148,7 @@ class _Linear(torch.autograd.Function):
         gx = gv = gb = None
         if ctx.needs_input_grad[0]:
             gxt = torch.empty(layout.in_features, gy.shape[0], dtype=gy.dtype)
-            _spmm(layout, True, values, None, gt, gxt)
+            _spmm(layout, True, _csc_values(layout, values), None, gt, gxt)
             gx = _transpose(gxt)
         if ctx.needs_input_grad[1]:
             gv = _sddmm(layout, gt, xt)
@@ -170,7 +194,7 @@ class _Conv2d(torch.autograd.Function):
         gx = gv = gb = None
         if ctx.needs_input_grad[0]:
             gcols = torch.empty(g.shape[0], layout.in_features, g.shape[2], dtype=g.dtype)
-            _spmm(layout, True, values, None, g, gcols)
+            _spmm(layout, True, _csc_values(layout, values), None, g, gcols)
             gx = F.fold(gcols, ctx.size, kernel, dilation, padding, stride)
         if ctx.needs_input_grad[1]:
             gv = _sddmm(layout, g, cols)
