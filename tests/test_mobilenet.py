@@ -144,3 +144,28 @@ def test_gmp_on_the_1x1_convs_trains_mobilenet_v1(tmp_path) -> None:
         assert mask.float().mean().item() == pytest.approx(0.25, abs=0.02), name
         assert torch.all(state["model"][f"{name}.weight"][~mask] == 0)
     assert torch.all(state["model"]["blocks.0.depthwise.0.weight"] != 0)
+
+
+def test_gmp_preset_prunes_the_1x1_convs_and_its_teacher_is_dense() -> None:
+    """``experiment=mobilenet_gmp_cifar10``: GMP on MobileNetV1 (CIFAR stem) masks exactly
+    the 13 1x1 convs; the KD teacher, ``[sparsity=dense]`` on the student's command, composes
+    to the dense method on the same model."""
+    from hydra.utils import instantiate
+    from runs import compose_with_hydra, hydra_conf_single_thread
+
+    from sst.launch.teacher import teacher_overrides
+
+    student = ["experiment=mobilenet_gmp_cifar10", "sparsity.density=0.2", "distill=kd"]
+    with hydra_conf_single_thread():
+        cfg = compose_with_hydra(student)
+        teacher = compose_with_hydra(teacher_overrides(student, cfg.distill.teacher_run))
+    assert (cfg.model.stem, cfg.model.width, cfg.distill.enabled) == ("cifar", 0.5, True)
+    model = instantiate(cfg.model, num_classes=10, input_shape=(3, 32, 32))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = instantiate(cfg.sparsity, model=model, optimizer=optimizer, total_steps=780)
+    assert sorted(method.candidates) == sorted(f"blocks.{i}.pointwise.0" for i in range(13))
+    assert method.layer_density == {name: pytest.approx(0.2) for name in method.candidates}
+    assert teacher.sparsity._target_ == "sst.sparsity.Dense" and not teacher.distill.enabled
+    assert teacher.model == cfg.model and teacher.dataset == cfg.dataset
+    dense = instantiate(teacher.sparsity, model=model, optimizer=optimizer, total_steps=780)
+    assert dense.density == 1.0
