@@ -503,6 +503,59 @@ PyObject* py_transpose(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// ------------------------------------------------------------------------------ im2col
+// cols[b, (c * kh + ky) * kw + kx, oy * ow + ox] = x[b, c, oy * sy - py + ky * dy,
+// ox * sx - px + kx * dx] (0 outside), F.unfold's layout; col2im adds the columns back
+// (F.fold). Work item = one (image, channel) plane: col2im's writes never overlap.
+struct Im2colArgs {
+  void* x;     // (B, C, h, w)
+  void* cols;  // (B, C * kh * kw, oh * ow)
+  int64_t c, h, w, kh, kw, sy, sx, py, px, dy, dx, oh, ow;
+};
+
+template <typename T, bool BACK>
+void im2col_planes(const Im2colArgs& a, int64_t i0, int64_t i1) {
+  const int64_t taps = a.kh * a.kw, len = a.oh * a.ow;
+  for (int64_t item = i0; item < i1; ++item) {
+    T* x = static_cast<T*>(a.x) + item * a.h * a.w;
+    T* cols = static_cast<T*>(a.cols) + item * taps * len;  // (b, c) planes are consecutive
+    for (int64_t ky = 0; ky < a.kh; ++ky) {
+      for (int64_t kx = 0; kx < a.kw; ++kx) {
+        T* col = cols + (ky * a.kw + kx) * len;
+        for (int64_t oy = 0; oy < a.oh; ++oy) {
+          const int64_t iy = oy * a.sy - a.py + ky * a.dy;
+          T* crow = col + oy * a.ow;
+          if (iy < 0 || iy >= a.h) {
+            if (!BACK)
+              for (int64_t ox = 0; ox < a.ow; ++ox) crow[ox] = T(0);
+            continue;
+          }
+          T* xrow = x + iy * a.w;
+          const int64_t ix0 = kx * a.dx - a.px;
+          // ox in [lo, hi) reads inside the row: ox * sx + ix0 in [0, w)
+          int64_t lo = ix0 >= 0 ? 0 : (-ix0 + a.sx - 1) / a.sx;
+          int64_t hi = a.w - ix0 <= 0 ? 0 : (a.w - ix0 + a.sx - 1) / a.sx;
+          lo = lo < a.ow ? lo : a.ow;
+          hi = hi < a.ow ? hi : a.ow;
+          hi = hi > lo ? hi : lo;
+          if (BACK) {
+            for (int64_t ox = lo; ox < hi; ++ox) xrow[ox * a.sx + ix0] += crow[ox];
+          } else {
+            for (int64_t ox = 0; ox < lo; ++ox) crow[ox] = T(0);
+            if (a.sx == 1) {  // rows are short (8 to 32): a loop, not a memcpy call
+              const T* src = xrow + ix0;
+              for (int64_t ox = lo; ox < hi; ++ox) crow[ox] = src[ox];
+            } else {
+              for (int64_t ox = lo; ox < hi; ++ox) crow[ox] = xrow[ox * a.sx + ix0];
+            }
+            for (int64_t ox = hi; ox < a.ow; ++ox) crow[ox] = T(0);
+          }
+        }
+      }
+    }
+  }
+}
+
 struct GatherArgs {
   const void* src;
   const int32_t* perm;
@@ -537,6 +590,29 @@ PyObject* py_gather(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// im2col(dtype, back, x, cols, n_img, c, h, w, kh, kw, sy, sx, py, px, dy, dx, oh, ow,
+//        threads): back = 0 fills cols from x; back = 1 adds cols into x (zeroed here first).
+PyObject* py_im2col(PyObject*, PyObject* args) {
+  unsigned long long x, cols;
+  long long n_img, c, h, w, kh, kw, sy, sx, py, px, dy, dx, oh, ow;
+  int dtype, back, threads;
+  if (!PyArg_ParseTuple(args, "iiKKLLLLLLLLLLLLLLi", &dtype, &back, &x, &cols, &n_img, &c, &h,
+                        &w, &kh, &kw, &sy, &sx, &py, &px, &dy, &dx, &oh, &ow, &threads))
+    return nullptr;
+  if (!valid_dtype(dtype)) return nullptr;
+  Im2colArgs a{ptr<void>(x), ptr<void>(cols), c, h, w, kh, kw, sy, sx, py, px, dy, dx, oh, ow};
+  const int64_t items = n_img * c;
+  const int t = items * kh * kw * oh * ow < 8 * kSerialWork ? 1 : threads;
+  Py_BEGIN_ALLOW_THREADS
+  if (back) std::memset(ptr<void>(x), 0, items * h * w * (dtype ? sizeof(double) : sizeof(float)));
+  if (dtype == 0)
+    run_parallel(back ? im2col_planes<float, true> : im2col_planes<float, false>, a, items, t);
+  else
+    run_parallel(back ? im2col_planes<double, true> : im2col_planes<double, false>, a, items, t);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
 PyObject* py_isa(PyObject*, PyObject*) { return PyUnicode_FromString(isa_name); }
 
 PyObject* py_openmp(PyObject*, PyObject*) {
@@ -552,6 +628,7 @@ PyMethodDef methods[] = {
     {"sddmm", py_sddmm, METH_VARARGS, "Sampled dense-dense product at the kept positions."},
     {"transpose", py_transpose, METH_VARARGS, "Transposes a row-major matrix."},
     {"gather", py_gather, METH_VARARGS, "dst[i] = src[perm[i]]."},
+    {"im2col", py_im2col, METH_VARARGS, "F.unfold (back = 0) and F.fold (back = 1)."},
     {"isa", py_isa, METH_NOARGS, "Instruction set the kernels were dispatched to."},
     {"openmp", py_openmp, METH_NOARGS, "Whether the kernels were built with OpenMP."},
     {nullptr, nullptr, 0, nullptr}};
