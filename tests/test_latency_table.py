@@ -194,3 +194,20 @@ def test_cli_on_a_run_folder_times_its_masked_layers(tmp_path: Path, capsys) -> 
     document = json.loads((run_dir / "latency_table.json").read_text())
     assert [r["name"] for r in document["rows"]] == ["1", "3"]  # the last layer stayed dense
     assert document["settings"]["input_shape"] == [1, 8, 8]
+
+
+def test_the_printed_settings_build_gmp_with_those_densities() -> None:
+    from hydra.utils import instantiate
+
+    names = [f"blocks.{i}.pointwise.0" for i in range(13)]
+    choice = {name: (None if i < 3 else 0.8 if i < 8 else 0.5) for i, name in enumerate(names)}
+    overrides = ["sparsity=gmp", "sparsity.layer_types=[PointwiseConv2d]"]
+    overrides += ["sparsity.distribution=explicit", densities_override(choice)]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    model = mobilenet_v1(10, (3, 32, 32), width=0.25, stem="cifar")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = instantiate(cfg.sparsity, model=model, optimizer=optimizer, total_steps=100)
+    expected = {n: 1.0 if s is None else round(1 - s, 6) for n, s in choice.items()}
+    assert {n: method.layer_density[n] for n in names} == pytest.approx(expected)
+    assert sorted(method.weights) == sorted(names[3:])  # the dense ones carry no mask
