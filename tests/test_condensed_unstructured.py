@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sst.condensed import compiled_available, condense, load, save, size_report
+from sst.condensed.depthwise import DepthwiseConv2d, is_depthwise3x3
 from sst.condensed.export import (
     INT8_ROUNDOFF,
     TOLERANCE,
@@ -19,6 +20,7 @@ from sst.condensed.export import (
 )
 from sst.condensed.serialize import read_description
 from sst.condensed.size import dtype_totals
+from sst.condensed.surgery import set_submodule
 from sst.condensed.unstructured import (
     SparseConv2d,
     SparseLinear,
@@ -246,3 +248,50 @@ def test_size_report_int8_and_sparse_hand_computed():
     totals = dtype_totals({"fc": mask})
     assert [totals[d]["dense"] for d in ("fp32", "bf16", "int8")] == [128, 64, 48]
     assert totals["bf16"]["sparse"] == 6 * (2 + 2) + 5 * 4
+
+
+# ------------------------------------------------------------------------------ depthwise
+@pytest.mark.parametrize(
+    ("channels", "size", "stride"), [(8, 11, 1), (8, 11, 2), (3, 16, 2), (5, 1, 1), (4, 2, 2)]
+)
+def test_depthwise_matches_torch(threads, channels, size, stride):
+    torch.manual_seed(channels * size)
+    conv = nn.Conv2d(channels, channels, 3, stride, 1, groups=channels)
+    module = DepthwiseConv2d.from_conv(conv)
+    x = torch.randn(2, channels, size, size + 3)  # odd widths: vector tails, stride-2 parity
+    with torch.inference_mode():
+        close(module(x), conv(x), 1e-5)
+
+
+def test_depthwise_refuses_other_convs():
+    assert not is_depthwise3x3(nn.Conv2d(4, 4, 3, padding=1, groups=2))
+    assert not is_depthwise3x3(nn.Conv2d(4, 4, 5, padding=2, groups=4))
+    with pytest.raises(ValueError, match="not a depthwise 3x3"):
+        DepthwiseConv2d.from_conv(nn.Conv2d(4, 4, 3, stride=3, padding=1, groups=4))
+
+
+@needs_kernels
+def test_export_times_depthwise_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.ReLU(),
+        nn.Conv2d(8, 16, 1),
+    )  # fmt: skip
+    masks = {"4": random_mask(16, 8, 0.3, 0).view(16, 8, 1, 1)}
+    x = torch.randn(1, 3, 12, 12)
+    condensed, report, _, _ = condense_with_report(model, masks, example_input=x)
+    rows = {layer.name: layer for layer in report}
+    assert set(rows["2"].timings_us) == {"depthwise", "dense"}  # unmasked, still measured
+    kept = condensed.get_submodule("2")
+    assert isinstance(kept, DepthwiseConv2d) == (rows["2"].format == "depthwise")
+    with torch.inference_mode():
+        close(condensed(x), masked_reference(model, masks)(x))
+    forced = condense(model, masks, formats="sparse")
+    assert type(forced.get_submodule("2")) is nn.Conv2d  # no example input: torch's conv
+    set_submodule(forced, "2", DepthwiseConv2d.from_conv(model[2]))
+    save(forced, tmp_path / "d.safetensors")
+    loaded = load(tmp_path / "d.safetensors")
+    assert isinstance(loaded.get_submodule("2"), DepthwiseConv2d)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), forced(x))

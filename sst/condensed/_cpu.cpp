@@ -627,6 +627,93 @@ SST_AVX2 void csr_spmm_avx2(const CsrSpmmArgs& a, int64_t i0, int64_t i1) {
 }
 #endif
 
+// ------------------------------------------------------------------------------ depthwise
+// Dense depthwise 3x3 conv (groups = channels, padding 1, stride 1 or 2), NCHW fp32: the
+// layers a sparse MobileNet keeps dense. Per (image, channel) the plane is copied into a
+// zero-padded scratch (stride 2: each padded row split into its even and odd columns), so
+// that every tap (ky, kx) reads a contiguous run: y[oy, ox] = b + sum w[ky, kx] * src(ky,
+// kx)[ox], vectorised along ox.
+struct DwArgs {
+  const float* x;
+  const float* w;     // (C, 3, 3)
+  const float* bias;  // (C) or null
+  float* y;
+  int64_t channels, h, w_in, oh, ow, stride;
+};
+
+template <typename V>
+SST_INLINE void dw_plane(const DwArgs& a, int64_t plane, float* scratch) {
+  constexpr int W = sizeof(V) / sizeof(float);
+  const int64_t c = plane % a.channels;
+  const float* x = a.x + plane * a.h * a.w_in;
+  float* y = a.y + plane * a.oh * a.ow;
+  const float* k = a.w + c * 9;
+  const float b = a.bias ? a.bias[c] : 0.0f;
+  const int64_t hp = a.h + 2, wp = a.w_in + 2;
+  // stride 1: rows of width ld = wp; stride 2: per row, even columns then odd columns
+  const int64_t half = (wp + 1) / 2;
+  const int64_t ld = a.stride == 1 ? wp : 2 * half;
+  for (int64_t r = 0; r < hp; ++r) {
+    float* row = scratch + r * ld;
+    const bool inside = r >= 1 && r <= a.h;
+    const float* src = x + (r - 1) * a.w_in;
+    if (a.stride == 1) {
+      row[0] = 0.0f;
+      row[wp - 1] = 0.0f;
+      if (inside) std::memcpy(row + 1, src, a.w_in * sizeof(float));
+      else std::memset(row + 1, 0, a.w_in * sizeof(float));
+    } else {  // padded row in the odd half's space first, then split by column parity
+      float* padded = scratch + hp * ld;
+      padded[0] = 0.0f;
+      padded[wp - 1] = 0.0f;
+      padded[wp] = 0.0f;
+      if (inside) std::memcpy(padded + 1, src, a.w_in * sizeof(float));
+      else std::memset(padded + 1, 0, a.w_in * sizeof(float));
+      for (int64_t i = 0; i < half; ++i) {
+        row[i] = padded[2 * i];
+        row[half + i] = padded[2 * i + 1];
+      }
+    }
+  }
+  for (int64_t oy = 0; oy < a.oh; ++oy) {
+    const float* rows[3];
+    for (int ky = 0; ky < 3; ++ky) rows[ky] = scratch + (oy * a.stride + ky) * ld;
+    // tap kx of a row: stride 1 at column ox + kx; stride 2: even[ox], odd[ox], even[ox + 1]
+    int64_t off[3];
+    if (a.stride == 1) {
+      off[0] = 0, off[1] = 1, off[2] = 2;
+    } else {
+      off[0] = 0, off[1] = half, off[2] = 1;
+    }
+    int64_t ox = 0;
+    for (; ox + W <= a.ow; ox += W) {
+      V acc = V{} + b;
+      for (int ky = 0; ky < 3; ++ky)
+        for (int kx = 0; kx < 3; ++kx) acc += k[ky * 3 + kx] * load_v<V>(rows[ky] + off[kx] + ox);
+      std::memcpy(y + oy * a.ow + ox, &acc, sizeof(V));
+    }
+    for (; ox < a.ow; ++ox) {
+      float acc = b;
+      for (int ky = 0; ky < 3; ++ky)
+        for (int kx = 0; kx < 3; ++kx) acc += k[ky * 3 + kx] * rows[ky][off[kx] + ox];
+      y[oy * a.ow + ox] = acc;
+    }
+  }
+}
+
+template <typename V>
+SST_INLINE void dw_items(const DwArgs& a, int64_t p0, int64_t p1) {
+  const int64_t hp = a.h + 2, wp = a.w_in + 2;
+  float* scratch = new float[(hp + 1) * (wp + 2)];  // the planes' rows, then one padded row
+  for (int64_t p = p0; p < p1; ++p) dw_plane<V>(a, p, scratch);
+  delete[] scratch;
+}
+
+void dw_generic(const DwArgs& a, int64_t p0, int64_t p1) { dw_items<v4f>(a, p0, p1); }
+#ifdef SST_X86
+SST_AVX2 void dw_avx2(const DwArgs& a, int64_t p0, int64_t p1) { dw_items<v8f>(a, p0, p1); }
+#endif
+
 // ------------------------------------------------------------------------------ dispatch
 typedef void (*GemvFn)(const GemvArgs&, int64_t, int64_t);
 typedef void (*SpmmFn)(const SpmmArgs&, int64_t, int64_t);
@@ -863,6 +950,31 @@ PyObject* py_csr_spmm(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+// depthwise(x, weight, bias, y, n_planes, channels, h, w, oh, ow, stride, threads)
+PyObject* py_depthwise(PyObject*, PyObject* args) {
+  unsigned long long x, weight, bias, y;
+  long long planes, channels, h, w, oh, ow, stride;
+  int threads;
+  if (!PyArg_ParseTuple(args, "KKKKLLLLLLLi", &x, &weight, &bias, &y, &planes, &channels, &h,
+                        &w, &oh, &ow, &stride, &threads))
+    return nullptr;
+  if (stride != 1 && stride != 2) {
+    PyErr_SetString(PyExc_ValueError, "stride must be 1 or 2");
+    return nullptr;
+  }
+  DwArgs a{ptr<const float>(x), ptr<const float>(weight), ptr<const float>(bias), ptr<float>(y),
+           channels, h, w, oh, ow, stride};
+  const int t = planes * oh * ow * 9 < kSerialWork ? 1 : threads;
+  auto fn = dw_generic;
+#ifdef SST_X86
+  if (has_avx2) fn = dw_avx2;
+#endif
+  Py_BEGIN_ALLOW_THREADS
+  run_parallel(fn, a, planes, t);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
 void transpose_scalar(const float* s, int64_t rows, int64_t cols, float* d, int64_t r0, int64_t r1,
                       int64_t c0, int64_t c1) {
   for (int64_t r = r0; r < r1; ++r)
@@ -935,6 +1047,7 @@ PyMethodDef methods[] = {
     {"spmm", py_spmm, METH_VARARGS, "Condensed matrix times column blocks of x."},
     {"csr_gemv", py_csr_gemv, METH_VARARGS, "Windowed CSR layout times a few rows of x."},
     {"csr_spmm", py_csr_spmm, METH_VARARGS, "CSR matrix times column tiles of X."},
+    {"depthwise", py_depthwise, METH_VARARGS, "Dense depthwise 3x3 conv (padding 1)."},
     {"transpose", py_transpose, METH_VARARGS, "Transposes a row-major float32 matrix."},
     {"isa", py_isa, METH_NOARGS, "Instruction set the kernels were dispatched to."},
     {"has_perm", py_has_perm, METH_NOARGS, "Whether the windowed (perm) kernel can run."},

@@ -15,7 +15,10 @@
    on that layer's real input (condensed in both conv modes, sparse, dense: the fastest
    wins); without it a rule decides: condensed for constant fan-in and N:M, sparse for
    unstructured layers at density <= ``SPARSE_MAX_DENSITY``, else dense (measured
-   crossovers, docs/benchmarks.md).
+   crossovers, docs/benchmarks.md);
+5. with ``example_input`` (and ``formats="auto"``), every unmasked depthwise
+   3x3 conv is timed as ``DepthwiseConv2d`` (sst's kernel) against torch's conv and the
+   faster kept (report rows of kind "dense", format "depthwise" or "dense").
 
 ``formats`` forces a choice: "condensed" (an unstructured layer is then refused with a
 ValueError naming it), "sparse" (the compiled CSR kernels), "csr" (torch's CSR matmul),
@@ -43,6 +46,7 @@ from torch import Tensor, nn
 from sst.sparsity.layers import unwrap
 
 from . import serialize, surgery
+from .depthwise import DepthwiseConv2d, is_depthwise3x3
 from .layers import CondensedConv2d, CondensedLinear, CSRConv2d, CSRLinear
 from .packing import is_constant_fan_in, nm_pattern, value_dtype
 from .unstructured import SPARSE_TYPES, SparseConv2d, SparseLinear
@@ -66,7 +70,8 @@ class LayerExport:
 
     name: str
     kind: str  # dense | constant_fan_in | nm | unstructured
-    format: str  # dense | condensed | condensed:direct | condensed:unfold | sparse | csr
+    format: str  # dense | condensed | condensed:direct | condensed:unfold | sparse | csr |
+    # depthwise (an unmasked depthwise conv on sst's kernel)
     density: float
     nm: tuple[int, int] | None = None
     timings_us: dict[str, float] = field(default_factory=dict)
@@ -354,7 +359,12 @@ def condense_with_report(
     target, folded, removed = _graph_surgery(model, masks, fold_bn, remove_ablated)
     ragged = {r.consumer for r in removed.values() if r.removed}
     names = [n for n in masks if kinds[n][0] != "dense" or n in ragged]
-    inputs = _capture_inputs(target, names, example_input) if example_input is not None else {}
+    depthwise = []
+    if example_input is not None and formats == "auto":
+        depthwise = [n for n, m in target.named_modules() if n not in masks and is_depthwise3x3(m)]
+    inputs = {}
+    if example_input is not None:
+        inputs = _capture_inputs(target, names + depthwise, example_input)
     report = []
     for name, mask in masks.items():
         layer = target.get_submodule(name)
@@ -364,7 +374,21 @@ def condense_with_report(
         if module is not layer:
             surgery.set_submodule(target, name, module)
         report.append(row)
+    for name in depthwise:
+        report.append(_export_depthwise(target, name, inputs[name]))
     return target, report, removed, folded
+
+
+def _export_depthwise(target: nn.Module, name: str, example: Tensor) -> LayerExport:
+    """An unmasked depthwise 3x3 conv as ``DepthwiseConv2d`` (sst's kernel) where that is
+    faster than torch's conv on its captured input, and the report row (kind "dense")."""
+    layer = target.get_submodule(name)
+    built = {"depthwise": DepthwiseConv2d.from_conv(layer), "dense": layer}
+    timings = {k: v * 1e6 for k, v in time_modules(built, example).items()}
+    choice = min(timings, key=timings.__getitem__)
+    if choice == "depthwise":
+        surgery.set_submodule(target, name, built["depthwise"])
+    return LayerExport(name, "dense", choice, 1.0, None, timings)
 
 
 def condense(

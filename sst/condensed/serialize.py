@@ -17,8 +17,9 @@ get_attr nodes are stored under their own qualified names. Condensed values are 
 their dtype (float32, or bfloat16 with the module argument ``"dtype": "bfloat16"``); a file
 holding bf16 values is format version 2, so that readers of version 1 refuse it. Sparse
 (CSR) modules (``SparseLinear`` / ``SparseConv2d``) store ``rowptr``, ``cols``, ``values``
-(float32 or int8) and, for int8, ``scale``; a file holding them is version 3 (readers of
-versions 1 and 2 do not know these modules).
+(float32 or int8) and, for int8, ``scale``; ``DepthwiseConv2d`` its ``weight`` and
+``bias``. A file holding any of them is version 3 (readers of versions 1 and 2 do not know
+these modules).
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ from torch import Tensor, fx, nn
 from sst.files import atomic_write
 
 from . import codec
+from .depthwise import DepthwiseConv2d
 from .layers import CondensedConv2d, CondensedLinear, CSRConv2d, CSRLinear
 from .packing import flat_to_unit, nm_metadata, nm_positions, unit_to_flat
 from .unstructured import SparseConv2d, SparseLinear
 
 FORMAT = "sst.condensed"
-VERSION = 3  # 2: bf16 condensed values; 3: sparse (CSR kernel) modules; else written as 1
+VERSION = 3  # 2: bf16 condensed values; 3: Sparse* / DepthwiseConv2d modules; else 1
 
 
 def _spec(*names: str, bias: bool = False):
@@ -163,6 +165,7 @@ MODULES: dict[str, tuple[type[nn.Module], Any]] = {
     "CSRConv2d": (CSRConv2d, _csr_conv),
     "SparseLinear": (SparseLinear, _sparse_linear),
     "SparseConv2d": (SparseConv2d, _sparse_conv),
+    "DepthwiseConv2d": (DepthwiseConv2d, _spec("channels", "stride", bias=True)),
 }
 
 # Namespaces whose functions call_function nodes may name, most specific first.
@@ -364,7 +367,8 @@ def save(
             }
         )
     bf16 = any("dtype" in spec["args"] for spec in modules.values() if _condensed(spec))
-    sparse = any(spec["type"] in ("SparseLinear", "SparseConv2d") for spec in modules.values())
+    new = ("SparseLinear", "SparseConv2d", "DepthwiseConv2d")
+    sparse = any(spec["type"] in new for spec in modules.values())
     description = {
         "version": 3 if sparse else 2 if bf16 else 1,
         "modules": modules,
