@@ -138,3 +138,31 @@ def test_a_method_rejects_an_unknown_distribution_under_every_structure():
 def test_explicit_needs_every_layer():
     with pytest.raises(ValueError, match=r"missing \['b'\]"):
         dist.explicit({"a": (4, 4), "b": (4, 4)}, 0.5, fixed={"a": 0.5})
+
+
+def test_an_explicit_run_is_labelled_by_the_density_it_trains_at(tmp_path):
+    """distribution=explicit does not use sparsity.density: the summary's density and
+    sst-table's sparsity column come from the per-layer densities it trains at."""
+    from runs import compose_run
+
+    from sst.launch.run import run
+    from sst.study.results import collect
+
+    overrides = [
+        "sparsity=rigl",
+        "sparsity.distribution=explicit",
+        "sparsity.densities={1:0.2,3:0.3,5:0.5}",
+        "trainer.epochs=1",
+        "trainer.batch_size=128",
+        "trainer.progress_bar=false",
+        "logger=none",
+    ]
+    cfg, run_dir, choices = compose_run(overrides, tmp_path)
+    summary = run(cfg, run_dir, choices)
+    # 64x256 at 0.2, 256x256 at 0.3 and 256x10 at 0.5 (whole weights per layer)
+    expected = (0.2 * 64 * 256 + 0.3 * 256 * 256 + 0.5 * 256 * 10) / (64 * 256 + 256 * 256 + 2560)
+    assert summary["density"] == pytest.approx(expected, abs=1e-3)
+    assert summary["density"] == pytest.approx(1 - summary["sparsity_masked_layers"], abs=1e-6)
+    assert summary["density_setting"] == cfg.sparsity.density == 0.1
+    (found,) = collect([tmp_path / "runs"]).runs
+    assert found.value("sparsity") == pytest.approx(1 - expected, abs=1e-3)  # not 0.9

@@ -168,3 +168,74 @@ def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path: Path) -> None:
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
     attempts = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(attempts) == 2 and all(a.name.endswith(run_id) for a in attempts)
+
+
+def lock_holders(output_dir: Path) -> dict[Path, int]:
+    """Run folder -> pid of the process whose lock it holds (``pid N on host ...``)."""
+    holders = {}
+    for lock in (output_dir / "runs").glob("*/.lock"):
+        text = lock.read_text().split()
+        if len(text) >= 2 and text[0] == "pid":
+            holders[lock.parent] = int(text[1])
+    return holders
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.skipif(not has_plugin("hydra_joblib_launcher"), reason="hydra-joblib-launcher")
+def test_joblib_workers_stop_and_save_when_the_sweep_is_terminated(tmp_path: Path) -> None:
+    """SIGTERM to a joblib sweep's main process kills it, not its workers: each worker sees
+    its parent die, saves a checkpoint, releases its run folder's lock and exits within
+    seconds; the relaunched sweep resumes both runs."""
+    grid = [
+        "trainer.epochs=20",
+        "trainer.batch_size=32",
+        "trainer.checkpoint_every_epochs=1000",  # the only checkpoint is the stop's
+        "trainer.progress_bar=false",
+        "trainer.log_every=10",
+        "logger=none",
+        "seed=0,1",
+        "launcher=joblib",
+    ]
+    command = [sys.executable, "-m", "sst.train", "-m", *grid, f"output_dir={tmp_path}"]
+    output = (tmp_path / "sweep.out").open("w")  # not a pipe: the workers inherit it
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env(), stdout=output, stderr=output)
+    holders: dict[Path, int] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            holders = lock_holders(tmp_path)
+            logged = [p for p in holders if (p / "metrics.jsonl").exists()]
+            if len(logged) == 2:
+                break
+            time.sleep(0.1)
+        assert len(holders) == 2, "the two jobs never started training"
+        assert proc.pid not in holders.values()  # the jobs train in the workers
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        stop_by = time.monotonic() + 15
+        while any(alive(pid) for pid in holders.values()) and time.monotonic() < stop_by:
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in holders.values()), "orphaned workers still run"
+    finally:
+        output.close()
+        for pid in [proc.pid, *holders.values()]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    for run_dir in holders:
+        assert (run_dir / "checkpoints" / "last.pt").is_file()
+        assert (run_dir / ".lock").read_text() == ""  # released by the process, not by death
+        assert not (run_dir / "summary.json").exists()
+
+    sweep(grid, tmp_path)
+    for run_dir in holders:
+        assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 20
+        assert "resumed from" in (run_dir / "train.log").read_text()

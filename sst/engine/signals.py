@@ -1,11 +1,22 @@
 """Stop signals: SIGTERM (preemption), SIGUSR1 (SLURM's time-limit warning) and submitit's
-preemption signal make the loop save a checkpoint and stop (``Preempted``)."""
+preemption signal make the loop save a checkpoint and stop (``Preempted``).
+
+A run in a worker of a Python process pool (the joblib launcher's loky workers) also stops
+so when the process that started it dies: a SIGTERM to the sweep's main process kills it
+but not its workers, which would go on training, holding their run folders' locks. A
+watchdog thread (``ParentWatch``) sees the parent's death, as a changed parent process id,
+and takes the SIGTERM path: checkpoint, stop, locks released, a relaunch resumes.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import multiprocessing
 import os
 import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,6 +51,55 @@ def stop_signals() -> list[int]:
     return list(dict.fromkeys(s for s in wanted if s is not None))
 
 
+class ParentWatch:
+    """Calls ``on_orphaned`` once if the parent process dies while watching (checked every
+    ``interval`` seconds from a daemon thread); watches only in a worker of a Python process
+    pool (``multiprocessing.parent_process()`` is set), never in a run started from a shell,
+    which ``nohup`` may leave running on purpose."""
+
+    def __init__(self, on_orphaned: Callable[[], None], interval: float = 0.5) -> None:
+        self.on_orphaned = on_orphaned
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def wanted() -> bool:
+        return multiprocessing.parent_process() is not None
+
+    def start(self) -> None:
+        if self._thread is not None or not self.wanted():
+            return
+        parent = os.getppid()
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._watch, args=(parent,), name="sst-parent-watch", daemon=True
+        )
+        self._thread.start()
+
+    def _watch(self, parent: int) -> None:
+        while not self._stop.wait(self.interval):
+            if os.getppid() != parent:  # re-parented: the pool's process is gone
+                self.on_orphaned()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def exit_orphan(signum: int | None, _frame: Any) -> None:
+    """Ends a pool worker whose parent died, once its run has closed (checkpoint saved,
+    lock released): exit code 124, as ``sst-train`` stopped by a signal."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(124)
+
+
 class StopSignals:
     """Catches the stop signals while ``installed``; ``agreed`` tells, after a step, the
     signal every rank agrees on (under DDP one step after the first rank received it, in a
@@ -49,9 +109,16 @@ class StopSignals:
         self.received: int | None = None
         self._vote = dist.StopVote()
         self._previous: dict[int, Any] = {}
+        self._parent_watch = ParentWatch(self._on_orphaned)
+        self.orphaned = False
 
     def _on_signal(self, signum, _frame) -> None:
         self.received = signum
+
+    def _on_orphaned(self) -> None:
+        self.orphaned = True
+        if self.received is None:
+            self.received = signal.SIGTERM  # as if the dying parent had forwarded it
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -61,8 +128,10 @@ class StopSignals:
                 with contextlib.suppress(ValueError):  # not the main thread
                     previous[sig] = signal.signal(sig, self._on_signal)
             self._previous = dict(previous)
+            self._parent_watch.start()
             yield
         finally:
+            self._parent_watch.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -75,6 +144,9 @@ class StopSignals:
 
     def previous_handler(self, signum: int) -> Callable | None:
         """The handler of ``signum`` before ``installed`` took it over, if it was a
-        function (submitit's requeue), else None."""
+        function (submitit's requeue), else None; for a run whose parent died, ``exit_orphan``
+        (a pool worker waits for its dead parent's next job forever)."""
+        if self.orphaned:
+            return exit_orphan
         handler = self._previous.get(signum)
         return handler if callable(handler) else None

@@ -180,7 +180,7 @@ def train(
     loop = build(cfg, run_dir, choices, teacher_folder=teacher_folder, overrides=overrides)
     run_log = loop.run_log
     try:
-        summary = loop.fit()
+        summary = labelled_by_real_density(loop.fit())
         run_log.write_summary(summary)
     except Preempted as stop:
         log.warning("%s", stop)
@@ -196,6 +196,17 @@ def train(
     if run_log.wandb_mode == "offline":
         print(f"  W&B (offline): wandb sync {run_dir}/wandb/offline-run-*")
     return summary
+
+
+def labelled_by_real_density(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run whose per-layer densities are given by hand (``distribution=explicit``) does not
+    use ``sparsity.density``: its summary's ``density`` is the density its masked layers
+    train at (1 - ``sparsity_masked_layers``), which tables group and label it by; the
+    setting is kept as ``density_setting``."""
+    masked = summary.get("sparsity_masked_layers")
+    if summary.get("distribution") != "explicit" or not isinstance(masked, (int, float)):
+        return summary
+    return {**summary, "density": round(1.0 - masked, 6), "density_setting": summary["density"]}
 
 
 def format_summary(summary: dict[str, Any], run_dir: Path) -> str:

@@ -64,7 +64,9 @@ class Run:
                 enabled = lookup(self.config, "distill.enabled")
                 value = "none" if not enabled else "kd"
             return value
-        if key == "density":
+        if key == "density":  # an explicit distribution's run: the density it trained at
+            if lookup(self.config, "sparsity.distribution") == "explicit" and summary:
+                return summary.get("density")
             return lookup(self.config, "sparsity.density", summary.get("density"))
         if key == "sparsity":
             density = self.value("density")
