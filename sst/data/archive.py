@@ -9,6 +9,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
@@ -40,6 +41,35 @@ def _locked(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_recording: list[list[dict[str, Any]]] = []
+
+
+@contextlib.contextmanager
+def recorded_archives() -> Iterator[list[dict[str, Any]]]:
+    """Collects, into the list it yields, every archive ``unpack_once`` reads while the
+    block runs (``path``, ``size_bytes``, ``mtime_ns`` and the cache's ``fingerprint``):
+    a run records in its summary exactly which archive it trained on."""
+    found: list[dict[str, Any]] = []
+    _recording.append(found)
+    try:
+        yield found
+    finally:
+        _recording.remove(found)
+
+
+def _record(archive: Path, wanted: str) -> None:
+    stat = archive.stat()
+    entry = {
+        "path": str(archive.resolve()),
+        "size_bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "fingerprint": wanted,
+    }
+    for found in _recording:
+        if entry not in found:
+            found.append(entry)
 
 
 def fingerprint(archive: Path) -> str:
@@ -95,6 +125,7 @@ def unpack_once(archive: str | Path, cache_dir: str | Path) -> Path:
     def unpacked() -> bool:
         return marker.is_file() and target.is_dir() and marker.read_text().strip() == wanted
 
+    _record(archive, wanted)
     if unpacked():
         return target
     with _locked(cache / (stem + ".lock")):

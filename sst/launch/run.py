@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from sst import dist
 from sst.config.keys import ConfigError
+from sst.data.archive import recorded_archives
 from sst.engine.signals import Preempted
 from sst.runs.folder import RunFolder, finished_summary
 from sst.runs.identity import config_hash, identity_differences
@@ -177,10 +178,13 @@ def train(
     overrides: list[str] | None = None,
 ) -> dict:
     """Builds the run and fits it; the W&B run is finished however the fit ends."""
-    loop = build(cfg, run_dir, choices, teacher_folder=teacher_folder, overrides=overrides)
+    with recorded_archives() as archives:  # the data set's archive, if it is one
+        loop = build(cfg, run_dir, choices, teacher_folder=teacher_folder, overrides=overrides)
     run_log = loop.run_log
     try:
         summary = labelled_by_real_density(loop.fit())
+        if archives:
+            summary["data_archives"] = archives  # which archive (size, mtime) it trained on
         run_log.write_summary(summary)
     except Preempted as stop:
         log.warning("%s", stop)
