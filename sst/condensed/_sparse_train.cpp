@@ -227,14 +227,25 @@ SST_INLINE void reduce8<float, v16f>(const v16f* a, float* s) {
   reduce8<float, v8f>(h, s);
 }
 
-// out[p] += sum_l g[l] X[idx[p], l] for the entries [p0, p1) of one row: eight entries at a
-// time (eight independent FMA chains), each over the whole row, then one reduction of the
-// eight; g's row stays in L1.
+// out[p..p+7] += s[0..7] as one vector: s was just stored as one vector, and scalar reloads
+// of its parts would wait on store-to-load forwarding.
+SST_INLINE void add8(float* out, const float* s) {
+  store_v(out, load_v<v8f>(out) + load_v<v8f>(s));
+}
+
+SST_INLINE void add8(double* out, const double* s) {
+  store_v(out, load_v<v4d>(out) + load_v<v4d>(s));
+  store_v(out + 4, load_v<v4d>(out + 4) + load_v<v4d>(s + 4));
+}
+
+// out[p] += sum_l g[l] X[idx[p], l] for the entries [p0, p1) of one row, over the first
+// nv * W columns: eight entries at a time (eight independent FMA chains), each over the
+// whole row, then one reduction of the eight; g's row stays in L1.
 template <typename T, typename V>
 SST_INLINE void sddmm_row(const SddmmArgs& a, const T* g, const T* x, int64_t p0, int64_t p1,
                           T* out) {
   constexpr int W = sizeof(V) / sizeof(T);
-  const int64_t nv = a.n / W, tail = nv * W;
+  const int64_t nv = a.n / W;
   int64_t p = p0;
   for (; p + 8 <= p1; p += 8) {
     const T* xs[8];
@@ -248,12 +259,9 @@ SST_INLINE void sddmm_row(const SddmmArgs& a, const T* g, const T* x, int64_t p0
       const V gv = load_v<V>(g + t * W);
       for (int u = 0; u < 8; ++u) c[u] += gv * load_v<V>(xs[u] + t * W);
     }
-    T s[8];
+    alignas(64) T s[8];
     reduce8<T, V>(c, s);
-    for (int u = 0; u < 8; ++u) {
-      for (int64_t l = tail; l < a.n; ++l) s[u] += g[l] * xs[u][l];
-      out[p + u] += s[u];
-    }
+    add8(out + p, s);
   }
   for (; p < p1; ++p) {
     const T* xr = x + static_cast<int64_t>(a.idx[p]) * a.ldx;
@@ -261,9 +269,10 @@ SST_INLINE void sddmm_row(const SddmmArgs& a, const T* g, const T* x, int64_t p0
     for (int64_t t = 0; t < nv; ++t) c += load_v<V>(g + t * W) * load_v<V>(xr + t * W);
     T s = 0;
     for (int i = 0; i < W; ++i) s += c[i];
-    for (int64_t l = tail; l < a.n; ++l) s += g[l] * xr[l];
     out[p] += s;
   }
+  for (int64_t l = nv * W; l < a.n; ++l)  // the last n mod W columns
+    for (p = p0; p < p1; ++p) out[p] += g[l] * x[static_cast<int64_t>(a.idx[p]) * a.ldx + l];
 }
 
 // Work item = row; a thread's rows [r0, r1) go over the images in order, so that one image's
