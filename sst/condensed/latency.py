@@ -176,10 +176,11 @@ def sparse_form(
     masks = {"0": mask}
     options: dict[str, Any] = {"fold_bn": False, "remove_ablated": False, "dtype": dtype}
     model, report, _, _ = condense_with_report(wrapper, masks, example_input=x, **options)
-    chosen = report[0].format
+    row = next(r for r in report if r.name == "0")
+    chosen = row.format
     if chosen != "dense":
         return model.get_submodule("0"), chosen, chosen
-    sparse = {k: v for k, v in report[0].timings_us.items() if k != "dense"}
+    sparse = {k: v for k, v in row.timings_us.items() if k != "dense"}
     label = min(sparse, key=sparse.__getitem__) if sparse else "csr"
     forced, _, _, _ = condense_with_report(wrapper, masks, formats=label.split(":")[0], **options)
     return forced.get_submodule("0"), label, chosen
