@@ -75,10 +75,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--compress", action="store_true", help="delta-code indices (zlib)")
     parser.add_argument(
         "--dtype",
-        choices=("fp32", "bf16"),
+        choices=("fp32", "bf16", "int8"),
         default="fp32",
         help="value type of the condensed layers (bf16: half the value bytes, each weight "
-        "within a relative 2^-8; inputs, outputs and sums stay fp32)",
+        "within a relative 2^-8; int8: every sparse layer as int8 CSR with per-row scales; "
+        "inputs, outputs and sums stay fp32)",
     )
     add_latency_arguments(parser)
     return parser.parse_args(argv)
