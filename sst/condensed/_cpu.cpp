@@ -594,19 +594,100 @@ SST_INLINE void csr_segment(const CsrSpmmArgs& a, const float* x, float* y_img, 
   for (; l < l1; ++l) csr_column<Val, Idx>(a, x + l, v, I, nnz, b, s, y + l * a.y_col);
 }
 
-// Work item = (image, column chunk, row), row fastest, as in spmm_items.
-template <typename Val, typename Idx, typename V>
+#ifdef SST_X86
+// AVX2: NV ymm accumulators (NV <= 7), the last vector masked to `tail` columns (1..8), so
+// that a row's columns take one pass over its weights however L divides by 8: a 7x7 map
+// (49 columns) is one pass of 7 vectors instead of a 48-column tile plus a scalar column.
+template <typename Val, typename Idx, int NV, bool MASKED = true>
+SST_AVX2 SST_INLINE void csr_tile_avx2(const CsrSpmmArgs& a, const float* x, const Val* v,
+                                       const Idx* I, int64_t nnz, float b, float s, float* y,
+                                       int tail) {
+  alignas(32) static const int32_t ramp[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  const __m256i mask =
+      _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), _mm256_load_si256(reinterpret_cast<const __m256i*>(ramp)));
+  __m256 acc[NV];
+  for (int t = 0; t < NV; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < nnz; ++j) {
+    const __m256 w = _mm256_set1_ps(to_float(v[j]));
+    const float* p = x + static_cast<int64_t>(I[j]) * a.ldx;
+    for (int t = 0; t + 1 < NV; ++t) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8 * t), acc[t]);
+    const __m256 last = MASKED ? _mm256_maskload_ps(p + 8 * (NV - 1), mask)
+                               : _mm256_loadu_ps(p + 8 * (NV - 1));
+    acc[NV - 1] = _mm256_fmadd_ps(w, last, acc[NV - 1]);
+  }
+  const __m256 vb = _mm256_set1_ps(b), vs = _mm256_set1_ps(s);
+  for (int t = 0; t < NV; ++t) {
+    const __m256 r = _mm256_fmadd_ps(vs, acc[t], vb);
+    const int n = t + 1 < NV ? 8 : tail;
+    if (a.y_col == 1 && n == 8) {
+      _mm256_storeu_ps(y + 8 * t, r);
+    } else if (a.y_col == 1) {
+      _mm256_maskstore_ps(y + 8 * t, mask, r);
+    } else {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, r);
+      for (int i = 0; i < n; ++i) y[(8 * t + i) * a.y_col] = lanes[i];
+    }
+  }
+}
+
+template <typename Val, typename Idx>
+SST_AVX2 void csr_segment_avx2(const CsrSpmmArgs& a, const float* x, float* y_img,
+                                          int64_t r, int64_t l0, int64_t l1) {
+  const int64_t start = a.rowptr[r], nnz = a.rowptr[r + 1] - start;
+  const Val* v = static_cast<const Val*>(a.values) + start;
+  const Idx* I = static_cast<const Idx*>(a.cols) + start;
+  const float b = a.bias ? a.bias[r] : 0.0f;
+  const float s = a.scale ? a.scale[r] : 1.0f;
+  float* y = y_img + r * a.y_row;
+  int64_t l = l0;
+  while ((l1 - l + 7) / 8 > 7) {  // full 48-column tiles while more than 7 vectors remain
+    csr_tile_avx2<Val, Idx, 6, false>(a, x + l, v, I, nnz, b, s, y + l * a.y_col, 8);
+    l += 48;
+  }
+  const int64_t rest = l1 - l;
+  if (rest <= 0) return;
+  const int vecs = static_cast<int>((rest + 7) / 8);
+  const int tail = static_cast<int>(rest - 8 * (vecs - 1));
+  float* yl = y + l * a.y_col;
+  if (tail == 8 && vecs == 6) {
+    csr_tile_avx2<Val, Idx, 6, false>(a, x + l, v, I, nnz, b, s, yl, 8);
+    return;
+  }
+  switch (vecs) {
+    case 1: csr_tile_avx2<Val, Idx, 1>(a, x + l, v, I, nnz, b, s, yl, tail); break;
+    case 2: csr_tile_avx2<Val, Idx, 2>(a, x + l, v, I, nnz, b, s, yl, tail); break;
+    case 3: csr_tile_avx2<Val, Idx, 3>(a, x + l, v, I, nnz, b, s, yl, tail); break;
+    case 4: csr_tile_avx2<Val, Idx, 4>(a, x + l, v, I, nnz, b, s, yl, tail); break;
+    case 5: csr_tile_avx2<Val, Idx, 5>(a, x + l, v, I, nnz, b, s, yl, tail); break;
+    case 6: csr_tile_avx2<Val, Idx, 6>(a, x + l, v, I, nnz, b, s, yl, tail); break;
+    default: csr_tile_avx2<Val, Idx, 7>(a, x + l, v, I, nnz, b, s, yl, tail); break;
+  }
+}
+#endif
+
+// Work item = (image, column chunk, row), row fastest, as in spmm_items; the last chunk
+// runs to the end of the row (up to 2 chunks' columns), so no short chunk is left over.
+template <typename Val, typename Idx, typename V, bool AVX2 = false>
 SST_INLINE void csr_items(const CsrSpmmArgs& a, int64_t i0, int64_t i1) {
   for (int64_t item = i0; item < i1;) {
     const int64_t r = item % a.rows;
     const int64_t chunk = (item / a.rows) % a.n_chunks;
     const int64_t img = item / (a.rows * a.n_chunks);
     const int64_t l0 = chunk * a.chunk;
-    const int64_t l1 = l0 + a.chunk < a.length ? l0 + a.chunk : a.length;
+    const int64_t l1 = chunk + 1 == a.n_chunks ? a.length : l0 + a.chunk;
     const float* x = a.x + img * a.x_img;
     float* y = a.y + img * a.y_img;
     const int64_t r_end = r + (i1 - item) < a.rows ? r + (i1 - item) : a.rows;
-    for (int64_t rr = r; rr < r_end; ++rr) csr_segment<Val, Idx, V>(a, x, y, rr, l0, l1);
+    for (int64_t rr = r; rr < r_end; ++rr) {
+#ifdef SST_X86
+      if constexpr (AVX2) {
+        csr_segment_avx2<Val, Idx>(a, x, y, rr, l0, l1);
+        continue;
+      }
+#endif
+      csr_segment<Val, Idx, V>(a, x, y, rr, l0, l1);
+    }
     item += r_end - r;
   }
 }
@@ -623,7 +704,7 @@ void csr_spmm_avx512(const CsrSpmmArgs& a, int64_t i0, int64_t i1) {
 }
 template <typename Val, typename Idx>
 SST_AVX2 void csr_spmm_avx2(const CsrSpmmArgs& a, int64_t i0, int64_t i1) {
-  csr_items<Val, Idx, v8f>(a, i0, i1);
+  csr_items<Val, Idx, v8f, true>(a, i0, i1);
 }
 #endif
 
@@ -937,7 +1018,7 @@ PyObject* py_csr_spmm(PyObject*, PyObject* args) {
                     "idx_bytes must be 2 or 4, value_type 0 (fp32) or 1 (int8), chunk >= 1");
     return nullptr;
   }
-  const int64_t n_chunks = (length + chunk - 1) / chunk;
+  const int64_t n_chunks = length / chunk > 1 ? length / chunk : 1;
   CsrSpmmArgs a{ptr<const float>(x), ldx, x_img, ptr<const int32_t>(rowptr),
                 ptr<const void>(cols), ptr<const void>(values), ptr<const float>(scale),
                 ptr<const float>(bias), ptr<float>(y), y_img, y_row, y_col, length, chunk,
