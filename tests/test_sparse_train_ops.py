@@ -55,6 +55,7 @@ def test_layout_of_a_hand_written_mask() -> None:
     assert lay.colptr.tolist() == [0, 1, 3, 3, 4]
     assert lay.row.tolist() == [2, 0, 2, 0]
     assert lay.perm.tolist() == [2, 0, 3, 1]
+    assert lay.perm_inv.tolist() == [1, 3, 0, 2]
     assert torch.equal(lay.mask(), mask.float())
 
 

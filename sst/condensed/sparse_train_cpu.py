@@ -33,7 +33,10 @@ FORCE_FALLBACK = os.environ.get("SST_SPARSE_TRAIN_FALLBACK", "") == "1"
 # The kernels' dtype codes.
 DTYPES = {torch.float32: 0, torch.float64: 1}
 # Columns of X per spmm work item: a block of X that stays in cache while the rows pass.
+# The transposed product takes whole rows (0): its rows (inputs) hold few weights each, and
+# every extra column block re-reads the structure (measured 1.6x faster at batch 256).
 SPMM_CHUNK = 64
+SPMM_CHUNK_TRANSPOSED = 0
 
 
 # Per-thread scratch buffers for the conv columns (see ``_workspace``).
@@ -104,7 +107,7 @@ def _spmm(
     _ext.spmm(
         DTYPES[values.dtype], ptr.data_ptr(), idx.data_ptr(), values.data_ptr(), _ptr(bias),
         x3.data_ptr(), n, x3.shape[1] * n, y.data_ptr(), y_img, y_row, y_col, n, n_img, n_rows,
-        SPMM_CHUNK, layout.nnz, _threads(),
+        SPMM_CHUNK_TRANSPOSED if transposed else SPMM_CHUNK, layout.nnz, _threads(),
     )  # fmt: skip
 
 
@@ -120,16 +123,32 @@ def _csc_values(layout: TrainLayout, values: Tensor) -> Tensor:
 
 
 def _sddmm(layout: TrainLayout, g: Tensor, x: Tensor) -> Tensor:
-    """dV[p] = sum over images of g[o] . x[i] at each kept (o, i); g (.., out, N), x (.., in, N)."""
+    """dV[p] = sum over images of g[o] . x[i] at each kept (o, i); g (.., out, N), x (.., in, N).
+
+    Runs over the structure whose random reads hit the smaller operand: by output rows
+    (reading rows of x at random) or, when x has more rows than g, by input columns (reading
+    rows of g at random; the sums come in CSC order and are gathered back: measured 1.2x at
+    3072 -> 768, batch 256)."""
     g3, x3 = g.view(-1, *g.shape[-2:]), x.view(-1, *x.shape[-2:])
-    n_img, n_rows, n = g3.shape
+    n_img, n = g3.shape[0], g3.shape[2]
+    by_input = layout.in_features > layout.out_features
+    if by_input:
+        ptr, idx, rows, a, b = layout.colptr, layout.row, layout.in_features, x3, g3
+    else:
+        ptr, idx, rows, a, b = layout.rowptr, layout.col, layout.out_features, g3, x3
     out = torch.empty(layout.nnz, dtype=g.dtype)
     _ext.sddmm(
-        DTYPES[g.dtype], layout.rowptr.data_ptr(), layout.col.data_ptr(), g3.data_ptr(), n,
-        n_rows * n, x3.data_ptr(), n, x3.shape[1] * n, out.data_ptr(), n, n_img, n_rows,
-        layout.nnz, _threads(),
+        DTYPES[g.dtype], ptr.data_ptr(), idx.data_ptr(), a.data_ptr(), n, a.shape[1] * n,
+        b.data_ptr(), n, b.shape[1] * n, out.data_ptr(), n, n_img, rows, layout.nnz, _threads(),
     )  # fmt: skip
-    return out
+    if not by_input:
+        return out
+    ordered = torch.empty_like(out)
+    _ext.gather(
+        DTYPES[g.dtype], out.data_ptr(), layout.perm_inv.data_ptr(), layout.nnz,
+        ordered.data_ptr(), _threads(),
+    )  # fmt: skip
+    return ordered
 
 
 class _Linear(torch.autograd.Function):

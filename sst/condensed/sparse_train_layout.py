@@ -19,7 +19,8 @@ class TrainLayout:
     ``flat``: (nnz,) int64 positions o * in + i, in row-major order (the values' order), on
     the mask's device. ``rowptr`` (out + 1,) and ``col`` (nnz,): int32 CSR over all rows.
     ``colptr`` (in + 1,), ``row`` (nnz,) and ``perm`` (nnz,): int32 CSC, where entry p of
-    the CSC order is value ``perm[p]``. ``k``: the kept inputs per non-empty row ("fan_in"),
+    the CSC order is value ``perm[p]``; ``perm_inv`` (nnz,): value q is CSC entry
+    ``perm_inv[q]``. ``k``: the kept inputs per non-empty row ("fan_in"),
     else None; ``live``: int64 indices of the non-empty rows.
     """
 
@@ -35,6 +36,7 @@ class TrainLayout:
     colptr: Tensor
     row: Tensor
     perm: Tensor
+    perm_inv: Tensor
 
     @property
     def density(self) -> float:
@@ -92,6 +94,7 @@ def build_layout(mask: Tensor, kind: str = "auto") -> TrainLayout:
         colptr=colptr.int(),
         row=o[order].int().contiguous(),
         perm=order.int(),
+        perm_inv=torch.argsort(order).int(),
     )
 
 
