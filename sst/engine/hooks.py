@@ -3,7 +3,7 @@ itself has no method-specific branch."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -14,11 +14,15 @@ class Hook:
     """Every method is optional. Calls come in this order for each optimizer step:
     ``loss`` (per micro-batch) -> backward -> ``before_optimizer_step`` (gradients are
     accumulated and unscaled, not yet clipped) -> optimizer step -> ``after_optimizer_step``.
-    ``on_stage_start`` comes before the first step of each training stage, ``on_epoch_end``
-    after the last step of each epoch.
+    ``on_stage_start`` comes before the first step of each training stage, then
+    ``on_step_start`` before the first micro-batch of every step; ``on_epoch_end`` after the
+    last step of each epoch; ``before_save`` before the loop gathers a checkpoint's state
+    (the run's last step always saves one). A hook with ``has_state = False`` has no entry in
+    the checkpoint (and needs none to resume).
     """
 
     name = "hook"
+    has_state = True
 
     def loss(
         self, inputs: torch.Tensor, targets: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor
@@ -31,8 +35,14 @@ class Hook:
     def after_optimizer_step(self) -> None:
         pass
 
+    def on_step_start(self, step: int) -> None:
+        """Before the forward pass of optimizer step ``step`` (1-based)."""
+
     def on_epoch_end(self, epoch: int) -> None:
         pass
+
+    def before_save(self) -> None:
+        """Before the model, optimizer and hook states of a checkpoint are gathered."""
 
     def on_stage_start(self, stage: Stage) -> None:
         """Before the first optimizer step of every stage (``sst.sparsity.stages``)."""
@@ -100,3 +110,40 @@ class SparsityHook(Hook):
         mask_set = self.method.mask_set
         if mask_set.check_ranks:
             mask_set.verify_ranks()
+
+
+class LayerForm(Protocol):
+    """Two forms of the model's masked layers (``sst.condensed.training.SparseCompute``):
+    condensed (kept values only) and masked-dense."""
+
+    def condense(self) -> None: ...
+
+    def expand(self) -> None: ...
+
+
+class SparseComputeHook(Hook):
+    """Trains the masked layers in condensed form between the steps that need them dense
+    (``trainer.sparse_compute``): masked-dense for every step the sparsity method marks
+    (``method.dense_step``: dense gradients, mask changes), at a stage start (a method may
+    prune there) and for checkpoints (dense weights, masks, dense optimizer state: today's
+    format; the run ends with one); condensed for every other step. Comes before the
+    sparsity hook in the loop's list."""
+
+    name = "sparse_compute"
+    has_state = False
+
+    def __init__(self, form: LayerForm, method) -> None:
+        self.form = form
+        self.method = method
+
+    def on_step_start(self, step: int) -> None:
+        if self.method.dense_step(step):
+            self.form.expand()
+        else:
+            self.form.condense()
+
+    def on_stage_start(self, stage: Stage) -> None:
+        self.form.expand()
+
+    def before_save(self) -> None:
+        self.form.expand()

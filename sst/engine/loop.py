@@ -46,10 +46,9 @@ log = logging.getLogger(__name__)
 class Loop:
     """Trains ``model`` through ``stages`` of ``steps_per_epoch`` optimizer steps an epoch.
 
-    ``lr_multiplier(step)`` gives the LR factor of each param group's ``initial_lr`` at a
-    step of the schedule; each stage says which schedule step a global step uses. With a
-    ``run_dir`` the loop checkpoints to its ``checkpoints/last.pt`` and ``fit`` resumes
-    from it.
+    ``lr_multiplier(step)`` gives the LR factor of each param group's ``initial_lr`` at a step of
+    the schedule; each stage says which schedule step a global step uses. With a ``run_dir``
+    the loop checkpoints to its ``checkpoints/last.pt`` and ``fit`` resumes from it.
     """
 
     def __init__(
@@ -106,7 +105,9 @@ class Loop:
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint: the sparsity method's state sits under the top-level key
         ``sparsity``, what rebuilds the model under ``model_meta``."""
-        hooks = {h.name: h.state_dict() for h in self.hooks}
+        for hook in self.hooks:
+            hook.before_save()
+        hooks = {h.name: h.state_dict() for h in self.hooks if h.has_state}
         return {
             "model": self.module.state_dict(),
             "model_meta": self.model_meta,
@@ -127,7 +128,7 @@ class Loop:
         self.optimizer.load_state_dict(state["optimizer"])
         self.precision.load_state_dict(state["scaler"])
         hooks = {"sparsity": state["sparsity"], **state["hooks"]}
-        for hook in self.hooks:
+        for hook in (h for h in self.hooks if h.has_state):
             hook.load_state_dict(hooks[hook.name])
         rng.set_rng_state(state["rng"])  # RNG states stay CPU tensors
         self.position.load_state_dict(state)
@@ -164,8 +165,7 @@ class Loop:
         return out
 
     def record_train(self) -> None:
-        """Mean train loss since the last record (over all ranks), the LR, and the hooks'
-        metrics."""
+        """Mean train loss since the last record (over all ranks), LR and hooks' metrics."""
         self.losses.check_finite(self.step, self.checkpointer.saved_step)
         record = {"train/loss": self.losses.mean_over_ranks(), "train/lr": self._lr}
         record.update(self.position.stage_fields())
@@ -220,7 +220,7 @@ class Loop:
         self._start_stage_if_due()
         factor = self.lr_multiplier(position.stage.schedule_step(position.step))
         self._lr = self.train_step.set_lr(factor)
-        self.train_step(micro_batches)
+        self.train_step(micro_batches, position.step + 1)
         boundary = position.advance()
         self.records.advance()
         if boundary.epoch:

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from .precision import AMP_MODES
 
+# the masked layers train in condensed form: never, always, where measured faster
+SPARSE_COMPUTE = ("off", "on", "auto")
+
 
 @dataclass
 class TrainerSettings:
@@ -31,6 +34,7 @@ class TrainerSettings:
     progress_bar: bool
     sync_batchnorm: bool = False
     mask_check: bool = True
+    sparse_compute: str = "off"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -43,6 +47,11 @@ class TrainerSettings:
             raise ValueError(f"trainer.grad_clip={self.grad_clip} must be > 0 or null")
         if self.amp not in AMP_MODES:
             raise ValueError(f"trainer.amp={self.amp!r} is unknown: allowed values are {AMP_MODES}")
+        if self.sparse_compute not in SPARSE_COMPUTE:
+            raise ValueError(
+                f"trainer.sparse_compute={self.sparse_compute!r} is unknown: allowed values "
+                f"are {SPARSE_COMPUTE}"
+            )
         if self.num_workers < 0:
             raise ValueError(f"trainer.num_workers={self.num_workers} must be >= 0")
         for key in (

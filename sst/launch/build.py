@@ -15,12 +15,13 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from sst import dist
+from sst.condensed.training import SparseCompute
 from sst.config import runtime
 from sst.config.keys import ConfigError
 from sst.config.schema import SCHEMAS, check_config
 from sst.data import make_loader
 from sst.engine.distill import DistillHook, load_teacher, teacher_identity
-from sst.engine.hooks import Hook, SparsityHook
+from sst.engine.hooks import Hook, SparseComputeHook, SparsityHook
 from sst.engine.loop import Loop
 from sst.engine.precision import Precision
 from sst.engine.rng import seed_everything
@@ -104,10 +105,17 @@ def enforce_masks(method, settings: TrainerSettings) -> None:
 
 
 def build_hooks(
-    cfg: DictConfig, method, device: torch.device, teacher_folder: Path | None
+    cfg: DictConfig, method, device: torch.device, teacher_folder: Path | None, optimizer=None
 ) -> list[Hook]:
-    """The loop's hooks: distillation (with a teacher) and the sparsity method."""
+    """The loop's hooks: distillation (with a teacher), training in condensed form
+    (``trainer.sparse_compute``) and the sparsity method."""
     hooks: list[Hook] = [SparsityHook(method)]
+    if cfg.trainer.get("sparse_compute", "off") != "off":
+        with config_errors("trainer"):
+            form = SparseCompute(
+                method.model, optimizer, method.mask_set, cfg.trainer.sparse_compute
+            )
+        hooks.insert(0, SparseComputeHook(form, method))
     if teacher_folder is not None:
         # RuntimeError: teacher weights that do not fit the teacher's architecture
         with config_errors("distill", also=(RuntimeError,)):
@@ -226,8 +234,8 @@ def build(
     if cfg.distill.enabled and teacher_folder is None:
         teacher_folder = plan_teacher(cfg).folder
     teacher = Path(teacher_folder) if cfg.distill.enabled else None
-    hooks = build_hooks(cfg, method, where.device, teacher)  # before the run log: no folder
-    info = run_info(cfg, choices)  # is written for a teacher that cannot be loaded
+    hooks = build_hooks(cfg, method, where.device, teacher, optimizer)  # before the run log:
+    info = run_info(cfg, choices)  # no folder is written for a teacher that cannot be loaded
     overrides = runtime.job_overrides() if overrides is None else overrides
     record = {**info, **OmegaConf.to_container(cfg, resolve=True)}
     record.update(choices=choices, overrides=overrides, identity_hash=config_hash(cfg))

@@ -52,6 +52,7 @@ NOT_IDENTITY = frozenset(
         "trainer.device",
         "trainer.eval_batch_size",
         "trainer.mask_check",
+        "trainer.sparse_compute",
         "dataset.download",
     }
 )

@@ -103,6 +103,10 @@ class DynamicSparsity(SparsityMethod):
         next_update = math.ceil(step / self.delta_t) * self.delta_t
         return next_update - step < self.grad_accumulation and self.is_update_step(next_update)
 
+    def dense_step(self, step: int) -> bool:
+        """A step of the dense-gradient window, or an update step."""
+        return self._needs_dense_grad(step) or self.is_update_step(step)
+
     @torch.no_grad()
     def _capture_dense_grads(self) -> None:
         """Adds this step's gradients to the dense-gradient window. A step whose gradients

@@ -78,6 +78,9 @@ class GMP(PruningMethod):
             return False
         return (step - self.t_start) % self.delta_t == 0 or step == self.t_end
 
+    def dense_step(self, step: int) -> bool:
+        return self.is_prune_step(step)
+
     def update(self, step: int) -> None:
         if self.weights and self.is_prune_step(step):
             self.prune_to(self.target_sparsity(step) / self.final_sparsity, step)

@@ -29,7 +29,7 @@ one small all-reduce) and fails loudly on a divergence.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import torch
 from torch import nn
@@ -100,6 +100,45 @@ def mask_checksum(
     return torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.int64)
 
 
+def _swap_hooks(module: nn.Module, name: str, attr: str, source: ForwardMask, swapped: dict):
+    """The forward pre-hook and hook that make ``module`` compute with
+    ``weight * source(name, weight)`` in a training forward pass (``swapped`` keeps the
+    stored weight meanwhile); returns their handles."""
+
+    def swap_in(mod, _args):
+        if not mod.training or name in swapped:
+            return
+        weight = mod._parameters[attr]
+        factor = source(name, weight)
+        if factor is not None:
+            swapped[name] = weight
+            mod._parameters[attr] = weight * factor
+
+    def swap_out(mod, _args, _output):
+        weight = swapped.pop(name, None)
+        if weight is not None:
+            mod._parameters[attr] = weight
+
+    return [
+        module.register_forward_pre_hook(swap_in),
+        module.register_forward_hook(swap_out, always_call=True),
+    ]
+
+
+@torch.no_grad()
+def mask_state(optimizer: torch.optim.Optimizer, weight: torch.Tensor, keep: torch.Tensor) -> None:
+    """Multiplies every elementwise optimizer state of ``weight`` by ``keep``."""
+    for key, value in optimizer.state.get(weight, {}).items():
+        if not torch.is_tensor(value) or value.numel() <= 1:
+            continue
+        if value.shape != weight.shape:
+            raise RuntimeError(
+                f"optimizer state {key!r} of shape {tuple(value.shape)} is not elementwise "
+                f"for a weight of shape {tuple(weight.shape)}: it cannot be masked"
+            )
+        value.mul_(keep.to(value.dtype))
+
+
 class MaskDivergence(RuntimeError):
     """The ranks of a multi-process run hold different masks."""
 
@@ -136,12 +175,10 @@ class MaskSet:
         self.optimizer = optimizer
         self.weights = dict(weights)
         self._owners = {n: weight_owner(model, n) for n in self.weights}
-        self._weight_list = list(self.weights.values())
+        self.held: frozenset[str] = frozenset()  # layers trained condensed (``hold``)
         self.masks: dict[str, torch.Tensor] = {}
-        # verify after every topology change that all ranks hold these masks (DDP only)
-        self.check_ranks = True
-        # also mask every gradient before the optimizer step (see the module docstring)
-        self.mask_grads = False
+        self.check_ranks = True  # after every topology change: same masks on all ranks (DDP)
+        self.mask_grads = False  # also mask every gradient (see the module docstring)
         self.ever_active: dict[str, torch.Tensor] = {}
         self._forward_hooks: list = []
         self._swapped: dict[str, torch.Tensor] = {}
@@ -157,6 +194,7 @@ class MaskSet:
         compared."""
         if set(masks) != set(self.weights):
             raise ValueError(f"masks for {sorted(masks)} but weights {sorted(self.weights)}")
+        self._check_not_held("reset")
         for name, weight in self.weights.items():
             keep = masks[name].to(weight.device, torch.bool)
             self.masks[name] = as_float(keep, weight.dtype)
@@ -200,6 +238,7 @@ class MaskSet:
         newly active weights, read from the device once for all layers.
         """
         self.check_weights_current()
+        self._check_not_held("set")
         grown = []
         for name, new in new_masks.items():
             weight = self.weights[name]
@@ -220,31 +259,48 @@ class MaskSet:
 
     @torch.no_grad()
     def mask_optimizer_state(self) -> None:
-        """Zeroes the optimizer state of every pruned weight, as masking the gradients every
-        step would have left it (the state at pruned positions is never read; this makes a
-        saved optimizer state the same whichever way the gradients were treated)."""
+        """Zeroes the optimizer state of every pruned weight, as masked gradients leave it
+        (no kept weight reads it: a saved state then matches either way)."""
         for name, weight in self.weights.items():
             self._mask_optimizer_state(weight, self.masks[name])
 
-    @torch.no_grad()
     def _mask_optimizer_state(self, weight: torch.Tensor, keep: torch.Tensor) -> None:
-        if self.optimizer is None:
-            return
-        for key, value in self.optimizer.state.get(weight, {}).items():
-            if not torch.is_tensor(value) or value.numel() <= 1:
-                continue
-            if value.shape != weight.shape:
-                raise RuntimeError(
-                    f"optimizer state {key!r} of shape {tuple(value.shape)} is not elementwise "
-                    f"for a weight of shape {tuple(weight.shape)}: it cannot be masked"
-                )
-            value.mul_(keep.to(value.dtype))
+        if self.optimizer is not None:
+            mask_state(self.optimizer, weight, keep)
 
     def _changed(self) -> None:
-        """After any change to ``masks``: drops the cached counts and rebuilds the mask list
-        of the per-step calls (aligned with ``_weight_list``)."""
+        """After any change to ``masks`` or ``held``: drops the cached counts and rebuilds
+        the aligned weight and mask lists of the per-step calls (held layers left out)."""
         self._counts: dict[str, torch.Tensor] | None = None
-        self._mask_list = [self.masks[n] for n in self.weights]
+        names = [n for n in self.weights if n not in self.held]
+        self._weight_list = [self.weights[n] for n in names]
+        self._mask_list = [self.masks[n] for n in names]
+
+    def hold(self, names: Collection[str]) -> None:
+        """Layers ``names`` train in condensed form (``sst.condensed.training``): the
+        per-step calls skip them, and a topology change is refused until ``hold(())``."""
+        unknown = set(names) - set(self.weights)
+        if unknown:
+            raise ValueError(f"hold: {sorted(unknown)} are not masked layers")
+        self.held = frozenset(names)
+        self._changed()
+
+    @property
+    def owners(self) -> dict[str, tuple[nn.Module, str]]:
+        """Layer name -> (the module that owns the weight, the weight's attribute name)."""
+        return dict(self._owners)
+
+    @property
+    def has_forward_mask(self) -> bool:
+        """Whether a forward-time mask is attached (``attach_forward_mask``)."""
+        return bool(self._forward_hooks)
+
+    def _check_not_held(self, what: str) -> None:
+        if self.held:
+            raise RuntimeError(
+                f"MaskSet.{what}: the layers {sorted(self.held)} are trained in condensed form; "
+                "expand them (SparseCompute.expand) before the masks change"
+            )
 
     def check_weights_current(self) -> None:
         """Raises if a masked weight is no longer the model's parameter: its mask would
@@ -314,23 +370,7 @@ class MaskSet:
         gradient reaches the weight through the product. Evaluation passes use the weight."""
         self.detach_forward_mask()
         for name, (module, attr) in self._owners.items():
-
-            def swap_in(mod, _args, name=name, attr=attr):
-                if not mod.training or name in self._swapped:
-                    return
-                weight = mod._parameters[attr]
-                factor = source(name, weight)
-                if factor is not None:
-                    self._swapped[name] = weight
-                    mod._parameters[attr] = weight * factor
-
-            def swap_out(mod, _args, _output, name=name, attr=attr):
-                weight = self._swapped.pop(name, None)
-                if weight is not None:
-                    mod._parameters[attr] = weight
-
-            self._forward_hooks.append(module.register_forward_pre_hook(swap_in))
-            self._forward_hooks.append(module.register_forward_hook(swap_out, always_call=True))
+            self._forward_hooks.extend(_swap_hooks(module, name, attr, source, self._swapped))
 
     def detach_forward_mask(self) -> None:
         for handle in self._forward_hooks:
@@ -349,6 +389,7 @@ class MaskSet:
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping) -> None:
+        self._check_not_held("load_state_dict")
         if set(state["masks"]) != set(self.masks):
             raise ValueError(
                 f"checkpoint masks cover layers {sorted(state['masks'])}, this method masks "

@@ -177,6 +177,14 @@ class SparsityMethod:
         """Called after optimizer step ``step`` (1-based) once the masks are re-applied;
         a policy that changes the topology calls ``self.mask_set.set`` here."""
 
+    def dense_step(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (1-based) must run on the masked-dense weights
+        because the policy reads the dense gradient or the weights, or may change the masks,
+        in it (training in condensed form expands the layers for it:
+        ``sst.condensed.training``). A policy that overrides ``update`` without saying when
+        it acts answers True at every step."""
+        return type(self).update is not SparsityMethod.update
+
     def forward_mask(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
         """A factor the layer's weight is multiplied by inside each training forward pass
         (not stored, not seen by the optimizer); None leaves the layer as it is. Policies

@@ -63,6 +63,9 @@ class OneShot(PruningMethod):
         self.start_progress = 1.0 if self.prune_step == 0 else 0.0
         super().__init__(model, optimizer, density=density, total_steps=total_steps, **kwargs)
 
+    def dense_step(self, step: int) -> bool:
+        return step == self.prune_step
+
     def update(self, step: int) -> None:
         if step == self.prune_step and self.weights:
             self.prune_to(1.0, step)
