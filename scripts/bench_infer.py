@@ -47,7 +47,9 @@ buffer written between calls), every 1x1 conv shape of MobileNetV1 (224 input) a
 the whole ``sst.models.mobilenet.mobilenet_v1`` (1.0, 224, 1000 classes) with 80% random
 masks on its 1x1 convs. Variants: dense FP32 (torch; for the model ``condense(formats=
 "dense")``, BN folded), sparse FP32 / INT8 (``SparseLinear`` / ``SparseConv2d``; for the
-model ``condense(example_input=x[, dtype="int8"])``), and torch's dense INT8: dynamic
+model ``condense(example_input=x[, dtype="int8"])``, which also times sst's depthwise
+kernel against torch's for the depthwise convs; ``dense_sst_depthwise`` is the dense
+model with that kernel, to separate its gain from sparsity), and torch's dense INT8: dynamic
 quantisation for the Linear, FX static quantisation (x86 backend, calibrated on x) for the
 model. Medians of interleaved calls; ratios are dense FP32 time / variant time.
 
@@ -561,6 +563,8 @@ def mobilenet_variants(sparsity: float) -> tuple[dict[str, nn.Module], torch.Ten
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    from sst.condensed.depthwise import DepthwiseConv2d, is_depthwise3x3
+    from sst.condensed.surgery import set_submodule
     from sst.models.mobilenet import mobilenet_v1
 
     torch.manual_seed(0)
@@ -582,8 +586,13 @@ def mobilenet_variants(sparsity: float) -> tuple[dict[str, nn.Module], torch.Ten
         with torch.inference_mode():
             prepared(x)
         torch_int8 = convert_fx(prepared)
+    dense_dw = copy.deepcopy(dense)  # the same dense model on sst's depthwise kernel
+    for name, module in list(dense_dw.named_modules()):
+        if is_depthwise3x3(module):
+            set_submodule(dense_dw, name, DepthwiseConv2d.from_conv(module))
     variants = {
         "dense": dense,
+        "dense_sst_depthwise": dense_dw,
         "sparse": condense(model, masks, example_input=x),
         "sparse_int8": condense(model, masks, example_input=x, dtype=torch.int8),
         "torch_int8": torch_int8,
