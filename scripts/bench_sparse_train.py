@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from bench_sparse_train_step import step_section
 from torch import Tensor
 
 from sst.condensed.sparse_train import (
@@ -209,9 +210,12 @@ def layer_section(args: argparse.Namespace) -> None:
         print(row(layer, 0.9, batch, threads, t), flush=True)
 
 
-# Sections by name; each prints its own table. The "step" section (whole training steps)
-# is added next to this one.
-SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"layer": layer_section}
+# Sections by name; each prints its own table. "step": whole training steps
+# (bench_sparse_train_step.py, which documents its protocol).
+SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "layer": layer_section,
+    "step": step_section,
+}
 
 
 def main() -> None:
@@ -219,6 +223,7 @@ def main() -> None:
     parser.add_argument("--section", choices=[*SECTIONS, "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="3 rounds, batch 64 only")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--step-rounds", type=int, default=20, help="step: regular steps a round")
     parser.add_argument(
         "--threads", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2],
         help="comma list of thread counts (default 1,2)",
