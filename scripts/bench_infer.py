@@ -50,8 +50,9 @@ masks on its 1x1 convs. Variants: dense FP32 (torch; for the model ``condense(fo
 model ``condense(example_input=x[, dtype="int8"])``, which also times sst's depthwise
 kernel against torch's for the depthwise convs; ``dense_sst_depthwise`` is the dense
 model with that kernel, to separate its gain from sparsity), and torch's dense INT8: dynamic
-quantisation for the Linear, FX static quantisation (x86 backend, calibrated on x) for the
-model. Medians of interleaved calls; ratios are dense FP32 time / variant time.
+quantisation for the Linear, FX static quantisation (x86 backend, calibrated on x, fp32
+in and out) for the 1x1 convs and the model. Medians of interleaved calls; ratios are
+dense FP32 time / variant time.
 
     python scripts/bench_infer.py --section unstructured           # about 3 min idle
     python scripts/bench_infer.py --section unstructured --quick   # smoke test
@@ -530,10 +531,28 @@ def torch_dynamic_int8(module: nn.Module) -> nn.Module:
         )
 
 
+def torch_static_int8(module: nn.Module, x: torch.Tensor) -> nn.Module:
+    """torch's dense INT8 (FX static quantisation, x86 backend, calibrated on x): fp32 in
+    and out, as the sparse modules, so the (de)quantisation is part of its time."""
+    import warnings
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(
+            copy.deepcopy(module).eval(), get_default_qconfig_mapping("x86"), (x,)
+        )
+        with torch.inference_mode():
+            prepared(x)
+        return convert_fx(prepared)
+
+
 def unstructured_pointwise(args) -> list[str]:
     from sst.condensed.unstructured import SparseConv2d
 
-    names = ["dense", "sparse", "sparse_int8"]
+    names = ["dense", "sparse", "sparse_int8", "torch_int8"]
     lines = [
         "| 1x1 conv | H x W | " + " | ".join(f"{n} µs" for n in names) + " | "
         + " | ".join(f"dense / {n}" for n in names[1:]) + " |",
@@ -551,6 +570,7 @@ def unstructured_pointwise(args) -> list[str]:
             "sparse_int8": SparseConv2d.from_conv(conv, mask, dtype=torch.int8),
         }
         x = torch.randn(1, c_in, size, size, generator=gen)
+        variants["torch_int8"] = torch_static_int8(nn.Sequential(conv), x)
         cells = time_variants(variants, x, args.rounds, None)
         lines.append(f"| {c_in} -> {c_out} | {size}x{size} | {ratio_cells(cells, names)} |")
     return lines
@@ -558,11 +578,6 @@ def unstructured_pointwise(args) -> list[str]:
 
 def mobilenet_variants(sparsity: float) -> tuple[dict[str, nn.Module], torch.Tensor]:
     """The whole MobileNetV1 (1.0, 224) in its four forms, and the input."""
-    import warnings
-
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
     from sst.condensed.depthwise import DepthwiseConv2d, is_depthwise3x3
     from sst.condensed.surgery import set_submodule
     from sst.models.mobilenet import mobilenet_v1
@@ -580,12 +595,7 @@ def mobilenet_variants(sparsity: float) -> tuple[dict[str, nn.Module], torch.Ten
     }
     x = torch.randn(1, 3, 224, 224, generator=gen)
     dense = condense(model, masks, formats="dense")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepared = prepare_fx(copy.deepcopy(dense), get_default_qconfig_mapping("x86"), (x,))
-        with torch.inference_mode():
-            prepared(x)
-        torch_int8 = convert_fx(prepared)
+    torch_int8 = torch_static_int8(dense, x)
     dense_dw = copy.deepcopy(dense)  # the same dense model on sst's depthwise kernel
     for name, module in list(dense_dw.named_modules()):
         if is_depthwise3x3(module):
