@@ -8,16 +8,18 @@ V = W[M] (row-major order of the kept positions). With x (B, in) and g = dL/dy (
     weight grad    gV[o, i] = sum_b g[b, o] x[b, i], only at M[o, i]  (sampled dense-dense
                                                                       product, SDDMM)
 
-so every product costs nnz * B multiply-adds instead of out * in * B. This is the CPU
-backward pass of SparseProp (Nikdan et al., "SparseProp: Efficient Sparse Backpropagation
-for Faster Training of Neural Networks", ICML 2023), with the structure of constant fan-in
-layers (SRigL: Lasby et al., "Dynamic Sparse Training with Structured Sparsity", ICLR 2024)
-built once per mask (masks change only every delta_t steps).
+so every product costs nnz * B multiply-adds instead of out * in * B: the three products of
+SparseProp's CPU backward pass (Nikdan et al., "SparseProp: Efficient Sparse Backpropagation
+for Faster Training of Neural Networks", ICML 2023), with the index structures (the
+transposed index, the permutation of the values) built once per mask, since masks change
+only every delta_t steps (RigL, SRigL: Lasby et al., "Dynamic Sparse Training with
+Structured Sparsity", ICLR 2024).
 
 A ``TrainLayout`` holds the positions: "fan_in" when every non-empty row keeps the same k
 inputs (N:M is a special case; all-zero rows are ablated neurons, which output their bias),
 "csr" otherwise. Both carry row pointers over all ``out`` rows (column indices in row order)
-and the transposed (CSC) structure for the input gradient. A Conv2d weight (out, C, kh, kw)
+and the transposed (CSC) structure for the input gradient, and run the same kernels (equal
+row lengths measured no faster than CSR's row pointers). A Conv2d weight (out, C, kh, kw)
 is flattened to (out, C * kh * kw), F.unfold's order, and runs as the same products on the
 unfolded input (``sparse_conv2d``).
 
