@@ -80,6 +80,8 @@ def check_sweep_and_relaunch(launcher: str, output_dir: Path) -> None:
     assert again[Path(seed0.source).name] == first[Path(seed0.source).name]
     log = (Path(interrupted.source) / "train.log").read_text()
     assert "resumed from" in log
+    records = sorted((output_dir / "sweeps").glob("*/multirun.yaml"))
+    assert len(records) == 2  # one per sweep, the first not overwritten by the second
 
 
 def test_sequential_launcher(tmp_path: Path) -> None:
