@@ -6,6 +6,7 @@ schema per group, the resolvers, and the one reader of Hydra's runtime state.
 - ``schema``: the dataclass schemas of the groups without ``_target_`` and the type check;
 - ``resolvers``: ``register_resolvers()``;
 - ``runtime``: Hydra's runtime state and ``compose``.
+- ``callbacks``: Hydra callbacks (``SweepRecord`` keeps each sweep's ``multirun.yaml``).
 """
 
 from . import runtime
