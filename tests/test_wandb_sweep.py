@@ -115,6 +115,16 @@ def test_intervals_become_wandb_distributions() -> None:
         sweep_config(["optimizer.lr=tag(log, interval(0, 0.1))"], method="random")
 
 
+def test_an_hparams_search_becomes_the_wandb_sweeps_parameters() -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install 'sst[optuna]'")
+    config = sweep_config(["hparams_search=optuna"], method="bayes")
+    assert config["parameters"] == {
+        "optimizer.lr": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.5},
+        "sparsity.density": {"distribution": "uniform", "min": 0.05, "max": 0.3},
+    }
+    assert not any("hparams_search" in part for part in config["command"])  # no Optuna run
+
+
 AGENT_RUN = """
 import json, sys
 from sst.runs.runlog import RunLog

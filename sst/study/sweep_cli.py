@@ -125,13 +125,19 @@ def sweep_config(
         "method": method,
         "metric": {"name": "test/acc", "goal": "maximize"},
         "parameters": grid,
-        "command": [*AGENT_COMMAND, *fixed, *logger, "${args_no_hyphens}"],
+        "command": [*AGENT_COMMAND, *agent_fixed(fixed), *logger, "${args_no_hyphens}"],
     }
     if project:
         config["project"] = project
     if entity:
         config["entity"] = entity
     return config
+
+
+def agent_fixed(fixed: Sequence[str]) -> list[str]:
+    """The fixed overrides an agent's run takes: all but ``hparams_search=...``, whose
+    parameters are now the W&B sweep's (with it the run would start a Hydra sweep)."""
+    return [o for o in fixed if o.split("=", 1)[0].lstrip("+~") != "hparams_search"]
 
 
 def agent_overrides(config: dict[str, Any], values: dict[str, Any]) -> list[str]:
