@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from sst import __version__, dist
 from sst.config import CONFIG_DIR, ConfigError, register_resolvers, runtime
+from sst.config.callbacks import remove_unused_records
 from sst.config.keys import check_command_line
 from sst.engine.records import last_step
 from sst.engine.signals import Preempted
@@ -109,7 +110,12 @@ def main() -> None:
     except ConfigError as error:
         print(f"sst: {error}", file=sys.stderr)
         sys.exit(2)
-    hydra_main()
+    try:
+        hydra_main()
+    except SystemExit as stop:
+        if stop.code == 2:  # a sweep's job refused its settings: no sweep record either
+            remove_unused_records()
+        raise
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ def cases() -> list[tuple[str, str, str]]:
 
 def run_cli(cli: str, args: list[str], out: Path, monkeypatch) -> int:
     if cli == "sst-train":
-        monkeypatch.setattr("sys.argv", [cli, f"output_dir={out}", "logger=none", *args])
+        flags = args[:1] if args[:1] == ["-m"] else []  # Hydra's flags before overrides
+        rest = args[len(flags) :]
+        monkeypatch.setattr("sys.argv", [cli, *flags, f"output_dir={out}", "logger=none", *rest])
         try:
             sst.train.main()
         except SystemExit as stop:
