@@ -43,6 +43,12 @@ from .step import LossWindow, TrainStep
 log = logging.getLogger(__name__)
 
 
+def call_hooks(hooks: Sequence[Hook], method: str, *args: Any) -> None:
+    """``hook.<method>(*args)`` for every hook, in order."""
+    for hook in hooks:
+        getattr(hook, method)(*args)
+
+
 class Loop:
     """Trains ``model`` through ``stages`` of ``steps_per_epoch`` optimizer steps an epoch.
 
@@ -105,8 +111,7 @@ class Loop:
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint: the sparsity method's state sits under the top-level key
         ``sparsity``, what rebuilds the model under ``model_meta``."""
-        for hook in self.hooks:
-            hook.before_save()
+        call_hooks(self.hooks, "before_save")
         hooks = {h.name: h.state_dict() for h in self.hooks if h.has_state}
         return {
             "model": self.module.state_dict(),
@@ -220,7 +225,8 @@ class Loop:
         self._start_stage_if_due()
         factor = self.lr_multiplier(position.stage.schedule_step(position.step))
         self._lr = self.train_step.set_lr(factor)
-        self.train_step(micro_batches, position.step + 1)
+        call_hooks(self.hooks, "on_step_start", position.step + 1)
+        self.train_step(micro_batches)
         boundary = position.advance()
         self.records.advance()
         if boundary.epoch:

@@ -112,11 +112,7 @@ class TrainStep:
         self.precision.scaler.scale(loss / self.settings.grad_accumulation).backward()
         return loss.detach()
 
-    def __call__(self, micro_batches: Iterator, step: int | None = None) -> None:
-        """Optimizer step ``step`` (1-based; the hooks' ``on_step_start`` gets it)."""
-        if step is not None:
-            for hook in self.hooks:
-                hook.on_step_start(step)
+    def __call__(self, micro_batches: Iterator) -> None:
         accumulation = self.settings.grad_accumulation
         scaler = self.precision.scaler
         for micro in range(accumulation):
