@@ -468,6 +468,7 @@ def test_size_report_hand_computed():
     assert log2_binomial(32, 6) == pytest.approx(math.log2(906192))
     table = format_size_table([layer])
     assert "| fc | 4x8 | 0.188 | 0.1 |" in table and "**total**" in table
+    assert table.startswith("storage in KiB")
 
 
 # ------------------------------------------------------------------------------ bf16 values

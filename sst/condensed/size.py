@@ -214,7 +214,7 @@ def format_size_table(report: list[LayerSize]) -> str:
         "| layer | shape | density | dense | bitmap | CSR int64 | CSR int32 | sparse | condensed "
         "| N:M | entropy-coded | minimum |"
     )
-    lines = [header, "|" + "---|" * 12]
+    lines = ["storage in KiB (1 KiB = 1024 bytes)", "", header, "|" + "---|" * 12]
     for layer in report:
         cells = [_kib(getattr(layer, c)) for c in COLUMNS]
         shape = "x".join(str(s) for s in layer.shape)
