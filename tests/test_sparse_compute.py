@@ -233,6 +233,20 @@ def test_the_default_run_trains_the_same_in_condensed_form(tmp_path):
         assert "condensed_values" not in str(list(state["model"]))
 
 
+def test_lr_rewinding_trains_its_rounds_in_condensed_form(tmp_path):
+    options = ["logger=none", "sparsity=lr_rewinding", "sparsity.density=0.5", "seed=1"]
+    options += ["trainer.epochs=3", "trainer.log_every=1", "trainer.progress_bar=false"]
+    off = loop_run(tmp_path / "off", options)
+    on = loop_run(tmp_path / "on", [*options, "trainer.sparse_compute=on"])
+    steps = len(train_losses(on[1]))
+    # five stages of equal length: the dense one, then 4 rounds (0.8^4 <= 1.01 x 0.5); only
+    # the dense stage trains masked-dense
+    assert on[0]["sparsity_masked_layers"] == pytest.approx(0.5, abs=0.01)
+    assert on[2].condensed_steps == steps * 4 // 5
+    assert_losses_agree(train_losses(off[1]), train_losses(on[1]))
+    assert abs(off[0]["final_test_acc"] - on[0]["final_test_acc"]) <= 1 / 360 + 1e-9
+
+
 @pytest.mark.parametrize(("first", "second"), [("on", "off"), ("off", "on")])
 def test_a_run_resumes_with_the_option_switched(tmp_path, first, second):
     options = [*DEFAULT_300[:1], "trainer.max_steps=60", "trainer.log_every=1"]

@@ -145,6 +145,13 @@ class LRRewinding(PruningMethod):
                 for param in group["params"]:
                     self.optimizer.state.pop(param, None)
 
+    def dense_step(self, step: int) -> bool:
+        """Dense through the dense stage (round 0: nothing is pruned yet) and at the step
+        whose weights weight rewinding saves; every round prunes at its stage start, where
+        training in condensed form expands anyway."""
+        saves = self.retrain == "weight_rewinding" and step == self.rewind_step
+        return self.round == 0 or saves
+
     def update(self, step: int) -> None:
         if self.retrain == "weight_rewinding" and step == self.rewind_step:
             self._save_rewind_state()
