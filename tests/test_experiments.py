@@ -71,7 +71,7 @@ SWEEPS: dict[str, dict[str, list]] = {
         "seed": [0, 1, 2],
     },
     # issue 22: GMP on MobileNetV1's 1x1 convs, with and without KD from the dense model
-    "mobilenet_gmp_cifar10": {"sparsity.density": [0.25, 0.2, 0.1], "distill": ["none", "kd"]},
+    "mobilenet_study_cifar10": {"sparsity.density": [0.25, 0.2, 0.1], "distill": ["none", "kd"]},
 }
 CPU_STUDIES = [p for p in SWEEPS if p.startswith("cpu_study")]
 CIFAR_PRESETS = [

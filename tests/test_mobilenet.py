@@ -147,7 +147,7 @@ def test_gmp_on_the_1x1_convs_trains_mobilenet_v1(tmp_path) -> None:
 
 
 def test_gmp_preset_prunes_the_1x1_convs_and_its_teacher_is_dense() -> None:
-    """``experiment=mobilenet_gmp_cifar10``: GMP on MobileNetV1 (CIFAR stem) masks exactly
+    """``experiment=mobilenet_study_cifar10``: GMP on MobileNetV1 (CIFAR stem) masks exactly
     the 13 1x1 convs; the KD teacher, ``[sparsity=dense]`` on the student's command, composes
     to the dense method on the same model."""
     from hydra.utils import instantiate
@@ -155,7 +155,7 @@ def test_gmp_preset_prunes_the_1x1_convs_and_its_teacher_is_dense() -> None:
 
     from sst.launch.teacher import teacher_overrides
 
-    student = ["experiment=mobilenet_gmp_cifar10", "sparsity.density=0.2", "distill=kd"]
+    student = ["experiment=mobilenet_study_cifar10", "sparsity.density=0.2", "distill=kd"]
     with hydra_conf_single_thread():
         cfg = compose_with_hydra(student)
         teacher = compose_with_hydra(teacher_overrides(student, cfg.distill.teacher_run))
