@@ -1,4 +1,4 @@
-"""GPU benchmarks of sst (issue 23), each side by side in one process, timed with CUDA events.
+"""GPU benchmarks of sst, each side by side in one process, timed with CUDA events.
 
 (a) ``training``: what RigL and SRigL add to a training step of the CIFAR ResNet-18
     (``resnet18_cifar(10, (3, 32, 32))``, batch 128 of synthetic tensors, SGD lr 0.1 momentum

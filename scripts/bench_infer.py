@@ -41,7 +41,7 @@ raw and with ``compress=True`` (delta-coded indices through zlib).
     python scripts/bench_infer.py            # full run (7 min on 2 idle cores, 25 at load 10)
     python scripts/bench_infer.py --quick    # smoke test (17 s on 2 idle cores)
 
-``--section unstructured`` runs instead the unstructured layers at batch 1 (issue 22):
+``--section unstructured`` runs instead the unstructured layers at batch 1:
 Linear 1024 -> 1024 at 80% / 90% random unstructured sparsity (warm, and cold: a 64 MiB
 buffer written between calls), every 1x1 conv shape of MobileNetV1 (224 input) at 80%, and
 the whole ``sst.models.mobilenet.mobilenet_v1`` (1.0, 224, 1000 classes) with 80% random
@@ -654,7 +654,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--section", choices=("all", "unstructured"), default="all",
-        help="all: the condensed benchmark; unstructured: issue 22's batch-1 tables",
+        help="all: the condensed benchmark; unstructured: the unstructured batch-1 tables",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke test: S=90%%, 2 rounds")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))

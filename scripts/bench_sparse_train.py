@@ -1,4 +1,4 @@
-"""Training in condensed form on the CPU (issue 21): speed against dense torch and SparseProp.
+"""Training in condensed form on the CPU: speed against dense torch and SparseProp.
 
 Section ``layer``: one layer, forward + backward (input, weight and bias gradients), each
 variant timed side by side in one process:
@@ -188,7 +188,7 @@ def row(layer: str, sparsity: float, batch: int, threads: int, t: dict[str, floa
 
 
 def layer_section(args: argparse.Namespace) -> None:
-    """One layer, forward + backward: the table of the issue's per-layer targets."""
+    """One layer, forward + backward: the per-layer targets of docs/benchmarks.md."""
     rounds = 3 if args.quick else args.rounds
     batches = BATCHES[:1] if args.quick else BATCHES
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter

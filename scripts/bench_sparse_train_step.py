@@ -6,7 +6,7 @@ Models: the MLP 3072-1024-1024-10 and the CIFAR ResNet-18, batch 64, synthetic t
 momentum 0.9 nesterov wd 5e-4, SRigL at 90% sparsity (ERK), delta_t 100. Variants:
 - ``dense``: the model alone (no method);
 - ``masked2``: SRigL, masked-dense with two masking passes a step (gradients and weights:
-  sst before issue 21, and today under ``trainer.grad_clip``);
+  sst before one-pass masking, and today under ``trainer.grad_clip``);
 - ``masked``: SRigL, masked-dense (``sparse_compute=off``: one weight-masking pass a step);
 - ``condensed``: SRigL with ``SparseCompute(mode="on")``: every step but the update step
   trains condensed; the update step expands, takes a dense step (the dense gradient for
@@ -170,7 +170,7 @@ def amortised(regular: float, update: float) -> float:
 
 
 def step_section(args: argparse.Namespace) -> None:
-    """Whole training steps: the table of the issue's whole-step targets."""
+    """Whole training steps: the whole-step targets of docs/benchmarks.md."""
     cases = [
         ("MLP 3072-1024-1024-10", lambda: models.mlp(10, (3, 32, 32), (1024, 1024)), (3, 32, 32)),
         ("ResNet-18 CIFAR", lambda: models.resnet18_cifar(10, (3, 32, 32)), (3, 32, 32)),

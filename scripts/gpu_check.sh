@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 23: sst's GPU-marked tests and the three GPU benchmarks, in one run
+# The GPU check: sst's GPU-marked tests and the three GPU benchmarks, in one run
 # that writes everything into OUT_DIR and ends with a summary table.
 #
 # Usage, from the repository root (on the device machine, which gets a copy of the working

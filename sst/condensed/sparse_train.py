@@ -1,4 +1,4 @@
-"""Differentiable sparse operators for training in condensed form (issue 21).
+"""Differentiable sparse operators for training in condensed form.
 
 A masked layer with weight W (out, in) and 0/1 mask M trains on its kept values only,
 V = W[M] (row-major order of the kept positions). With x (B, in) and g = dL/dy (B, out):

@@ -1,5 +1,5 @@
 """Training in condensed form: the masked Linear / Conv2d layers of a model train on their
-kept values only between mask updates (issue 21), in any training loop.
+kept values only between mask updates, in any training loop.
 
 A layer with weight W and 0/1 mask M is *condensed* by replacing W, in the module and in the
 optimizer's param groups, with a 1-D parameter V = W[M] (``gather_values``, row-major over
