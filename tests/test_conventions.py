@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from runs import compose_run, long_train_command
 
 from sst import __version__
 from sst.condensed import cli as export_cli
+from sst.engine.records import Records
 from sst.launch.build import default_tags, make_run_log
 from sst.runs.runlog import RunLog, wandb_init_args
 from sst.runs.wandb_file import read_chunks
@@ -298,3 +300,30 @@ def test_neurons_figure_says_when_nothing_is_ablated(tmp_path: Path) -> None:
     write_metrics(ablating, records)
     (ax,) = plots.neurons_over_training(ablating).axes
     assert not ax.texts and len(ax.lines) == 2
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def bar_state(queue) -> None:
+    """In a pool worker: whether the progress bar is on and whether lines replace it."""
+    sys.stderr = FakeTerminal()
+    records = Records(None, progress_bar=True)
+    records.open_progress(total=10, initial=0)
+    queue.put((not records._progress.disable, records._lines))
+
+
+def test_pool_workers_print_lines_instead_of_bars_that_would_interleave(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", FakeTerminal())
+    records = Records(None, progress_bar=True)
+    records.open_progress(total=10, initial=0)
+    assert not records._progress.disable and not records._lines  # a terminal: the bar
+    records._progress.close()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    worker = context.Process(target=bar_state, args=(queue,))
+    worker.start()
+    worker.join(timeout=60)
+    assert queue.get(timeout=5) == (False, True)  # a joblib job: a line per evaluation

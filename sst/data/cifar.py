@@ -46,10 +46,10 @@ def _build(
         if download or "not found" not in str(err).lower():
             raise
         raise missing_data(
-            f"{name} (or it is corrupted)",
+            f"a complete copy of {name}",
             root_path / cls.base_folder,
-            "set dataset.download=true to download it, "
-            "or point dataset.root at the folder that holds " + cls.base_folder,
+            "add dataset.download=true to download it there, or set dataset.root to the "
+            f"folder that holds {cls.base_folder}",
         ) from err
     return DataSplits(
         train=train, test=test, num_classes=num_classes, input_shape=(3, 32, 32), name=name

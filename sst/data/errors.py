@@ -6,8 +6,13 @@ from pathlib import Path
 
 
 def missing_data(what: str, path: Path | str, hint: str = "") -> FileNotFoundError:
-    """A FileNotFoundError that tells the user which config setting to fix."""
-    msg = f"{what} not found at {path}; check the setting dataset.root"
-    if hint:
-        msg += f" ({hint})"
-    return FileNotFoundError(msg)
+    """A FileNotFoundError in one sentence: what is missing, where it was looked for, and
+    what to do (``hint``; by default, to check the setting ``dataset.root``)."""
+    setting = "check the setting dataset.root"
+    if not hint:
+        todo = setting
+    elif "dataset.root" in hint:
+        todo = hint
+    else:
+        todo = f"{hint}; {setting}"
+    return FileNotFoundError(f"{what} is not at {path}: {todo}")

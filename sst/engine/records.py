@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import sys
 from typing import Any
 
@@ -95,14 +96,16 @@ class Records:
     # ----------------------------------------------------------------- progress bar
     def open_progress(self, total: int, initial: int) -> None:
         """The bar over ``total`` steps from ``initial`` (a resumed run's step): on a
-        terminal only (tqdm's ``disable=None``); without one, a line per evaluation."""
+        terminal only (tqdm's ``disable=None``); without one, and in a worker of a process
+        pool (the joblib launcher, whose jobs share one terminal), a line per evaluation."""
         wanted = self.progress_bar and dist.is_main()
+        in_pool = multiprocessing.parent_process() is not None
         self._progress = tqdm(
             total=total,
             initial=initial,
             unit="step",
             dynamic_ncols=True,
-            disable=None if wanted else True,
+            disable=None if wanted and not in_pool else True,
         )
         self._lines = wanted and self._progress.disable
         self._step = initial
