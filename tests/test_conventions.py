@@ -263,13 +263,32 @@ def test_accuracy_plot_one_density_no_warning_axis_at_most_100(tmp_path: Path) -
     plots.save(fig, tmp_path / "acc", ["png"])
 
 
-def test_accuracy_plot_warns_when_runs_of_different_lengths_are_mixed(tmp_path, capsys):
+def test_accuracy_plot_splits_lines_where_runs_differ(tmp_path, capsys, monkeypatch):
     root = tmp_path / "runs"
     make_run(root, seed=0, acc=90.0, epochs=3)
     make_run(root, seed=1, acc=91.0, epochs=5)
+    for seed, acc in enumerate([93.0, 95.0]):
+        make_run(root, seed=seed, acc=acc, gamma_sal=0.3, density=0.05)
+        make_run(root, seed=seed, acc=acc - 2, gamma_sal=0.0, density=0.05)
+    drawn = {}
+
+    def record(groups, series_keys, **kwargs):
+        drawn["series"] = series_keys
+        drawn["points"] = {
+            tuple(g.key[k] for k in ["sparsity", *series_keys]): g.accuracy.mean for g in groups
+        }
+        return real(groups, series_keys=series_keys, **kwargs)
+
+    real = plots.accuracy_vs_sparsity
+    monkeypatch.setattr(plots, "accuracy_vs_sparsity", record)
     assert sst_plot.main(["accuracy", str(root), "-o", str(tmp_path / "acc")]) == 0
     err = capsys.readouterr().err
-    assert "averages runs that differ in trainer.epochs" in err
+    assert "lines split by" in err and "trainer.epochs" in err
+    assert "averages runs that differ" not in err  # no point averages unlike runs
+    assert {"sparsity.gamma_sal", "trainer.epochs"} <= set(drawn["series"])
+    gamma = 1 + drawn["series"].index("sparsity.gamma_sal")
+    means = {key[gamma]: acc for key, acc in drawn["points"].items() if key[0] == 0.95}
+    assert means == {0.0: 92.0, 0.3: 94.0}
 
 
 def test_curves_mark_only_sparse_series(tmp_path: Path) -> None:

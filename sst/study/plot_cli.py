@@ -1,7 +1,7 @@
 """``sst-plot``: figures from run folders, each written as ``<out>.png`` and ``<out>.pdf``.
 
 sst-plot accuracy outputs/runs -o figures/acc                  # accuracy vs sparsity per method
-sst-plot accuracy outputs/runs --by sparsity.gamma_sal -o figures/gamma
+sst-plot accuracy outputs/runs --by sparsity.gamma_sal -o outputs/figures/gamma
 sst-plot accuracy outputs/runs --ci -o figures/acc_ci          # 95% confidence bands
 sst-plot layers RUN_ERK RUN_UNIFORM -o figures/layers          # per-layer density
 sst-plot neurons RUN -o figures/neurons                        # SRigL active neurons over steps
@@ -88,6 +88,14 @@ def make_figure(args: argparse.Namespace):
             print(line, file=sys.stderr)
         keys = list(dict.fromkeys([*DEFAULT_KEYS, *flat(args.by)]))
         groups = aggregate(found.runs, keys, metric=args.metric)
+        split = sorted({m for g in groups for m in g.mixed if not m.startswith("seed")})
+        if split:  # one line per value, never a point that averages unlike runs
+            print(
+                f"sst-plot: lines split by {', '.join(split)} (the runs differ in it)",
+                file=sys.stderr,
+            )
+            keys += split
+            groups = aggregate(found.runs, keys, metric=args.metric)
         for group in groups:  # as sst-table warns: a point that averages unlike runs
             label = " / ".join(str(group.key[k]) for k in keys)
             for line in mixed_notes(label, group.mixed):
