@@ -16,6 +16,7 @@ from sst.launch.build import build
 from sst.launch.run import run
 from sst.launch.teacher import check_teacher_overrides, teacher_overrides
 from sst.runs import RunFolder
+from sst.runs.load import build_model
 from sst.runs.lock import RunLock
 
 NO_SPARSITY_KEYS = [o for o in QUICK if not o.startswith("sparsity.")]
@@ -104,6 +105,32 @@ def test_a_teacher_that_cannot_be_built_fails_as_a_distill_setting(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"^distill: hidden=\[0\]: every hidden width"):
         build(cfg, run_dir, choices)
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        (
+            {"num_classes": 3, "input_shape": [1, 8, 8]},
+            r"trained on 3 classes, this run.s data set has 10",
+        ),
+        ({"num_classes": 10, "input_shape": [3, 8, 8]}, r"trained on \(3, 8, 8\) inputs of shape"),
+    ],
+)
+def test_a_teacher_of_another_data_set_fails_before_any_file_is_made(tmp_path, meta, message):
+    teacher_dir = tmp_path / "teacher"
+    (teacher_dir / "checkpoints").mkdir(parents=True)
+    meta = {"model": {"_target_": "sst.models.mlp", "hidden": [16]}, **meta}
+    state = {"model": build_model(meta).state_dict(), "model_meta": meta, "step": 1}
+    torch.save(state, teacher_dir / "checkpoints/last.pt")
+    (teacher_dir / "summary.json").write_text('{"finished": true}')
+    (teacher_dir / "config.json").write_text("{}")
+    cfg, run_dir, choices = compose_run(
+        [*QUICK, "logger=none", "distill=kd", f"distill.teacher_run={teacher_dir}"], tmp_path
+    )
+    with pytest.raises(ConfigError, match=message):
+        build(cfg, run_dir, choices)
+    assert not run_dir.exists()
 
 
 # ----------------------------------------------------------------------------- the teacher

@@ -47,12 +47,25 @@ def kd_loss(
     return (1.0 - weight) * hard_loss + weight * soft
 
 
-def load_teacher(run_dir: str | Path) -> LoadedRun:
-    """A finished sst run, its trained model included (``sst.runs.load_run``)."""
+def load_teacher(
+    run_dir: str | Path, num_classes: int | None = None, input_shape: tuple | None = None
+) -> LoadedRun:
+    """A finished sst run, its trained model included (``sst.runs.load_run``), checked to
+    take the student's inputs and predict its classes when those are given."""
     try:
-        return load_run(run_dir)
+        teacher = load_run(run_dir)
     except (FileNotFoundError, ValueError) as error:
         raise type(error)(f"distill.teacher_run={str(run_dir)!r}: {error}") from error
+    checks = [("classes", num_classes, teacher.num_classes)]
+    if input_shape is not None:
+        checks.append(("inputs of shape", tuple(input_shape), tuple(teacher.input_shape)))
+    for what, wanted, found in checks:
+        if wanted is not None and wanted != found:
+            raise ValueError(
+                f"distill.teacher_run={str(run_dir)!r} was trained on {found} {what}, this "
+                f"run's data set has {wanted}: distil from a teacher of the same data set"
+            )
+    return teacher
 
 
 def teacher_identity(teacher: LoadedRun) -> dict[str, Any]:

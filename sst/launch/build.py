@@ -105,10 +105,16 @@ def enforce_masks(method, settings: TrainerSettings) -> None:
 
 
 def build_hooks(
-    cfg: DictConfig, method, device: torch.device, teacher_folder: Path | None, optimizer=None
+    cfg: DictConfig,
+    method,
+    device: torch.device,
+    teacher_folder: Path | None,
+    optimizer=None,
+    data_shape: tuple[int, tuple[int, ...]] | None = None,
 ) -> list[Hook]:
     """The loop's hooks: distillation (with a teacher), training in condensed form
-    (``trainer.sparse_compute``) and the sparsity method."""
+    (``trainer.sparse_compute``) and the sparsity method. ``data_shape`` = (classes, input
+    shape) of the run's data set, which the teacher must match."""
     hooks: list[Hook] = [SparsityHook(method)]
     if cfg.trainer.get("sparse_compute", "off") != "off":
         with config_errors("trainer"):
@@ -119,7 +125,7 @@ def build_hooks(
     if teacher_folder is not None:
         # RuntimeError: teacher weights that do not fit the teacher's architecture
         with config_errors("distill", also=(RuntimeError,)):
-            loaded = load_teacher(teacher_folder)
+            loaded = load_teacher(teacher_folder, *(data_shape or (None, None)))
             teacher = place_model(loaded.model, device, cfg.trainer.channels_last)
             hook = DistillHook(
                 teacher.eval().requires_grad_(False),
@@ -234,8 +240,9 @@ def build(
     if cfg.distill.enabled and teacher_folder is None:
         teacher_folder = plan_teacher(cfg).folder
     teacher = Path(teacher_folder) if cfg.distill.enabled else None
-    hooks = build_hooks(cfg, method, where.device, teacher, optimizer)  # before the run log:
-    info = run_info(cfg, choices)  # no folder is written for a teacher that cannot be loaded
+    # before the run log: no folder is written for a teacher that cannot be loaded
+    hooks = build_hooks(cfg, method, where.device, teacher, optimizer, (data.num_classes, shape))
+    info = run_info(cfg, choices)
     overrides = runtime.job_overrides() if overrides is None else overrides
     record = {**info, **OmegaConf.to_container(cfg, resolve=True)}
     record.update(choices=choices, overrides=overrides, identity_hash=config_hash(cfg))

@@ -19,8 +19,8 @@ from .folder import RunFolder
 @dataclass
 class LoadedRun:
     """A trained run: its folder, resolved config, summary, model (trained weights, masks
-    applied, eval mode), masks (layer name -> boolean tensor), step and the (C, H, W) of one
-    input example."""
+    applied, eval mode), masks (layer name -> boolean tensor), step, the (C, H, W) of one
+    input example and the number of classes it predicts."""
 
     folder: RunFolder
     config: dict[str, Any]
@@ -29,6 +29,7 @@ class LoadedRun:
     masks: dict[str, torch.Tensor]
     step: int
     input_shape: tuple[int, ...]
+    num_classes: int
 
 
 def build_model(model_meta: dict[str, Any]) -> nn.Module:
@@ -74,4 +75,5 @@ def load_run(path: str | Path, *, require_finished: bool = True) -> LoadedRun:
         masks=masks,
         step=int(state["step"]),
         input_shape=tuple(state["model_meta"]["input_shape"]),
+        num_classes=int(state["model_meta"]["num_classes"]),
     )
