@@ -114,7 +114,8 @@ def build_hooks(
 ) -> list[Hook]:
     """The loop's hooks: distillation (with a teacher), training in condensed form
     (``trainer.sparse_compute``) and the sparsity method. ``data_shape`` = (classes, input
-    shape) of the run's data set, which the teacher must match."""
+    shape) of the run's data set, which the teacher must match. Called before the run log is
+    made, so that no folder is written for a teacher that cannot be loaded."""
     hooks: list[Hook] = [SparsityHook(method)]
     if cfg.trainer.get("sparse_compute", "off") != "off":
         with config_errors("trainer"):
@@ -240,7 +241,6 @@ def build(
     if cfg.distill.enabled and teacher_folder is None:
         teacher_folder = plan_teacher(cfg).folder
     teacher = Path(teacher_folder) if cfg.distill.enabled else None
-    # before the run log: no folder is written for a teacher that cannot be loaded
     hooks = build_hooks(cfg, method, where.device, teacher, optimizer, (data.num_classes, shape))
     info = run_info(cfg, choices)
     overrides = runtime.job_overrides() if overrides is None else overrides
