@@ -60,7 +60,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(f"sst: {error}", file=sys.stderr)
         sys.exit(2)
     except (CorruptCheckpoint, OSError) as error:  # files, not code: one line, log kept
-        log.exception("the run stopped")  # the traceback goes to train.log
+        log.info("the run stopped", exc_info=True)  # the traceback: train.log only
         print(f"sst: {error}", file=sys.stderr)
         sys.exit(1)
     except Exception:

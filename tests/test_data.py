@@ -463,3 +463,18 @@ def test_real_cifar10_jpeg_archive() -> None:
     for ds in (splits.train, splits.test):
         x, y = ds[len(ds) - 1]
         assert x.shape == (3, 32, 32) and y == 9
+
+
+def test_a_corrupt_image_names_its_file(tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / "0.png")
+    bad = tmp_path / "train" / "a" / "1.jpg"
+    bad.write_bytes(b"not an image")
+    data = imagefolder(str(tmp_path), image_size=8, transform="cifar")
+    data.train[0]  # a readable image
+    index = data.train.samples.index((str(bad), 0))
+    with pytest.raises(OSError, match=rf"dataset: the image {bad} cannot be read .*remove or"):
+        data.train[index]

@@ -23,9 +23,19 @@ def _folder(path: Path) -> Path:
     return path
 
 
+def read_image(path: str):
+    """torchvision's image loader, with an error that names the file and what to do."""
+    try:
+        return datasets.folder.default_loader(path)
+    except OSError as err:  # PIL's UnidentifiedImageError, a truncated file, ...
+        raise OSError(
+            f"dataset: the image {path} cannot be read ({type(err).__name__}): remove or replace it"
+        ) from err
+
+
 def _load(path: Path, transform: Callable) -> datasets.ImageFolder:
     try:
-        return datasets.ImageFolder(str(path), transform=transform)
+        return datasets.ImageFolder(str(path), transform=transform, loader=read_image)
     except FileNotFoundError as err:  # no class folders, or no images in them
         raise missing_data("class folders with images", path, str(err)) from err
 
