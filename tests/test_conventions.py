@@ -132,8 +132,20 @@ def start_train(tmp_path: Path) -> subprocess.Popen:
     cmd = long_train_command(tmp_path, progress_bar=True)
     env = {**os.environ, "WANDB_SILENT": "true"}
     return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
+
+
+def default_sigint() -> None:
+    """Ctrl-C raises KeyboardInterrupt in the child even when the tests run in a background
+    job, whose shell starts its commands with SIGINT ignored (Python then leaves it so)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def read_until(process: subprocess.Popen, pattern: str) -> list[str]:
