@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,7 +237,9 @@ def _rule(options: dict[str, Callable[[], nn.Module]], density: float) -> str:
     return next(iter(options)) if len(options) == 1 else "dense"
 
 
-def _capture_inputs(model: nn.Module, names: list[str], example_input: Tensor) -> dict[str, Tensor]:
+def capture_inputs(
+    model: nn.Module, names: Sequence[str], example_input: Tensor
+) -> dict[str, Tensor]:
     """The input each named layer sees when ``model`` runs ``example_input``."""
     seen: dict[str, Tensor] = {}
     hooks = []
@@ -364,7 +366,7 @@ def condense_with_report(
         depthwise = [n for n, m in target.named_modules() if n not in masks and is_depthwise3x3(m)]
     inputs = {}
     if example_input is not None:
-        inputs = _capture_inputs(target, names + depthwise, example_input)
+        inputs = capture_inputs(target, names + depthwise, example_input)
     report = []
     for name, mask in masks.items():
         layer = target.get_submodule(name)

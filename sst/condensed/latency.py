@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from sst.sparsity.layers import weight_layers
 
-from .export import condense_with_report
+from .export import capture_inputs, condense_with_report
 
 SPARSITIES = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 STRUCTURES = ("unstructured", "constant_fanin")
@@ -117,25 +117,6 @@ def random_mask(
     order = torch.rand(rows.shape, generator=generator).argsort(dim=1)[:, :keep]
     mask = torch.zeros(rows.shape, dtype=torch.bool).scatter_(1, order, True)
     return mask.reshape(weight.shape)
-
-
-def capture_inputs(model: nn.Module, names: Sequence[str], example: Tensor) -> dict[str, Tensor]:
-    """The input each named layer sees when ``model`` runs ``example`` (forward pre-hooks)."""
-    seen: dict[str, Tensor] = {}
-    handles = []
-    for name in names:
-
-        def hook(_module: nn.Module, args: tuple, name: str = name) -> None:
-            seen[name] = args[0].detach().clone()
-
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen
 
 
 def interleaved_medians(
