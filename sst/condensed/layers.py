@@ -27,7 +27,32 @@ from . import cpu
 from .packing import Condensed, condense_matrix, describe, flat_to_unit, index_dtype, value_dtype
 
 
-class _CondensedBase(nn.Module):
+class KernelCache(nn.Module):
+    """A module whose compiled kernel (in the attribute named by ``kernel_attr``) holds its
+    buffers' addresses: dropped after ``.to()``, ``load_state_dict`` and in copies (deepcopy,
+    pickle), which rebuild it on their next call."""
+
+    kernel_attr = "_kernel"
+
+    def reset_kernel(self) -> None:
+        """Drops the cached kernel; also needed after changing buffers in place."""
+        setattr(self, self.kernel_attr, None)
+
+    def _apply(self, fn, recurse: bool = True):
+        self.reset_kernel()
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state[self.kernel_attr] = None
+        return state
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self.reset_kernel()
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class _CondensedBase(KernelCache):
     """Buffers ``values`` (n_live, k) of ``dtype`` (float32 or bfloat16), ``indices``
     (n_live, k) of ``index_dtype``, ``rows`` (n_live,) int32 or None (no ablated neuron),
     ``bias`` (out,) float32 or None; ``nm`` is (N, M) when the mask is N:M (stored
@@ -90,25 +115,6 @@ class _CondensedBase(nn.Module):
     def dense_weight(self) -> Tensor:
         """The (out_features, fan_in) weight in the values' dtype, zeros where inactive."""
         return self.matrix().to_dense()
-
-    def reset_kernel(self) -> None:
-        """Drops the cached kernel (it holds the buffers' addresses); called after ``.to()``,
-        ``load_state_dict`` and ``set_matrix``, and needed after changing buffers in place."""
-        self._kernel = None
-
-    def _apply(self, fn, recurse: bool = True):
-        self.reset_kernel()
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        # copies (deepcopy, pickle) rebuild the kernel: it holds the original's addresses
-        state = dict(self.__dict__)
-        state["_kernel"] = None
-        return state
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self.reset_kernel()
-        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         nm = f", nm={self.nm[0]}:{self.nm[1]}" if self.nm else ""

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cpu
-from .layers import conv_padding
+from .layers import KernelCache, conv_padding
 from .packing import describe
 
 # Linear batches below this use the windowed gemv kernel, larger ones csr_spmm.
@@ -125,10 +125,12 @@ def _runnable(x: Tensor) -> bool:
     )
 
 
-class _SparseBase(nn.Module):
+class _SparseBase(KernelCache):
     """Buffers ``rowptr`` (out + 1) int32, ``cols`` (nnz) int16 (fan-in <= 32767; read as
     uint16) or int32, ``values`` (nnz) float32 or int8, ``scale`` (out) float32 for int8
     values (else None) and ``bias`` (out) float32 or None."""
+
+    kernel_attr = "_layout"  # the kernels' argument layout, built on the first call
 
     def __init__(
         self, out_features: int, fan_in: int, nnz: int, *, bias: bool, dtype: torch.dtype | str
@@ -185,23 +187,6 @@ class _SparseBase(nn.Module):
             values = values * self.scale[rows]
         weight[rows, cols] = values
         return weight
-
-    def reset_kernel(self) -> None:
-        """Drops the cached kernel layout (it holds the buffers' addresses)."""
-        self._layout = None
-
-    def _apply(self, fn, recurse: bool = True):
-        self.reset_kernel()
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_layout"] = None
-        return state
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self.reset_kernel()
-        super()._load_from_state_dict(*args, **kwargs)
 
     def _spmm(self, x: Tensor, ldx: int, x_img: int, y: Tensor, layout: tuple[int, ...]) -> None:
         """csr_spmm into y; layout = (y_img, y_row, y_col, length, n_img)."""
