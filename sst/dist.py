@@ -26,7 +26,9 @@ Collectives that sst adds to DDP's:
   and counts, and rank 0's normalisation buffers (``broadcast_buffers``).
 
 Mask enforcement and the dense-gradient capture issue none: DDP's backward already leaves
-the same averaged gradient, at every position, on every rank.
+the same averaged gradient, at every position, on every rank. Training in condensed form
+runs under ``Replicated`` instead of DDP (its parameters change at mask updates): one flat
+gradient all-reduce per step, after the backward pass.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -151,20 +154,84 @@ def control_group() -> dist.ProcessGroup | None:
 
 
 # ----------------------------------------------------------------- the model
-def wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    """``DistributedDataParallel(model)`` in a multi-process run, else ``model``. DDP
-    broadcasts rank 0's parameters and buffers once here, then at every forward the buffers."""
+def wrap(model: nn.Module, device: torch.device, changing_params: bool = False) -> nn.Module:
+    """In a multi-process run ``DistributedDataParallel(model)``, or ``Replicated(model)``
+    when the model's parameters change while it trains (``changing_params``: training in
+    condensed form); else ``model``. Both broadcast rank 0's parameters and buffers once
+    here, then the buffers before every step's first forward."""
     if not is_initialized():
         return model
+    if changing_params:
+        return Replicated(model)
     device_ids = [device] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
+class Replicated(nn.Module):
+    """Data parallel without DDP's reducer, for a model whose parameters change while it
+    trains: training in condensed form (``trainer.sparse_compute``) swaps a layer's weight
+    for a parameter of its kept values between mask updates, while DDP's reducer registers
+    the parameters once, when it wraps the model.
+
+    It computes what DDP computes: rank 0's parameters and buffers on every rank at the
+    start, rank 0's buffers before the first forward of every step (DDP's
+    ``broadcast_buffers``; not before the other micro-batches of an accumulated step), and
+    every gradient averaged over the ranks once per optimizer step (``average_gradients``,
+    called after the last micro-batch's backward). DDP overlaps its bucketed all-reduces
+    with the backward pass; this issues one flat all-reduce per dtype after it.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self._sync_buffers = True
+        self._accumulating = False
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor, src=0)
+
+    def forward(self, *args, **kwargs):
+        if self._sync_buffers:
+            broadcast_buffers(self.module)
+        self._sync_buffers = torch.is_grad_enabled() and not self._accumulating
+        return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """A micro-batch before the last of an accumulated step (as DDP's ``no_sync``)."""
+        self._accumulating = True
+        try:
+            yield
+        finally:
+            self._accumulating = False
+
+    @torch.no_grad()
+    def average_gradients(self) -> None:
+        """Every parameter's gradient becomes its mean over the ranks (each rank's gradient
+        divided by the world size, then summed, as DDP's default all-reduce)."""
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        for grad in grads:
+            by_dtype.setdefault((grad.dtype, grad.device), []).append(grad)
+        for group in by_dtype.values():
+            flat = torch.cat([g.reshape(-1) for g in group]).div_(world_size())
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            for grad, part in zip(group, flat.split([g.numel() for g in group]), strict=True):
+                grad.copy_(part.view_as(grad))
+
+
+def average_gradients(model: nn.Module) -> None:
+    """After the last micro-batch's backward of a step: ``Replicated``'s gradient average
+    (DDP has averaged them during the backward pass; a single process has nothing to do)."""
+    if isinstance(model, Replicated):
+        model.average_gradients()
+
+
 def no_sync(model: nn.Module, skip: bool) -> contextlib.AbstractContextManager:
-    """DDP's ``no_sync()`` when ``skip`` (a micro-batch before the last of an accumulated
-    step: gradients add up locally, the last micro-batch's backward all-reduces the sum),
-    else nothing."""
-    if skip and isinstance(model, nn.parallel.DistributedDataParallel):
+    """DDP's (or ``Replicated``'s) ``no_sync()`` when ``skip`` (a micro-batch before the
+    last of an accumulated step: gradients add up locally, the last micro-batch's backward
+    all-reduces the sum), else nothing."""
+    if skip and isinstance(model, (nn.parallel.DistributedDataParallel, Replicated)):
         return model.no_sync()
     return contextlib.nullcontext()
 
@@ -186,6 +253,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every rank."""
+    if not is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=control_group())
+    return box[0]
 
 
 def any_rank(flag: torch.Tensor | bool) -> bool:

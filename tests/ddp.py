@@ -106,6 +106,54 @@ def train_runs(rank: int, runs: dict[str, list[str]], output_dir: Path, out: Pat
         report(out, name, rank, {**state, "summary": summary, "buffers": buffers})
 
 
+def condensed_auto(rank: int, overrides: list[str], output_dir: Path, out: Path) -> None:
+    """Trains with ``trainer.sparse_compute=auto`` where the ranks' timings disagree (rank
+    0 measures every layer faster condensed, rank 1 slower); reports the layers each rank
+    chose, the model's wrapper, and how many condensed values had gradients averaged."""
+    from runs import compose_run
+
+    from sst import dist
+    from sst.condensed.training import SparseCompute
+    from sst.launch.build import build
+
+    SparseCompute._time_layer = lambda self, name: (1.0, 0.5) if rank == 0 else (0.5, 1.0)
+    averaged = average = dist.Replicated.average_gradients
+    condensed_grads = []
+
+    def counting(self) -> None:
+        names = [n for n, p in self.module.named_parameters() if p.grad is not None]
+        condensed_grads.append(sum(n.endswith("condensed_values") for n in names))
+        averaged(self)
+
+    dist.Replicated.average_gradients = counting
+    try:
+        cfg, run_dir, choices = compose_run(overrides, Path(output_dir))
+        loop = build(cfg, run_dir, choices)
+        loop.fit()
+        loop.run_log.finish()
+    finally:
+        dist.Replicated.average_gradients = average
+    form = loop.hooks[0].form
+    state = method_state(loop.hooks[-1].method)
+    wrapper = type(loop.model).__name__
+    seen = {"chosen": form.chosen, "wrapper": wrapper, "condensed_grads": condensed_grads}
+    report(out, "auto", rank, {**state, **seen})
+
+
+def replicated_and_ddp(rank: int, overrides: list[str], output_dir: Path, out: Path) -> None:
+    """Trains the run under DDP (folder ``ddp``), then under ``sst.dist.Replicated``
+    (``replicated``: what training in condensed form runs under), both masked-dense."""
+    from sst import dist
+
+    train_runs(rank, {"ddp": overrides}, output_dir, out)
+    wrap = dist.wrap
+    dist.wrap = lambda model, device, changing_params=False: wrap(model, device, True)
+    try:
+        train_runs(rank, {"replicated": overrides}, output_dir, out)
+    finally:
+        dist.wrap = wrap
+
+
 def interrupt_and_resume(
     rank: int, overrides: list[str], output_dir: Path, signal_step: int, out: Path
 ) -> None:

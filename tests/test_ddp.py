@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from ddp import (
+    condensed_auto,
     dense_gradient,
     diverge,
     free_port,
     interrupt_and_resume,
+    replicated_and_ddp,
     reports,
     spawn,
     sst_train,
@@ -224,8 +226,18 @@ def test_diverged_mask_on_one_rank_is_detected_on_every_rank(tmp_path):
         ["sparsity=set"],
         ["sparsity=rigl", "trainer.grad_accumulation=2"],
         ["sparsity=srigl", "distill=kd"],
+        ["sparsity=srigl", "trainer.sparse_compute=on"],
+        ["sparsity=rigl", "trainer.sparse_compute=on", "trainer.grad_accumulation=2"],
     ],
-    ids=["rigl", "srigl", "set", "rigl-accumulation", "srigl-distill"],
+    ids=[
+        "rigl",
+        "srigl",
+        "set",
+        "rigl-accumulation",
+        "srigl-distill",
+        "srigl-condensed",
+        "rigl-condensed-accumulation",
+    ],
 )
 def test_two_ranks_train_like_one_process_on_the_same_global_batch(tmp_path, options):
     """Batch 32 on each of 2 ranks against batch 64 in one process: the same masks after 8
@@ -259,6 +271,23 @@ def test_two_ranks_train_like_one_process_on_the_same_global_batch(tmp_path, opt
             assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5)
 
 
+def test_condensed_training_takes_rank_0s_choice_of_layers_and_averages_their_values(tmp_path):
+    """``sparse_compute=auto`` times each layer on every rank; the ranks must train the
+    same layers condensed (else their parameters differ and the all-reduce mixes them), so
+    rank 0's choice holds on every rank, and the condensed values' gradients are averaged."""
+    overrides = [*TINY, "sparsity=srigl", "trainer.sparse_compute=auto"]
+    spawn(condensed_auto, overrides, tmp_path / "run", tmp_path)
+    ranks = reports(tmp_path, "auto")
+    assert ranks[0]["wrapper"] == ranks[1]["wrapper"] == "Replicated"
+    assert ranks[0]["chosen"] == ranks[1]["chosen"] == ["1", "3", "5"]
+    for seen in ranks:  # 44 steps: the update steps train dense, the others 3 layers condensed
+        assert seen["condensed_grads"][0] == 0  # the first step records the input shapes
+        assert seen["condensed_grads"].count(3) >= 30
+    for layer, mask in ranks[0]["masks"].items():
+        assert torch.equal(mask, ranks[1]["masks"][layer]), layer
+        assert torch.equal(ranks[0]["weights"][layer], ranks[1]["weights"][layer])
+
+
 def test_batchnorm_ranks_evaluate_the_model_that_rank_0_saves(tmp_path):
     """Without SyncBatchNorm each rank's running statistics follow its own shard; before
     every evaluation rank 0's are broadcast, so every rank reports the saved model's
@@ -276,6 +305,25 @@ def test_batchnorm_ranks_evaluate_the_model_that_rank_0_saves(tmp_path):
     saved = checkpoint(only_run_dir(tmp_path / "ddp" / "bn"))["model"]
     for name, buffer in ranks[0]["buffers"].items():
         assert torch.equal(buffer, saved[name]), name
+
+
+def test_replicated_trains_what_ddp_trains_on_a_batchnorm_cnn(tmp_path):
+    """``Replicated`` (the wrapper that training in condensed form runs under) against DDP,
+    both masked-dense, on a ResNet with BatchNorm on 2 ranks: the same masks, weights and
+    running statistics, and every rank evaluates the model rank 0 saves."""
+    overrides = [*TINY, "sparsity=rigl", "model=resnet20", "dataset=synthetic"]
+    overrides.append("dataset.input_shape=[3,8,8]")
+    spawn(replicated_and_ddp, overrides, tmp_path / "runs", tmp_path)
+    ddp, replicated = reports(tmp_path, "ddp"), reports(tmp_path, "replicated")
+    for layer, mask in ddp[0]["masks"].items():
+        assert torch.equal(mask, replicated[0]["masks"][layer]), layer
+        assert torch.equal(replicated[0]["masks"][layer], replicated[1]["masks"][layer]), layer
+        torch.testing.assert_close(ddp[0]["weights"][layer], replicated[0]["weights"][layer])
+    for name, buffer in ddp[0]["buffers"].items():
+        torch.testing.assert_close(buffer, replicated[0]["buffers"][name], msg=name)
+        assert torch.equal(replicated[0]["buffers"][name], replicated[1]["buffers"][name])
+    accuracies = {r["summary"]["final_test_acc"] for r in [*ddp, *replicated]}
+    assert len(accuracies) == 1
 
 
 def test_resume_under_ddp_reproduces_the_uninterrupted_run(tmp_path):

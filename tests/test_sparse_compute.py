@@ -165,21 +165,6 @@ def test_targeted_dropout_stays_masked_dense():
     assert not auto.is_condensed
 
 
-def test_multi_process_runs_stay_masked_dense(monkeypatch):
-    """Under DDP the reducer holds the dense parameters: ``on`` is refused, ``auto`` falls
-    back (one log line) and trains masked-dense."""
-    model = TinyConvNet()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    method = SRigL(model, opt, density=0.3, total_steps=10, delta_t=5)
-    monkeypatch.setattr("sst.dist.world_size", lambda: 2)
-    with pytest.raises(ValueError, match=r"sparse_compute=on: multi-process \(DDP\)"):
-        SparseCompute(model, opt, method.mask_set, mode="on")
-    auto = SparseCompute(model, opt, method.mask_set, mode="auto")
-    model(batches(1)[0][0])
-    auto.condense()
-    assert not auto.is_condensed and auto.eligible == []
-
-
 def test_auto_times_every_layer_on_its_real_input_and_keeps_the_faster_form():
     torch.manual_seed(0)
     model = TinyConvNet()

@@ -36,9 +36,11 @@ forward + backward on that shape (interleaved medians).
 
 Not condensed (they stay masked-dense): a Conv2d with groups > 1, non-zero padding modes or
 string padding; every layer of a method with a forward-time mask (targeted dropout, which
-multiplies the weight inside the forward pass: ``on`` is refused, ``auto`` falls back);
-multi-process (DDP) runs, whose reducer holds the dense parameters (``on`` is refused,
-``auto`` falls back).
+multiplies the weight inside the forward pass: ``on`` is refused, ``auto`` falls back).
+
+Multi-process runs train condensed under ``sst.dist.Replicated`` instead of DDP (whose
+reducer registers the dense weights once): the same gradient average, one all-reduce per
+step; ``auto`` takes rank 0's choice of layers on every rank.
 """
 
 from __future__ import annotations
@@ -144,8 +146,6 @@ class SparseCompute:
     def _fallback_reason(self) -> str | None:
         if self.mask_set.has_forward_mask:
             return "the sparsity method masks weights inside the forward pass (targeted dropout)"
-        if dist.world_size() > 1:
-            return "multi-process (DDP) runs train masked-dense"
         return None
 
     def _recorder(self, name: str):
@@ -240,6 +240,7 @@ class SparseCompute:
             self.timings[name] = (dense_ms, sparse_ms)
             if sparse_ms < dense_ms:
                 chosen.append(name)
+        chosen = dist.from_rank0(chosen)  # timings differ by rank; the parameters must not
         log.info(
             "sparse_compute=auto: %d of %d masked layers train condensed (%s)",
             len(chosen),

@@ -121,6 +121,7 @@ class TrainStep:
             with dist.no_sync(self.model, skip=micro < accumulation - 1):
                 loss = self._micro_batch(inputs, targets)
             self.losses.add(loss, 1.0 / accumulation)
+        dist.average_gradients(self.model)  # before unscaling: every rank sees the same infs
         scaler.unscale_(self.optimizer)
         for hook in self.hooks:
             hook.before_optimizer_step()

@@ -229,7 +229,8 @@ def build(
     train_loader, test_loader = loaders(cfg, data, where)
     # DDP wraps the model; the optimizer steps its parameters (the model's own tensors) and
     # the sparsity method masks the unwrapped model's weights
-    trained = dist.wrap(model, where.device)
+    condensed = cfg.trainer.get("sparse_compute", "off") != "off"
+    trained = dist.wrap(model, where.device, changing_params=condensed)
     optimizer = make("optimizer", cfg.optimizer, params=trained.parameters())
     with config_errors("trainer"):
         per_epoch, stage_steps = step_plan(len(train_loader), where.settings)

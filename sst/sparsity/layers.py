@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from torch import nn
 
+from sst.dist import Replicated
+
 
 def is_pointwise_conv(module: nn.Module) -> bool:
     """A 1x1 Conv2d with groups=1: a matrix product over channels at every pixel, the layer
@@ -33,10 +35,10 @@ LAYER_TYPES: dict[str, Callable[[nn.Module], bool]] = {
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DistributedDataParallel / torch.compile wrappers, so that
-    layer names stay the standard ``state_dict`` names."""
+    """The user's module inside DistributedDataParallel / ``sst.dist.Replicated`` /
+    torch.compile wrappers, so that layer names stay the standard ``state_dict`` names."""
     while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, Replicated)):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod
