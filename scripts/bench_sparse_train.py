@@ -229,6 +229,10 @@ def main() -> None:
         help="comma list of thread counts (default 1,2)",
     )  # fmt: skip
     parser.add_argument(
+        "--models", type=lambda s: s.split(","), default=["mlp", "resnet18"],
+        help="step: comma list of mlp, resnet18 (default both)",
+    )  # fmt: skip
+    parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall",
         help="wall: time.perf_counter (default); cpu: this thread's CPU time "
         "(time.thread_time: robust on a shared machine, with --threads 1 only)",

@@ -11,6 +11,8 @@ momentum 0.9 nesterov wd 5e-4, SRigL at 90% sparsity (ERK), delta_t 100. Variant
 - ``condensed``: SRigL with ``SparseCompute(mode="on")``: every step but the update step
   trains condensed; the update step expands, takes a dense step (the dense gradient for
   growth), updates the masks and the next step condenses again.
+- ``auto``: the same with ``mode="auto"`` (``trainer.sparse_compute=auto``): only the layers
+  measured faster condensed (timed in the warm-up) train condensed.
 
 A step is what the loop runs: (``condense``/``expand``) + forward + cross-entropy + backward +
 ``before_step()`` + ``optimizer.step()`` + ``after_step()`` + ``zero_grad()``. Each round
@@ -23,6 +25,7 @@ state, plus (condensed) the layouts' index tensors, after a regular step.
 
     python scripts/bench_sparse_train.py --section step            # 1 and 2 threads
     python scripts/bench_sparse_train.py --section step --quick    # smoke test
+    python scripts/bench_sparse_train.py --section step --models resnet18 --step-rounds 3
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from sst.sparsity import SRigL
 
 BATCH = 64
 DELTA_T = 100
-VARIANTS = ("dense", "masked2", "masked", "condensed")
+VARIANTS = ("dense", "masked2", "masked", "condensed", "auto")
 
 
 @dataclass
@@ -75,7 +78,10 @@ def make_run(name: str, builder: Callable[[], nn.Module], example: torch.Tensor)
         example_input=example,
     )
     method.mask_set.mask_grads = name == "masked2"
-    compute = SparseCompute(model, optimizer, method.mask_set) if name == "condensed" else None
+    compute = None
+    if name in ("condensed", "auto"):
+        mode = "on" if name == "condensed" else "auto"
+        compute = SparseCompute(model, optimizer, method.mask_set, mode=mode)
     return StepRun(name, model, optimizer, method, compute)
 
 
@@ -175,15 +181,16 @@ def step_section(args: argparse.Namespace) -> None:
         ("MLP 3072-1024-1024-10", lambda: models.mlp(10, (3, 32, 32), (1024, 1024)), (3, 32, 32)),
         ("ResNet-18 CIFAR", lambda: models.resnet18_cifar(10, (3, 32, 32)), (3, 32, 32)),
     ]
+    cases = [c for c, key in zip(cases, ("mlp", "resnet18"), strict=True) if key in args.models]
     if args.quick:
         cases = cases[:1]
     print("\n### whole training step, SRigL 90% ERK, batch 64, delta_t 100 (median ms)")
     print(
         "| model | threads | dense | masked-dense 2 passes | masked-dense | condensed | update "
         "step masked / condensed | amortised masked / condensed | condensed vs masked | "
-        "condensed vs dense |"
+        "condensed vs dense | auto | auto amortised | auto vs dense |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for label, builder, shape in cases:
@@ -191,19 +198,22 @@ def step_section(args: argparse.Namespace) -> None:
             am_masked = amortised(reg["masked"], upd["masked"])
             am_cond = amortised(reg["condensed"], upd["condensed"])
             am_dense = reg["dense"]
+            am_auto = amortised(reg["auto"], upd["auto"])
             print(
                 f"| {label} | {threads} | {reg['dense']:.2f} | {reg['masked2']:.2f} | "
                 f"{reg['masked']:.2f} | "
                 f"{reg['condensed']:.2f} | {upd['masked']:.1f} / {upd['condensed']:.1f} | "
                 f"{am_masked:.2f} / {am_cond:.2f} | {am_masked / am_cond:.2f}x | "
-                f"{am_dense / am_cond:.2f}x |",
+                f"{am_dense / am_cond:.2f}x | {reg['auto']:.2f} | {am_auto:.2f} | "
+                f"{am_dense / am_auto:.2f}x |",
                 flush=True,
             )
     print("\n### weights + gradients + optimizer state (+ masks, layouts), MLP, 90%")
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(BATCH, 3, 32, 32, generator=gen), torch.randint(0, 10, (BATCH,))
-    builder = cases[0][1]
-    sizes = {name: state_bytes(make_run(name, builder, x[:1]), x, y) for name in VARIANTS}
+    builder = lambda: models.mlp(10, (3, 32, 32), (1024, 1024))  # noqa: E731
+    measured = [name for name in VARIANTS if name != "auto"]  # auto: the choice needs steps
+    sizes = {name: state_bytes(make_run(name, builder, x[:1]), x, y) for name in measured}
     dense = sizes["dense"][0]
     print("| variant | weights + grads + state MiB | vs dense | + masks + layouts MiB | vs dense |")
     print("|---|---|---|---|---|")
