@@ -154,6 +154,34 @@ def test_condensed_layers_hold_the_optimizer_state_of_kept_weights_only():
     assert torch.equal(weight[mask], values.detach())
 
 
+def test_a_layout_is_rebuilt_only_when_its_mask_changed():
+    """A checkpoint expands and condenses again under the same masks: the layouts are kept;
+    a mask update (a new mask tensor) or an in-place change to a mask rebuilds them."""
+    torch.manual_seed(0)
+    model = TinyConvNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = RigL(model, opt, density=0.2, total_steps=100, delta_t=50)
+    compute = SparseCompute(model, opt, method.mask_set, mode="on")
+    compute.condense()
+    first = {n: e.layout for n, e in compute.condensed.items()}
+    compute.expand()
+    compute.condense()
+    assert all(compute.condensed[n].layout is first[n] for n in first)
+    compute.expand()
+    mask = method.masks["fc1"].bool()
+    kept = mask.nonzero()[0]
+    mask[kept[0], kept[1]] = False  # one weight fewer
+    method.mask_set.set({"fc1": mask})
+    with torch.no_grad():
+        method.masks["conv"][0].fill_(1.0)  # in place: the tensor's version moves
+    compute.condense()
+    assert compute.condensed["fc1"].layout is not first["fc1"]
+    assert compute.condensed["fc1"].layout.nnz == first["fc1"].nnz - 1
+    assert compute.condensed["conv"].layout is not first["conv"]
+    assert torch.equal(compute.condensed["conv"].layout.mask(), method.masks["conv"].flatten(1))
+    assert compute.condensed["stem"].layout is first["stem"]
+
+
 def test_targeted_dropout_stays_masked_dense():
     model = TinyConvNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

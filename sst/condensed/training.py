@@ -124,6 +124,7 @@ class SparseCompute:
         self.model, self.optimizer, self.mask_set = model, optimizer, mask_set
         self.repeats = repeats
         self.condensed: dict[str, _Condensed] = {}
+        self._layouts: dict[str, tuple[torch.Tensor, int, TrainLayout]] = {}
         self.eligible = [n for n, (m, _) in mask_set.owners.items() if condensable(m)]
         reason = self._fallback_reason()
         if reason is not None:
@@ -186,7 +187,7 @@ class SparseCompute:
     def _condense_layer(self, name: str) -> _Condensed:
         module, _ = self.mask_set.owners[name]
         weight = self.mask_set.weights[name]
-        layout = build_layout(self.mask_set.masks[name])
+        layout = self._layout(name)
         values = nn.Parameter(gather_values(weight.detach(), layout).clone())
         self._move_optimizer_param(weight, values, lambda v: v.reshape(-1)[layout.flat])
         entry = _Condensed(module, weight, values, layout)
@@ -195,6 +196,18 @@ class SparseCompute:
         weight.data = weight.new_zeros(()).expand(weight.shape)  # storage released
         weight.grad = None
         return entry
+
+    def _layout(self, name: str) -> TrainLayout:
+        """The layout of the layer's current mask, rebuilt only when the mask changed: a
+        checkpoint expands and condenses again under the same masks. ``MaskSet`` replaces a
+        mask tensor on every change; an in-place change bumps the tensor's version."""
+        mask = self.mask_set.masks[name]
+        cached = self._layouts.get(name)
+        if cached is not None and cached[0] is mask and cached[1] == mask._version:
+            return cached[2]
+        layout = build_layout(mask)
+        self._layouts[name] = (mask, mask._version, layout)
+        return layout
 
     @torch.no_grad()
     def _expand_layer(self, entry: _Condensed) -> None:
