@@ -515,7 +515,8 @@ PyObject* py_transpose(PyObject*, PyObject* args) {
 // ------------------------------------------------------------------------------ im2col
 // cols[b, (c * kh + ky) * kw + kx, oy * ow + ox] = x[b, c, oy * sy - py + ky * dy,
 // ox * sx - px + kx * dx] (0 outside), F.unfold's layout; col2im adds the columns back
-// (F.fold). Work item = one (image, channel) plane: col2im's writes never overlap.
+// (F.fold) into a zeroed x. Work item = one (image, channel) plane: col2im's writes never
+// overlap.
 struct Im2colArgs {
   void* x;     // (B, C, h, w)
   void* cols;  // (B, C * kh * kw, oh * ow)
@@ -528,6 +529,9 @@ void im2col_planes(const Im2colArgs& a, int64_t i0, int64_t i1) {
   for (int64_t item = i0; item < i1; ++item) {
     T* x = static_cast<T*>(a.x) + item * a.h * a.w;
     T* cols = static_cast<T*>(a.cols) + item * taps * len;  // (b, c) planes are consecutive
+    // each thread zeroes its own planes: a fresh output's first-touch page faults and the
+    // zeroing run in parallel
+    if (BACK) std::memset(x, 0, a.h * a.w * sizeof(T));
     for (int64_t ky = 0; ky < a.kh; ++ky) {
       for (int64_t kx = 0; kx < a.kw; ++kx) {
         T* col = cols + (ky * a.kw + kx) * len;
@@ -600,7 +604,7 @@ PyObject* py_gather(PyObject*, PyObject* args) {
 }
 
 // im2col(dtype, back, x, cols, n_img, c, h, w, kh, kw, sy, sx, py, px, dy, dx, oh, ow,
-//        threads): back = 0 fills cols from x; back = 1 adds cols into x (zeroed here first).
+//        threads): back = 0 fills cols from x; back = 1 sets x to the sum of cols' taps.
 PyObject* py_im2col(PyObject*, PyObject* args) {
   unsigned long long x, cols;
   long long n_img, c, h, w, kh, kw, sy, sx, py, px, dy, dx, oh, ow;
@@ -613,7 +617,6 @@ PyObject* py_im2col(PyObject*, PyObject* args) {
   const int64_t items = n_img * c;
   const int t = items * kh * kw * oh * ow < 8 * kSerialWork ? 1 : threads;
   Py_BEGIN_ALLOW_THREADS
-  if (back) std::memset(ptr<void>(x), 0, items * h * w * (dtype ? sizeof(double) : sizeof(float)));
   if (dtype == 0)
     run_parallel(back ? im2col_planes<float, true> : im2col_planes<float, false>, a, items, t);
   else
