@@ -104,6 +104,12 @@ def enforce_masks(method, settings: TrainerSettings) -> None:
     method.mask_set.mask_grads = settings.grad_clip is not None
 
 
+def trains_condensed(cfg: DictConfig) -> bool:
+    """Whether ``trainer.sparse_compute`` may train masked layers in condensed form (its
+    parameters then change at mask updates: no DDP reducer, see ``sst.dist.Replicated``)."""
+    return cfg.trainer.get("sparse_compute", "off") != "off"
+
+
 def build_hooks(
     cfg: DictConfig,
     method,
@@ -117,7 +123,7 @@ def build_hooks(
     shape) of the run's data set, which the teacher must match. Called before the run log is
     made, so that no folder is written for a teacher that cannot be loaded."""
     hooks: list[Hook] = [SparsityHook(method)]
-    if cfg.trainer.get("sparse_compute", "off") != "off":
+    if trains_condensed(cfg):
         with config_errors("trainer"):
             form = SparseCompute(
                 method.model, optimizer, method.mask_set, cfg.trainer.sparse_compute
@@ -229,8 +235,7 @@ def build(
     train_loader, test_loader = loaders(cfg, data, where)
     # DDP wraps the model; the optimizer steps its parameters (the model's own tensors) and
     # the sparsity method masks the unwrapped model's weights
-    condensed = cfg.trainer.get("sparse_compute", "off") != "off"
-    trained = dist.wrap(model, where.device, changing_params=condensed)
+    trained = dist.wrap(model, where.device, changing_params=trains_condensed(cfg))
     optimizer = make("optimizer", cfg.optimizer, params=trained.parameters())
     with config_errors("trainer"):
         per_epoch, stage_steps = step_plan(len(train_loader), where.settings)
