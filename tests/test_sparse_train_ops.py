@@ -126,7 +126,11 @@ def test_linear_hand_computed(backend) -> None:
 
 
 @pytest.mark.parametrize("kind", ["fan_in", "csr"])
-def test_linear_gradcheck_float64(backend, kind) -> None:
+@pytest.mark.parametrize("block", [64, 2], ids=["one-block", "batch-in-blocks-of-2"])
+def test_linear_gradcheck_float64(backend, kind, block, monkeypatch) -> None:
+    """``block``: batch columns per block of the transposed input (``SPMM_CHUNK``); at 2 the
+    batch of 4 runs as 2 blocks, as batch 256 runs as 4 blocks of 64."""
+    monkeypatch.setattr(sparse_train_cpu, "SPMM_CHUNK", block)
     mask = fan_in_mask(5, 7, 3, ablated=1)
     lay = build_layout(mask, kind)
     values = torch.randn(lay.nnz, dtype=torch.float64, requires_grad=True)
@@ -166,7 +170,7 @@ def test_linear_float32_unstructured_with_leading_dims(backend) -> None:
 
 def test_linear_odd_batches_and_empty_mask(backend) -> None:
     mask = random_mask((19, 23), 0.3, seed=4)
-    for batch in (1, 3, 17, 70):
+    for batch in (1, 3, 17, 70, 128, 192):  # 128, 192: 2 and 3 blocks of 64
         check_linear(torch.randn(batch, 23), torch.randn(19, 23), mask, torch.randn(19))
     empty = build_layout(torch.zeros(4, 5))
     values = torch.zeros(0, requires_grad=True)

@@ -1,12 +1,14 @@
 """The compiled training kernels (``_sparse_train.cpp``) behind ``sparse_train.py``, as
 autograd functions.
 
-Linear: x (B, in) is transposed once to X (in, B), so that each kept weight touches a
-contiguous run of B numbers; the forward product computes Y^T (out, B) and stores it as y
+Linear: x (B, in) is transposed once to X (in, B), in blocks of ``SPMM_CHUNK`` batch columns
+(``_to_blocks``: each block is one "image" of the kernels), so that each kept weight touches
+a contiguous run of numbers; the forward product computes Y^T (out, B) and stores it as y
 (B, out) (a strided store per output, cheap next to the k multiply-adds behind it), the input
 gradient computes G_x^T (in, B) from g^T = dL/dy^T (out, B) over the transposed structure
 (rows hold about nnz / in weights each, too few to hide strided stores: one transpose after),
-and the weight gradient dV[p] = g^T[o] . X[i] (a dot product of length B) at each kept (o, i).
+and the weight gradient dV[p] = g^T[o] . X[i] (a dot product of length B, summed over the
+blocks) at each kept (o, i).
 Conv2d: im2col's columns (B, C * kh * kw, L), F.unfold's layout, already hold one image's
 batch along the contiguous axis, so the same kernels run per image with no transpose; the
 input gradient's columns go back through col2im (F.fold's sum). im2col and col2im are
@@ -69,14 +71,6 @@ def _ptr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def _transpose(a: Tensor) -> Tensor:
-    """(rows, cols) contiguous -> a new contiguous (cols, rows)."""
-    rows, cols = a.shape
-    out = torch.empty(cols, rows, dtype=a.dtype)
-    _ext.transpose(DTYPES[a.dtype], a.data_ptr(), rows, cols, out.data_ptr(), _threads())
-    return out
-
-
 def _threads() -> int:
     return torch.get_num_threads()
 
@@ -93,15 +87,15 @@ def _spmm(
     """Per image, y = bias + A x with x (cols, N): A = W (rows = outputs, ``values`` in the
     layout's order) or, with ``transposed``, W^T (rows = inputs, ``values`` in CSC order:
     ``_csc_values``). x is (N_img, cols, N) or 2-D; y is (N_img, rows, N), or with
-    ``y_rows_last`` (N, rows) for a single image: the product stored transposed."""
+    ``y_rows_last`` (N_img * N, rows): the product stored transposed, image after image."""
     x3 = x.view(-1, *x.shape[-2:])
     n_img, n = x3.shape[0], x3.shape[2]
     if transposed:
         ptr, idx, n_rows = layout.colptr, layout.row, layout.in_features
     else:
         ptr, idx, n_rows = layout.rowptr, layout.col, layout.out_features
-    if y_rows_last:  # y[l, r] at l * rows + r
-        y_img, y_row, y_col = 0, 1, n_rows
+    if y_rows_last:  # y[img * N + l, r] at (img * N + l) * rows + r
+        y_img, y_row, y_col = n * n_rows, 1, n_rows
     else:
         y_img, y_row, y_col = n_rows * n, n, 1
     _ext.spmm(
@@ -151,31 +145,59 @@ def _sddmm(layout: TrainLayout, g: Tensor, x: Tensor) -> Tensor:
     return ordered
 
 
+def _to_blocks(a: Tensor) -> Tensor:
+    """(B, cols) -> its transpose in column blocks, (B / c, cols, c) with c = ``SPMM_CHUNK``
+    when c divides B and B > c, else (1, cols, B). Each block of c batch columns is then
+    contiguous: the kernels' random row reads stay within one block's memory instead of
+    striding over all B columns (measured 8-27% faster products at batch 256)."""
+    rows, cols = a.shape
+    c = SPMM_CHUNK if rows > SPMM_CHUNK and rows % SPMM_CHUNK == 0 else rows
+    out = torch.empty(rows // c, cols, c, dtype=a.dtype)
+    for k in range(rows // c):
+        _ext.transpose(
+            DTYPES[a.dtype], a[k * c :].data_ptr(), c, cols, out[k].data_ptr(), _threads()
+        )
+    return out
+
+
+def _from_blocks(blocks: Tensor) -> Tensor:
+    """The inverse of ``_to_blocks``: (B / c, cols, c) -> (B, cols)."""
+    n, cols, c = blocks.shape
+    out = torch.empty(n * c, cols, dtype=blocks.dtype)
+    for k in range(n):
+        _ext.transpose(
+            DTYPES[blocks.dtype], blocks[k].data_ptr(), cols, c, out[k * c :].data_ptr(),
+            _threads(),
+        )  # fmt: skip
+    return out
+
+
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layout: TrainLayout):
         x, values = x.contiguous(), values.detach().contiguous()
         bias = None if bias is None else bias.detach().contiguous()
-        xt = _transpose(x)
+        xb = _to_blocks(x)
         y = torch.empty(x.shape[0], layout.out_features, dtype=x.dtype)
-        _spmm(layout, False, values, bias, xt, y, y_rows_last=True)
+        _spmm(layout, False, values, bias, xb, y, y_rows_last=True)
         ctx.layout = layout
-        ctx.save_for_backward(xt if ctx.needs_input_grad[1] else None, values)
+        ctx.save_for_backward(xb if ctx.needs_input_grad[1] else None, values)
         return y
 
     @staticmethod
     def backward(ctx, gy: Tensor):
-        xt, values = ctx.saved_tensors
+        xb, values = ctx.saved_tensors
         layout: TrainLayout = ctx.layout
         gy = gy.contiguous()
-        gt = _transpose(gy)
+        gb_blocks = _to_blocks(gy)
         gx = gv = gb = None
         if ctx.needs_input_grad[0]:
-            gxt = torch.empty(layout.in_features, gy.shape[0], dtype=gy.dtype)
-            _spmm(layout, True, _csc_values(layout, values), None, gt, gxt)
-            gx = _transpose(gxt)
+            n_blocks, block = gb_blocks.shape[0], gb_blocks.shape[2]
+            gxb = torch.empty(n_blocks, layout.in_features, block, dtype=gy.dtype)
+            _spmm(layout, True, _csc_values(layout, values), None, gb_blocks, gxb)
+            gx = _from_blocks(gxb)
         if ctx.needs_input_grad[1]:
-            gv = _sddmm(layout, gt, xt)
+            gv = _sddmm(layout, gb_blocks, xb)
         if ctx.needs_input_grad[2]:
             gb = gy.sum(0)
         return gx, gv, gb, None
