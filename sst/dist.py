@@ -187,8 +187,9 @@ class Replicated(nn.Module):
         self._sync_buffers = True
         self._accumulating = False
         with torch.no_grad():
-            for tensor in [*module.parameters(), *module.buffers()]:
-                dist.broadcast(tensor, src=0)
+            for param in module.parameters():
+                dist.broadcast(param, src=0)
+        broadcast_buffers(module)
 
     def forward(self, *args, **kwargs):
         if self._sync_buffers:

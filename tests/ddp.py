@@ -117,13 +117,13 @@ def condensed_auto(rank: int, overrides: list[str], output_dir: Path, out: Path)
     from sst.launch.build import build
 
     SparseCompute._time_layer = lambda self, name: (1.0, 0.5) if rank == 0 else (0.5, 1.0)
-    averaged = average = dist.Replicated.average_gradients
+    average = dist.Replicated.average_gradients
     condensed_grads = []
 
     def counting(self) -> None:
         names = [n for n, p in self.module.named_parameters() if p.grad is not None]
         condensed_grads.append(sum(n.endswith("condensed_values") for n in names))
-        averaged(self)
+        average(self)
 
     dist.Replicated.average_gradients = counting
     try:

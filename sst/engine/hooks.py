@@ -3,6 +3,7 @@ itself has no method-specific branch."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -63,6 +64,12 @@ class Hook:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def call_hooks(hooks: Sequence[Hook], method: str, *args: Any) -> None:
+    """``hook.<method>(*args)`` for every hook, in order (the calls that return nothing)."""
+    for hook in hooks:
+        getattr(hook, method)(*args)
 
 
 class SparsityHook(Hook):

@@ -32,7 +32,7 @@ from sst.sparsity.stages import Stage
 from . import cadence, rng
 from .checkpointer import Checkpointer
 from .evaluation import evaluate
-from .hooks import Hook
+from .hooks import Hook, call_hooks
 from .position import Position
 from .precision import Precision
 from .records import Records
@@ -41,12 +41,6 @@ from .signals import Preempted, StopSignals
 from .step import LossWindow, TrainStep
 
 log = logging.getLogger(__name__)
-
-
-def call_hooks(hooks: Sequence[Hook], method: str, *args: Any) -> None:
-    """``hook.<method>(*args)`` for every hook, in order."""
-    for hook in hooks:
-        getattr(hook, method)(*args)
 
 
 class Loop:
@@ -215,8 +209,7 @@ class Loop:
     def _start_stage_if_due(self) -> None:
         stage = self.position.stage
         if self.position.stage_started < stage.index:
-            for hook in self.hooks:
-                hook.on_stage_start(stage)
+            call_hooks(self.hooks, "on_stage_start", stage)
             self.position.stage_started = stage.index
 
     def _one_step(self, micro_batches: Iterator) -> None:
@@ -230,8 +223,7 @@ class Loop:
         boundary = position.advance()
         self.records.advance()
         if boundary.epoch:
-            for hook in self.hooks:
-                hook.on_epoch_end(position.epoch)
+            call_hooks(self.hooks, "on_epoch_end", position.epoch)
             position.close_epoch()
         if cadence.train_record_due(position.step, settings.log_every):
             self.record_train()

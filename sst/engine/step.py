@@ -14,7 +14,7 @@ from torch import nn
 from sst import dist
 
 from .evaluation import to_device
-from .hooks import Hook
+from .hooks import Hook, call_hooks
 from .precision import Precision
 from .settings import TrainerSettings
 
@@ -123,13 +123,11 @@ class TrainStep:
             self.losses.add(loss, 1.0 / accumulation)
         dist.average_gradients(self.model)  # before unscaling: every rank sees the same infs
         scaler.unscale_(self.optimizer)
-        for hook in self.hooks:
-            hook.before_optimizer_step()
+        call_hooks(self.hooks, "before_optimizer_step")
         if self.settings.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         scaler.step(self.optimizer)
         scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        for hook in self.hooks:
-            hook.after_optimizer_step()
+        call_hooks(self.hooks, "after_optimizer_step")
         self.losses.steps += 1
