@@ -121,12 +121,7 @@ SST_INLINE void spmm_tile(const SpmmArgs& a, const T* x, int64_t p0, int64_t p1,
   }
   for (int u = 1; u < U; ++u)
     for (int t = 0; t < NV; ++t) acc[0][t] += acc[u][t];
-  if (a.y_col == 1) {
-    for (int t = 0; t < NV; ++t) store_v(y + t * W, acc[0][t]);
-  } else {  // a transposed output: one scalar store per column, few next to the FMAs
-    for (int t = 0; t < NV; ++t)
-      for (int i = 0; i < W; ++i) y[(t * W + i) * a.y_col] = acc[0][t][i];
-  }
+  for (int t = 0; t < NV; ++t) store_v(y + t * W, acc[0][t]);
 }
 
 template <typename T>
@@ -137,34 +132,57 @@ SST_INLINE void spmm_scalar(const SpmmArgs& a, const T* x, int64_t p0, int64_t p
     T acc = b;
     for (int64_t p = p0; p < p1; ++p)
       acc += vals[p] * x[static_cast<int64_t>(a.idx[p]) * a.ldx + l];
-    y[l * a.y_col] = acc;
+    y[l] = acc;
   }
 }
 
-// Columns [l0, l1) of row r of one image.
+// Columns [l0, l1) of row r of one image, stored contiguously from y (column l at y[l - l0]).
 template <typename T, typename V>
 SST_INLINE void spmm_segment(const SpmmArgs& a, const T* x, T* y, int64_t r, int64_t l0,
                              int64_t l1) {
   constexpr int W = sizeof(V) / sizeof(T);
   const int64_t p0 = a.ptr[r], p1 = a.ptr[r + 1];
   const T b = a.bias ? static_cast<const T*>(a.bias)[r] : T(0);
-  y += r * a.y_row;
-  const int64_t c = a.y_col;
+  y -= l0;
   int64_t l = l0;
-  for (; l + 8 * W <= l1; l += 8 * W) spmm_tile<T, V, 8>(a, x + l, p0, p1, b, y + l * c);
+  for (; l + 8 * W <= l1; l += 8 * W) spmm_tile<T, V, 8>(a, x + l, p0, p1, b, y + l);
   if (l + 4 * W <= l1) {
-    spmm_tile<T, V, 4>(a, x + l, p0, p1, b, y + l * c);
+    spmm_tile<T, V, 4>(a, x + l, p0, p1, b, y + l);
     l += 4 * W;
   }
   if (l + 2 * W <= l1) {
-    spmm_tile<T, V, 2>(a, x + l, p0, p1, b, y + l * c);
+    spmm_tile<T, V, 2>(a, x + l, p0, p1, b, y + l);
     l += 2 * W;
   }
   if (l + W <= l1) {
-    spmm_tile<T, V, 1>(a, x + l, p0, p1, b, y + l * c);
+    spmm_tile<T, V, 1>(a, x + l, p0, p1, b, y + l);
     l += W;
   }
-  if (l < l1) spmm_scalar<T>(a, x + l, p0, p1, b, y + l * c, l1 - l);
+  if (l < l1) spmm_scalar<T>(a, x + l, p0, p1, b, y + l, l1 - l);
+}
+
+// A transposed output (y_col > 1) in groups of kGroup rows: each row's columns go to a
+// contiguous scratch row, then every column gets its kGroup numbers as one contiguous run.
+// Storing each row's columns straight into y writes one number per cache line, with lines
+// y_col apart; at y_col = 1024 floats (4 KB) they all fall in one L1 set (measured 1.6x
+// slower than the same product with contiguous rows).
+constexpr int64_t kGroup = 8, kGroupCols = 64;
+
+template <typename T, typename V>
+SST_INLINE void spmm_rows_transposed(const SpmmArgs& a, const T* x, T* y, int64_t r0,
+                                     int64_t r1, int64_t l0, int64_t l1) {
+  alignas(64) T buf[kGroup][kGroupCols];
+  for (int64_t g0 = r0; g0 < r1; g0 += kGroup) {
+    const int64_t g1 = g0 + kGroup < r1 ? g0 + kGroup : r1;
+    for (int64_t c0 = l0; c0 < l1; c0 += kGroupCols) {
+      const int64_t c1 = c0 + kGroupCols < l1 ? c0 + kGroupCols : l1;
+      for (int64_t r = g0; r < g1; ++r) spmm_segment<T, V>(a, x, buf[r - g0], r, c0, c1);
+      for (int64_t l = c0; l < c1; ++l) {
+        T* out = y + l * a.y_col + g0 * a.y_row;
+        for (int64_t r = g0; r < g1; ++r) out[(r - g0) * a.y_row] = buf[r - g0][l - c0];
+      }
+    }
+  }
 }
 
 // Work item = (image, column chunk, row), row fastest: a thread's contiguous range of items
@@ -180,7 +198,11 @@ SST_INLINE void spmm_items(const SpmmArgs& a, int64_t i0, int64_t i1) {
     const T* x = static_cast<const T*>(a.x) + img * a.x_img;
     T* y = static_cast<T*>(a.y) + img * a.y_img;
     const int64_t r_end = r + (i1 - item) < a.n_rows ? r + (i1 - item) : a.n_rows;
-    for (int64_t rr = r; rr < r_end; ++rr) spmm_segment<T, V>(a, x, y, rr, l0, l1);
+    if (a.y_col == 1)
+      for (int64_t rr = r; rr < r_end; ++rr)
+        spmm_segment<T, V>(a, x, y + rr * a.y_row + l0, rr, l0, l1);
+    else
+      spmm_rows_transposed<T, V>(a, x, y, r, r_end, l0, l1);
     item += r_end - r;
   }
 }
