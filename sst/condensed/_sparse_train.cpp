@@ -511,25 +511,33 @@ PyObject* py_sddmm(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
-// transpose(dtype, src, rows, cols, dst, threads): dst (cols, rows) = src (rows, cols)^T.
+// transpose(dtype, src, n, rows, cols, dst, threads): dst (n, cols, rows) = src (n, rows,
+// cols) with each matrix transposed; all n in one parallel region (a batch's column blocks).
 PyObject* py_transpose(PyObject*, PyObject* args) {
   unsigned long long src, dst;
-  long long rows, cols;
+  long long n, rows, cols;
   int dtype, threads;
-  if (!PyArg_ParseTuple(args, "iKLLKi", &dtype, &src, &rows, &cols, &dst, &threads))
+  if (!PyArg_ParseTuple(args, "iKLLLKi", &dtype, &src, &n, &rows, &cols, &dst, &threads))
     return nullptr;
   if (!valid_dtype(dtype)) return nullptr;
   TransposeArgs a{ptr<const void>(src), rows, cols, ptr<void>(dst)};
-  // whole 16-row blocks per work item
-  const int t = rows * cols < 8 * kSerialWork ? 1 : threads;
-  const int64_t blocks = (rows + 15) / 16;
+  // work item = 16 rows of one matrix
+  const int t = n * rows * cols < 2 * kSerialWork ? 1 : threads;
+  const int64_t bands = (rows + 15) / 16, size = rows * cols * (dtype == 0 ? 4 : 8);
   Py_BEGIN_ALLOW_THREADS
   const TransposeFn fn = transpose_table[dtype];
   run_parallel(
-      [fn, rows](const TransposeArgs& b, int64_t i0, int64_t i1) {
-        fn(b, i0 * 16, i1 * 16 < rows ? i1 * 16 : rows);
+      [fn, rows, bands, size](const TransposeArgs& b, int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1;) {  // the items [i, end) that lie in matrix m
+          const int64_t m = i / bands, end = (m + 1) * bands < i1 ? (m + 1) * bands : i1;
+          const int64_t r0 = (i - m * bands) * 16, r1 = (end - m * bands) * 16;
+          TransposeArgs one{static_cast<const char*>(b.src) + m * size, b.rows, b.cols,
+                            static_cast<char*>(b.dst) + m * size};
+          fn(one, r0, r1 < rows ? r1 : rows);
+          i = end;
+        }
       },
-      a, blocks, t);
+      a, n * bands, t);
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }
@@ -660,7 +668,7 @@ PyObject* py_openmp(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"spmm", py_spmm, METH_VARARGS, "Compressed sparse rows times column-major batches."},
     {"sddmm", py_sddmm, METH_VARARGS, "Sampled dense-dense product at the kept positions."},
-    {"transpose", py_transpose, METH_VARARGS, "Transposes a row-major matrix."},
+    {"transpose", py_transpose, METH_VARARGS, "Transposes a batch of row-major matrices."},
     {"gather", py_gather, METH_VARARGS, "dst[i] = src[perm[i]]."},
     {"im2col", py_im2col, METH_VARARGS, "F.unfold (back = 0) and F.fold (back = 1)."},
     {"isa", py_isa, METH_NOARGS, "Instruction set the kernels were dispatched to."},

@@ -153,10 +153,7 @@ def _to_blocks(a: Tensor) -> Tensor:
     rows, cols = a.shape
     c = SPMM_CHUNK if rows > SPMM_CHUNK and rows % SPMM_CHUNK == 0 else rows
     out = torch.empty(rows // c, cols, c, dtype=a.dtype)
-    for k in range(rows // c):
-        _ext.transpose(
-            DTYPES[a.dtype], a[k * c :].data_ptr(), c, cols, out[k].data_ptr(), _threads()
-        )
+    _ext.transpose(DTYPES[a.dtype], a.data_ptr(), rows // c, c, cols, out.data_ptr(), _threads())
     return out
 
 
@@ -164,11 +161,9 @@ def _from_blocks(blocks: Tensor) -> Tensor:
     """The inverse of ``_to_blocks``: (B / c, cols, c) -> (B, cols)."""
     n, cols, c = blocks.shape
     out = torch.empty(n * c, cols, dtype=blocks.dtype)
-    for k in range(n):
-        _ext.transpose(
-            DTYPES[blocks.dtype], blocks[k].data_ptr(), cols, c, out[k * c :].data_ptr(),
-            _threads(),
-        )  # fmt: skip
+    _ext.transpose(
+        DTYPES[blocks.dtype], blocks.data_ptr(), n, cols, c, out.data_ptr(), _threads()
+    )  # fmt: skip
     return out
 
 
