@@ -3,12 +3,11 @@ autograd functions.
 
 Linear: x (B, in) is transposed once to X (in, B), in blocks of ``SPMM_CHUNK`` batch columns
 (``_to_blocks``: each block is one "image" of the kernels), so that each kept weight touches
-a contiguous run of numbers; the forward product computes Y^T (out, B) and stores it as y
-(B, out) (a strided store per output, cheap next to the k multiply-adds behind it), the input
-gradient computes G_x^T (in, B) from g^T = dL/dy^T (out, B) over the transposed structure
-(rows hold about nnz / in weights each, too few to hide strided stores: one transpose after),
-and the weight gradient dV[p] = g^T[o] . X[i] (a dot product of length B, summed over the
-blocks) at each kept (o, i).
+a contiguous run of numbers; the forward product computes Y^T (out, B) and the input gradient
+G_x^T (in, B) from g^T = dL/dy^T (out, B) over the transposed structure, both stored back in
+the batch-major layout (the kernel writes 8 rows at a time, so each output row gets 8
+contiguous numbers); the weight gradient dV[p] = g^T[o] . X[i] (a dot product of length B,
+summed over the blocks) at each kept (o, i).
 Conv2d: im2col's columns (B, C * kh * kw, L), F.unfold's layout, already hold one image's
 batch along the contiguous axis, so the same kernels run per image with no transpose; the
 input gradient's columns go back through col2im (F.fold's sum). im2col and col2im are
@@ -157,16 +156,6 @@ def _to_blocks(a: Tensor) -> Tensor:
     return out
 
 
-def _from_blocks(blocks: Tensor) -> Tensor:
-    """The inverse of ``_to_blocks``: (B / c, cols, c) -> (B, cols)."""
-    n, cols, c = blocks.shape
-    out = torch.empty(n * c, cols, dtype=blocks.dtype)
-    _ext.transpose(
-        DTYPES[blocks.dtype], blocks.data_ptr(), n, cols, c, out.data_ptr(), _threads()
-    )  # fmt: skip
-    return out
-
-
 class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layout: TrainLayout):
@@ -187,10 +176,8 @@ class _Linear(torch.autograd.Function):
         gb_blocks = _to_blocks(gy)
         gx = gv = gb = None
         if ctx.needs_input_grad[0]:
-            n_blocks, block = gb_blocks.shape[0], gb_blocks.shape[2]
-            gxb = torch.empty(n_blocks, layout.in_features, block, dtype=gy.dtype)
-            _spmm(layout, True, _csc_values(layout, values), None, gb_blocks, gxb)
-            gx = _from_blocks(gxb)
+            gx = torch.empty(gy.shape[0], layout.in_features, dtype=gy.dtype)
+            _spmm(layout, True, _csc_values(layout, values), None, gb_blocks, gx, y_rows_last=True)
         if ctx.needs_input_grad[1]:
             gv = _sddmm(layout, gb_blocks, xb)
         if ctx.needs_input_grad[2]:
