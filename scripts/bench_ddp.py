@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from bench_train import balanced_order
 from torch import nn
 
 from sst import dist, models
@@ -156,8 +157,7 @@ def measure(rank: int, world: int, model_name: str, plan: Plan, cpu: torch.devic
             step(variant)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(plan.rounds):
-        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
-        for variant in order:
+        for variant in balanced_order(VARIANTS, r):
             dist.barrier()
             start = time.perf_counter()
             for _ in range(plan.steps):

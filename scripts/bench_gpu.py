@@ -18,9 +18,9 @@
     backend as well when the default is cuSPARSELt). The A100 2:4 articles report 1.5-2x
     for large GEMMs.
 
-Protocol: untimed warm-up, then rounds; in every round each variant runs its block in an
-order that rotates from round to round, between two CUDA events (the block is
-synchronised before its time is read). Tables give medians over the rounds (IQR in
+Protocol: untimed warm-up, then rounds; in every round each variant runs its block in a
+balanced order (each one after every other equally often), between two CUDA events (the
+block is synchronised before its time is read). Tables give medians over the rounds (IQR in
 brackets), in the style of ``bench_train.py`` / ``bench_infer.py``.
 
 Without CUDA (or Triton, or sm_80 for 2:4) a benchmark prints that it was skipped and why;
@@ -54,13 +54,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_infer import fan_in_mask
 from bench_train import (
+    balanced_order,
     cpu_model,
     iqr,
     log,
     make_method,
     make_optimizer,
     median,
-    rotated,
     sst_commit,
 )
 
@@ -122,11 +122,11 @@ def calls_for(fn: Callable[[], object], target_ms: float = BLOCK_MS) -> int:
 def timed_variants(
     variants: dict[str, Callable[[], object]], rounds: int
 ) -> dict[str, list[float]]:
-    """Per-call milliseconds of every variant, one sample per round, rotated order."""
+    """Per-call milliseconds of every variant, one sample per round, balanced order."""
     calls = {name: calls_for(fn) for name, fn in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for r in range(rounds):
-        for name in rotated(list(variants), r):
+        for name in balanced_order(list(variants), r):
             times[name].append(block_ms(variants[name], calls[name]))
     return times
 
@@ -277,7 +277,7 @@ def bench_training(plan: Plan, args) -> list[str]:
         timed_block(run, plan.delta_t, record=False)
     for r in range(plan.rounds):
         log(f"[training] round {r + 1}/{plan.rounds}")
-        for run in rotated(runs, r):
+        for run in balanced_order(runs, r):
             timed_block(run, plan.delta_t, record=True)
     dense = median(runs[0].block_ms)
     lines = [

@@ -26,8 +26,9 @@ Variants (each its own module, built for every sparsity, thread count and batch)
   gain of structure alone; for the single layer, the live rows only.
 
 Protocol: rounds (7 full, 2 quick; 3 for inputs of 4M elements or more); in each round every
-variant runs its calls (about 30 ms worth) in a rotated order, each call timed alone
-(``time.perf_counter``) under ``torch.inference_mode``; the tables give medians with the
+variant runs its calls (about 30 ms worth) in a balanced order (each one after every other
+equally often: ``bench_train.balanced_order``), each call timed alone (``time.perf_counter``)
+under ``torch.inference_mode``; the tables give medians with the
 IQR in brackets. A variant whose warm-up call takes over ``--slow-s`` (2 s: CSR convs at
 batch 64) is timed once. Bandwidth: the faster of a 256 MiB tensor copy
 (read + write) and a read-only max over it, at each thread count; a variant's bound is (the
@@ -75,7 +76,7 @@ from torch import nn
 from torchvision.models.vision_transformer import MLPBlock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import iqr, log, machine_info, median, rotated
+from bench_train import balanced_order, iqr, log, machine_info, median
 
 from sst import models
 from sst.condensed import CondensedLinear, CSRLinear, condense, kernel_info, save, size_report
@@ -279,7 +280,7 @@ def time_variants(
             else:
                 calls[name] = calls_per_round(lambda m=module: m(x))
         for r in range(rounds):
-            for name in rotated(list(variants), r):
+            for name in balanced_order(list(variants), r):
                 module = variants[name]
                 for _ in range(calls[name]):
                     if flush is not None:

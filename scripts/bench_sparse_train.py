@@ -15,8 +15,9 @@ variant timed side by side in one process:
 Cases: 3072 -> 768 and 1024 -> 1024, sparsity 90% and 95%, batch 64 and 256, plus the
 ResNet-18 CIFAR layer3 conv (256 -> 256, 3x3, 8x8 input, batch 64) at 90%; at 1 and 2
 threads (``torch.set_num_threads``). Protocol: every variant is warmed up, then in each of
-``rounds`` rounds (15, ``--quick`` 3) every variant runs once in a rotated order, each call
-timed alone (``time.perf_counter``, gradients cleared outside the timing); the table gives
+``rounds`` rounds (15, ``--quick`` 3) every variant runs once in a balanced order
+(``bench_train.balanced_order``: each one after every other equally often), each call timed
+alone (``time.perf_counter``, gradients cleared outside the timing); the table gives
 medians and the ratios of medians.
 
     python scripts/bench_sparse_train.py                      # all sections
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from bench_sparse_train_step import step_section
+from bench_train import balanced_order
 from torch import Tensor
 
 from sst.condensed.sparse_train import (
@@ -87,15 +89,14 @@ def unstructured_mask(out: int, inp: int, nnz: int, gen: torch.Generator) -> Ten
 def time_variants(
     variants: list[Variant], rounds: int, clock: Callable[[], float] = time.perf_counter
 ) -> dict[str, float]:
-    """Median seconds per call of each variant, interleaved in rotated order."""
+    """Median seconds per call of each variant, interleaved in a balanced order."""
     for v in variants:  # warm-up: first-call allocations, caches
         for _ in range(2):
             v.step()
             clear(v)
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     for r in range(rounds):
-        order = variants[r % len(variants) :] + variants[: r % len(variants)]
-        for v in order:
+        for v in balanced_order(variants, r):
             start = clock()
             v.step()
             times[v.name].append(clock() - start)

@@ -16,7 +16,7 @@ momentum 0.9 nesterov wd 5e-4, SRigL at 90% sparsity (ERK), delta_t 100. Variant
 
 A step is what the loop runs: (``condense``/``expand``) + forward + cross-entropy + backward +
 ``before_step()`` + ``optimizer.step()`` + ``after_step()`` + ``zero_grad()``. Each round
-times ``steps`` regular steps of every variant (rotated order), then one update step of each
+times ``steps`` regular steps of every variant (balanced order), then one update step of each
 (the method's step counter is moved to just before an update). Amortised step at delta_t:
 ``(median regular * (delta_t - 1) + median update) / delta_t``.
 
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from bench_train import balanced_order
 from torch import nn
 
 from sst import models
@@ -158,7 +159,7 @@ def time_model(label, builder, shape, args, threads) -> tuple[dict, dict]:
         one_step(run, x, y)
         one_step(run, x, y)
     for rnd in range(rounds):
-        order = runs[rnd % len(runs) :] + runs[: rnd % len(runs)]
+        order = balanced_order(runs, rnd)
         for _ in range(steps):
             for run in order:
                 past_update(run)

@@ -14,7 +14,7 @@ Two measurements, printed as markdown tables (progress goes to stderr):
 2. The mask update of ResNet-50 (ImageNet shapes, density 0.1 ERK) for RigL, SRigL
    (gamma_sal 0.3) and SET, with random dense gradients and no forward pass.
 
-Methods are interleaved across rounds (the order rotates every round) and medians are
+Methods are interleaved across rounds (a balanced order: ``balanced_order``) and medians are
 reported, so slow drifts of a noisy machine hit every method alike.
 
     python scripts/bench_train.py            # full run (about 5 minutes on 2 CPU cores)
@@ -227,9 +227,21 @@ class Run:
     updates_done: int = 0
 
 
-def rotated(items: list, shift: int) -> list:
-    shift %= max(len(items), 1)
-    return items[shift:] + items[:shift]
+def balanced_order(items: list, round_index: int) -> list:
+    """The items' order in round ``round_index``: a row of a Williams design, the Latin square
+    in which every item directly follows every other one equally often (over n rounds for n
+    items, 2n when n is odd). A plain rotation would keep each item's predecessor fixed, and
+    the predecessor sets the cache state (a dense layer evicts the sparse one's operands)."""
+    n = len(items)
+    if n < 2:
+        return list(items)
+    first = [0]  # 0, 1, n - 1, 2, n - 2, ...
+    for j in range(1, n):
+        first.append((j + 1) // 2 if j % 2 else n - j // 2)
+    period = n if n % 2 == 0 else 2 * n
+    row = round_index % period
+    order = [items[(k + row) % n] for k in first]
+    return order if row < n else order[::-1]
 
 
 # ----------------------------------------------------------------------------- training steps
@@ -332,9 +344,9 @@ def bench_training(name: str, methods: list[str], plan: Plan, args, device) -> l
 
     for r in range(plan.rounds):
         log(f"[{name}] round {r + 1}/{plan.rounds}")
-        for run in rotated(runs, r):
+        for run in balanced_order(runs, r):
             timed_steps(run, plan.steps, x, y, device, record=True)
-        for run in rotated(dynamic, r):
+        for run in balanced_order(dynamic, r):
             for _ in range(plan.updates):
                 capture, update = timed_update(run, device, real_backward)
                 run.capture_ms.append(1000 * capture)
@@ -445,7 +457,7 @@ def bench_resnet50(methods: list[str], plan: Plan, args, device) -> list[Run]:
     for r in range(plan.rounds):
         log(f"[resnet50] round {r + 1}/{plan.rounds}")
         draw_grads()
-        for run in rotated(runs, r):
+        for run in balanced_order(runs, r):
             for _ in range(plan.updates):
                 capture, update = timed_update(run, device, fake_grads)
                 run.capture_ms.append(1000 * capture)
