@@ -23,15 +23,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "kernel_common.h"
+
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define SST_X86 1
@@ -39,8 +36,6 @@
 #define SST_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #define SST_AVX2 __attribute__((target("avx2,fma")))
 #endif
-
-#define SST_INLINE inline __attribute__((always_inline))
 
 namespace {
 
@@ -861,36 +856,6 @@ void select_kernels() {
 #undef SST_FILL
 #undef SST_FILL_VAL
 #undef SST_FILL_CSR
-}
-
-// Runs fn over [0, n) on up to `threads` threads. The range is cut into about 8 chunks per
-// thread, claimed in order from a shared counter: a thread the OS schedules late (a busy
-// machine) finds the work done by the others instead of holding its static share, so the
-// region costs at most its wake-up, not its share of the work on top.
-template <typename Args, typename Fn>
-void run_parallel(Fn fn, const Args& a, int64_t n, int threads) {
-#ifdef _OPENMP
-  if (threads > 1 && n > 1) {
-    const int64_t chunks = n < 8 * threads ? n : 8 * threads;
-    std::atomic<int64_t> next{0};
-#pragma omp parallel num_threads(threads)
-    {
-      for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1))
-        fn(a, n * c / chunks, n * (c + 1) / chunks);
-    }
-    return;
-  }
-#endif
-  (void)threads;
-  fn(a, 0, n);
-}
-
-// Below this many multiply-adds a second thread costs more than it saves.
-constexpr int64_t kSerialWork = 32768;
-
-template <typename T>
-T* ptr(unsigned long long p) {
-  return reinterpret_cast<T*>(static_cast<uintptr_t>(p));
 }
 
 // gemv(x, ldx, batch, values, value_type, indices, idx_bytes, k, rows, bias, y, ldy, n_live,
