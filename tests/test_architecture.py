@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sst"
 # Each top-level module or package of sst, by layer: a unit imports only from layers below
 # its own (and from itself).
 LAYERS = [
-    {"files", "dist", "lr_schedules", "models", "data"},
+    {"files", "command_line", "dist", "lr_schedules", "models", "data"},
     {"sparsity"},
     {"runs"},
     {"config", "engine", "condensed"},

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 import sst.models
 from sst import __version__
+from sst.command_line import parse_assignments
 from sst.runs.checkpoint import CorruptCheckpoint
 from sst.runs.load import load_run
 
@@ -167,13 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def builder_options(pairs: Sequence[str]) -> dict[str, Any]:
     """``["stem=cifar", "width=0.5"]`` -> ``{"stem": "cifar", "width": 0.5}`` (YAML values)."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-arg {pair!r}: expected KEY=VALUE, e.g. stem=cifar")
-        options[key] = yaml.safe_load(value)
-    return options
+    return parse_assignments(pairs, "--model-arg", "stem=cifar")
 
 
 def latency_model(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple[int, ...], Any]:

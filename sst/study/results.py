@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sst.command_line import parse_assignments
 from sst.runs.folder import CHECKPOINT, CONFIG_FILE, FINISHED, LOG_FILE, SUMMARY_FILE, RunFolder
 from sst.runs.identity import IDENTITY_KEYS, NOT_IDENTITY
 
@@ -174,15 +175,7 @@ def wandb_runs(path: str, *, api: Any = None, filters: dict[str, Any] | None = N
 def parse_where(pairs: Sequence[str]) -> dict[str, Any]:
     """``["dataset=digits", "sparsity.gamma_sal=0"]`` -> ``{"dataset": "digits",
     "sparsity.gamma_sal": 0}`` (values read as YAML scalars)."""
-    import yaml
-
-    where = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--where {pair!r} must be KEY=VALUE, e.g. dataset=digits")
-        where[key] = yaml.safe_load(text)
-    return where
+    return parse_assignments(pairs, "--where", "dataset=digits")
 
 
 def same_value(actual: Any, wanted: Any) -> bool:
