@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import urllib.error
 
 import pytest
@@ -18,7 +19,7 @@ from sst.config.keys import ConfigError
 from sst.engine.signals import Preempted
 from sst.engine.step import NonFiniteLoss
 from sst.launch.build import build
-from sst.runs.checkpoint import CorruptCheckpoint, load_latest, verify
+from sst.runs.checkpoint import CorruptCheckpoint, load_latest, state_digest, verify
 from sst.runs.lock import RunLock
 from sst.runs.runlog import wandb_is_complete
 from sst.runs.wandb_file import read_history
@@ -184,6 +185,27 @@ def test_a_kill_before_the_first_checkpoint_leaves_no_duplicate_record(tmp_path,
     run_module.run(cfg, run_dir, choices)
     steps = [(r["step"], "train/loss" in r) for r in read_metrics(run_dir)]
     assert len(steps) == len(set(steps))
+
+
+def test_the_digest_format_is_stable():
+    """Checkpoints written earlier keep verifying: the digest of a fixed state, holding every
+    kind of value a checkpoint has (tensors of several dtypes, nested maps, Python's RNG
+    state as a tuple of 625 ints, numbers, None, a list of tuples), is pinned."""
+    gen = torch.Generator().manual_seed(0)
+    state = {
+        "model": {"fc.weight": torch.randn(4, 3, generator=gen), "fc.bias": torch.arange(4.0)},
+        "masks": {"fc": torch.tensor([[1, 0, 1]] * 4, dtype=torch.bool)},
+        "half": torch.ones(2, dtype=torch.bfloat16),
+        "rng": {
+            "python": random.Random(0).getstate(),
+            "torch": torch.Generator().manual_seed(1).get_state(),
+        },
+        "step": 7,
+        "best_acc": 0.5,
+        "wandb_id": None,
+        "stage_results": [("dense", 1.0)],
+    }
+    assert state_digest(state) == "74fa29aa7aa392aaee0d6f21ac4139e2"
 
 
 def test_a_checkpoint_with_changed_bytes_is_refused_and_the_good_one_kept(

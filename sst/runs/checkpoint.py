@@ -21,11 +21,16 @@ log = logging.getLogger(__name__)
 DIGEST_KEY = "digest"
 
 
+# Values fed as "type repr;": a sequence of only these (Python's RNG state holds 625 ints)
+# goes in one update of the same bytes.
+_PLAIN = (int, float, bool, str, type(None))
+
+
 def _feed(digest, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         data = value.detach().cpu().contiguous()
         digest.update(f"tensor {data.dtype} {tuple(data.shape)};".encode())
-        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy())  # its buffer, not a copy
     elif isinstance(value, Mapping):
         digest.update(f"map {len(value)};".encode())
         for key in sorted(value, key=repr):
@@ -33,8 +38,11 @@ def _feed(digest, value: Any) -> None:
             _feed(digest, value[key])
     elif isinstance(value, (list, tuple)):
         digest.update(f"seq {len(value)};".encode())
-        for item in value:
-            _feed(digest, item)
+        if all(type(item) in _PLAIN for item in value):
+            digest.update("".join(f"{type(v).__name__} {v!r};" for v in value).encode())
+        else:
+            for item in value:
+                _feed(digest, item)
     else:
         digest.update(f"{type(value).__name__} {value!r};".encode())
 
