@@ -138,22 +138,21 @@ SST_INLINE void spmm_segment(const SpmmArgs& a, const T* x, T* y, int64_t r, int
   constexpr int W = sizeof(V) / sizeof(T);
   const int64_t p0 = a.ptr[r], p1 = a.ptr[r + 1];
   const T b = a.bias ? static_cast<const T*>(a.bias)[r] : T(0);
-  y -= l0;
   int64_t l = l0;
-  for (; l + 8 * W <= l1; l += 8 * W) spmm_tile<T, V, 8>(a, x + l, p0, p1, b, y + l);
+  for (; l + 8 * W <= l1; l += 8 * W) spmm_tile<T, V, 8>(a, x + l, p0, p1, b, y + (l - l0));
   if (l + 4 * W <= l1) {
-    spmm_tile<T, V, 4>(a, x + l, p0, p1, b, y + l);
+    spmm_tile<T, V, 4>(a, x + l, p0, p1, b, y + (l - l0));
     l += 4 * W;
   }
   if (l + 2 * W <= l1) {
-    spmm_tile<T, V, 2>(a, x + l, p0, p1, b, y + l);
+    spmm_tile<T, V, 2>(a, x + l, p0, p1, b, y + (l - l0));
     l += 2 * W;
   }
   if (l + W <= l1) {
-    spmm_tile<T, V, 1>(a, x + l, p0, p1, b, y + l);
+    spmm_tile<T, V, 1>(a, x + l, p0, p1, b, y + (l - l0));
     l += W;
   }
-  if (l < l1) spmm_scalar<T>(a, x + l, p0, p1, b, y + l, l1 - l);
+  if (l < l1) spmm_scalar<T>(a, x + l, p0, p1, b, y + (l - l0), l1 - l);
 }
 
 // A transposed output (y_col > 1) in groups of kGroup rows: each row's columns go to a
