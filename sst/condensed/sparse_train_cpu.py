@@ -104,15 +104,20 @@ def _spmm(
     )  # fmt: skip
 
 
+def _permuted(values: Tensor, perm: Tensor) -> Tensor:
+    """out[i] = values[perm[i]]: the layout's values moved between CSR and CSC order."""
+    out = torch.empty_like(values)
+    _ext.gather(
+        DTYPES[values.dtype], values.data_ptr(), perm.data_ptr(), perm.numel(), out.data_ptr(),
+        _threads(),
+    )  # fmt: skip
+    return out
+
+
 def _csc_values(layout: TrainLayout, values: Tensor) -> Tensor:
     """The values in the transposed structure's order (one gather per backward: cheaper than
     an indirect load per weight and column block in the product)."""
-    out = torch.empty_like(values)
-    _ext.gather(
-        DTYPES[values.dtype], values.data_ptr(), layout.perm.data_ptr(), layout.nnz,
-        out.data_ptr(), _threads(),
-    )  # fmt: skip
-    return out
+    return _permuted(values, layout.perm)
 
 
 def _sddmm(layout: TrainLayout, g: Tensor, x: Tensor) -> Tensor:
@@ -135,14 +140,7 @@ def _sddmm(layout: TrainLayout, g: Tensor, x: Tensor) -> Tensor:
         DTYPES[g.dtype], ptr.data_ptr(), idx.data_ptr(), a.data_ptr(), n, a.shape[1] * n,
         b.data_ptr(), n, b.shape[1] * n, out.data_ptr(), n, n_img, rows, layout.nnz, _threads(),
     )  # fmt: skip
-    if not by_input:
-        return out
-    ordered = torch.empty_like(out)
-    _ext.gather(
-        DTYPES[g.dtype], out.data_ptr(), layout.perm_inv.data_ptr(), layout.nnz,
-        ordered.data_ptr(), _threads(),
-    )  # fmt: skip
-    return ordered
+    return _permuted(out, layout.perm_inv) if by_input else out
 
 
 def _to_blocks(a: Tensor) -> Tensor:
