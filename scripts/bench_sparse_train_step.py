@@ -46,6 +46,7 @@ from sst.condensed.training import SparseCompute
 from sst.sparsity import SRigL
 
 BATCH = 64
+CIFAR = (3, 32, 32)  # the input shape of both models
 DELTA_T = 100
 VARIANTS = ("dense", "masked2", "masked", "condensed", "auto")
 
@@ -183,11 +184,11 @@ def mlp() -> nn.Module:
 
 def step_section(args: argparse.Namespace) -> None:
     """Whole training steps: the whole-step targets of docs/benchmarks.md."""
-    cases = [
-        ("MLP 3072-1024-1024-10", mlp, (3, 32, 32)),
-        ("ResNet-18 CIFAR", lambda: models.resnet18_cifar(10, (3, 32, 32)), (3, 32, 32)),
-    ]
-    cases = [c for c, key in zip(cases, ("mlp", "resnet18"), strict=True) if key in args.models]
+    all_cases = {
+        "mlp": ("MLP 3072-1024-1024-10", mlp, CIFAR),
+        "resnet18": ("ResNet-18 CIFAR", lambda: models.resnet18_cifar(10, CIFAR), CIFAR),
+    }
+    cases = [case for key, case in all_cases.items() if key in args.models]
     if args.quick:
         cases = cases[:1]
     print("\n### whole training step, SRigL 90% ERK, batch 64, delta_t 100 (median ms)")
