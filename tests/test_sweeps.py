@@ -198,7 +198,9 @@ def test_joblib_workers_stop_and_save_when_the_sweep_is_terminated(tmp_path: Pat
     its parent die, saves a checkpoint, releases its run folder's lock and exits within
     seconds; the relaunched sweep resumes both runs."""
     grid = [
-        "trainer.epochs=20",
+        # long enough that neither run finishes before the signal (20 epochs took 1.5 s,
+        # and a finished run's idle worker holds no run to stop)
+        "trainer.epochs=200",
         "trainer.batch_size=32",
         "trainer.checkpoint_every_epochs=1000",  # the only checkpoint is the stop's
         "trainer.progress_bar=false",
@@ -239,5 +241,5 @@ def test_joblib_workers_stop_and_save_when_the_sweep_is_terminated(tmp_path: Pat
 
     sweep(grid, tmp_path)
     for run_dir in holders:
-        assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 20
+        assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 200
         assert "resumed from" in (run_dir / "train.log").read_text()
