@@ -174,13 +174,13 @@ class _Linear(torch.autograd.Function):
         gy = gy.contiguous()
         gb_blocks = _to_blocks(gy)
         gx = gv = gb = None
+        if ctx.needs_input_grad[2]:  # while gy is still in cache from the transpose
+            gb = gy.sum(0)
         if ctx.needs_input_grad[0]:
             gx = torch.empty(gy.shape[0], layout.in_features, dtype=gy.dtype)
             _spmm(layout, True, _csc_values(layout, values), None, gb_blocks, gx, y_rows_last=True)
         if ctx.needs_input_grad[1]:
             gv = _sddmm(layout, gb_blocks, xb)
-        if ctx.needs_input_grad[2]:
-            gb = gy.sum(0)
         return gx, gv, gb, None
 
 
