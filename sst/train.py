@@ -26,7 +26,7 @@ from sst.config import CONFIG_DIR, ConfigError, register_resolvers, runtime
 from sst.config.callbacks import remove_unused_records
 from sst.config.keys import check_command_line
 from sst.engine.records import last_step
-from sst.engine.signals import Preempted
+from sst.engine.signals import Preempted, pool_job
 from sst.launch.run import format_summary, optimized_metric, optimized_value, run
 from sst.runs.checkpoint import CorruptCheckpoint
 from sst.runs.folder import RunFolder, remove_if_unused
@@ -42,6 +42,12 @@ register_resolvers()
 def hydra_main(cfg: DictConfig) -> float | None:
     """Runs one job; returns the summary's ``optimized_metric`` (default
     ``final_test_acc``) to Hydra's sweeper, for a skipped finished run too."""
+    with pool_job():  # a joblib worker whose sweep died exits once no job runs in it
+        return run_job(cfg)
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """``hydra_main``'s job: the exit codes of the module docstring."""
     dist.quiet_logging()  # a rank other than 0 writes no train.log
     run_dir = runtime.job_output_dir()
     try:

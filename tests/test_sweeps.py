@@ -198,8 +198,8 @@ def test_joblib_workers_stop_and_save_when_the_sweep_is_terminated(tmp_path: Pat
     its parent die, saves a checkpoint, releases its run folder's lock and exits within
     seconds; the relaunched sweep resumes both runs."""
     grid = [
-        # long enough that neither run finishes before the signal (20 epochs took 1.5 s,
-        # and a finished run's idle worker holds no run to stop)
+        # long enough that neither run finishes before the signal (20 epochs took 1.5 s;
+        # a run finished before it leaves no stop checkpoint to check)
         "trainer.epochs=200",
         "trainer.batch_size=32",
         "trainer.checkpoint_every_epochs=1000",  # the only checkpoint is the stop's

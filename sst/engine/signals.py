@@ -5,7 +5,9 @@ A run in a worker of a Python process pool (the joblib launcher's loky workers) 
 so when the process that started it dies: a SIGTERM to the sweep's main process kills it
 but not its workers, which would go on training, holding their run folders' locks. A
 watchdog thread (``ParentWatch``) sees the parent's death, as a changed parent process id,
-and takes the SIGTERM path: checkpoint, stop, locks released, a relaunch resumes.
+and takes the SIGTERM path: checkpoint, stop, locks released, a relaunch resumes. A worker
+between jobs ends too (``pool_job``): loky would keep it waiting for a next job that never
+comes, for joblib's ``idle_worker_timeout`` (300 s by default).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -100,6 +103,53 @@ def exit_orphan(signum: int | None, _frame: Any) -> None:
     os._exit(124)
 
 
+class _IdleWorkerExit:
+    """Ends this process once its parent has died and no job is running in it (the jobs
+    are counted by ``pool_job``)."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.lock = threading.Lock()
+        self.watch: ParentWatch | None = None
+
+    def enter(self) -> None:
+        with self.lock:
+            self.jobs += 1
+            if self.watch is None:
+                self.watch = ParentWatch(self._exit_when_idle)
+                self.watch.start()
+
+    def leave(self) -> None:
+        with self.lock:
+            self.jobs -= 1
+
+    def _exit_when_idle(self) -> None:
+        while True:
+            with self.lock:
+                if self.jobs == 0:
+                    exit_orphan(None, None)
+            time.sleep(0.1)
+
+
+_idle_worker_exit = _IdleWorkerExit()
+
+
+@contextlib.contextmanager
+def pool_job() -> Iterator[None]:
+    """Wraps one job of a pool worker (a no-op in a process started from a shell): once the
+    worker's parent has died, the worker exits as soon as no job is running in it, instead
+    of idling until loky's timeout. A job still running finishes first; its run, if
+    training, is stopped by its own ``ParentWatch``."""
+    if not ParentWatch.wanted():
+        yield
+        return
+    _idle_worker_exit.enter()
+    try:
+        yield
+    finally:
+        _idle_worker_exit.leave()
+
+
 class StopSignals:
     """Catches the stop signals while ``installed``; ``agreed`` tells, after a step, the
     signal every rank agrees on (under DDP one step after the first rank received it, in a
@@ -145,7 +195,7 @@ class StopSignals:
     def previous_handler(self, signum: int) -> Callable | None:
         """The handler of ``signum`` before ``installed`` took it over, if it was a
         function (submitit's requeue), else None; for a run whose parent died, ``exit_orphan``
-        (a pool worker waits for its dead parent's next job forever)."""
+        (which ends the worker: it would wait for its dead parent's next job)."""
         if self.orphaned:
             return exit_orphan
         handler = self._previous.get(signum)
