@@ -237,6 +237,39 @@ def test_conv_float32_against_masked_dense(backend, geometry, shape) -> None:
     torch.testing.assert_close(bias.grad, br.grad, rtol=1e-4, atol=1e-3)
 
 
+def test_a_bias_of_the_wrong_length_is_an_error_not_a_read_past_it(backend) -> None:
+    lay = build_layout(random_mask((10, 16), 0.3, seed=5), "csr")
+    values = torch.randn(lay.nnz)
+    with pytest.raises(ValueError, match=r"bias must have shape \(10,\), got \(3,\)"):
+        sparse_linear(torch.randn(5, 16), values, lay, torch.randn(3))
+    conv = build_layout(torch.ones(4, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\)"):
+        sparse_conv2d(
+            torch.randn(1, 2, 5, 5), torch.randn(conv.nnz), conv, torch.randn(8), kernel_size=3
+        )
+
+
+def test_empty_batches_give_empty_outputs_and_gradients(backend) -> None:
+    lay = build_layout(random_mask((10, 16), 0.3, seed=6), "csr")
+    values = torch.randn(lay.nnz, requires_grad=True)
+    y = sparse_linear(torch.randn(0, 16), values, lay, torch.randn(10))
+    assert y.shape == (0, 10)
+    y.sum().backward()
+    assert torch.equal(values.grad, torch.zeros(lay.nnz))
+    conv = build_layout(torch.ones(4, 2, 3, 3))
+    y = sparse_conv2d(torch.randn(0, 2, 5, 5), torch.randn(conv.nnz), conv, None, kernel_size=3)
+    assert y.shape == (0, 4, 3, 3)
+
+
+def test_conv_input_smaller_than_its_kernel_and_bad_pairs_are_named() -> None:
+    lay = build_layout(torch.ones(4, 2, 3, 3))
+    values = torch.randn(lay.nnz)
+    with pytest.raises(ValueError, match=r"spatial size \(2, 2\) is smaller than the kernel"):
+        sparse_conv2d(torch.randn(1, 2, 2, 2), values, lay, None, kernel_size=3)
+    with pytest.raises(ValueError, match=r"a pair of ints, got \(1, 2, 3\)"):
+        sparse_conv2d(torch.randn(1, 2, 5, 5), values, lay, None, stride=(1, 2, 3), kernel_size=3)
+
+
 def test_conv_rejects_groups_and_string_padding() -> None:
     lay = build_layout(torch.ones(4, 2, 3, 3))
     x, values = torch.randn(1, 4, 5, 5), torch.randn(lay.nnz)

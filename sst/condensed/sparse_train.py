@@ -69,9 +69,11 @@ def _dense_weight(values: Tensor, layout: TrainLayout) -> Tensor:
     return flat.view(layout.out_features, layout.in_features)
 
 
-def _check_values(values: Tensor, layout: TrainLayout) -> None:
+def _check_operands(values: Tensor, bias: Tensor | None, layout: TrainLayout) -> None:
     if values.shape != (layout.nnz,):
         raise ValueError(f"values must have shape ({layout.nnz},), got {tuple(values.shape)}")
+    if bias is not None and bias.shape != (layout.out_features,):
+        raise ValueError(f"bias must have shape ({layout.out_features},), got {tuple(bias.shape)}")
 
 
 def sparse_linear(
@@ -79,10 +81,10 @@ def sparse_linear(
 ) -> Tensor:
     """y = x W^T + bias over the kept weights only (module docstring), differentiable with
     respect to ``x`` (..., in), ``values`` (nnz,) and ``bias`` (out,)."""
-    _check_values(values, layout)
+    _check_operands(values, bias, layout)
     if x.shape[-1] != layout.in_features:
         raise ValueError(f"x has {x.shape[-1]} features, the layout {layout.in_features}")
-    if kernels.runnable(x, values, bias):
+    if x.numel() > 0 and kernels.runnable(x, values, bias):
         return kernels.linear(x, values, layout, bias)
     return F.linear(x, _dense_weight(values, layout), bias)
 
@@ -111,9 +113,14 @@ def sparse_conv2d(
             f"x of shape {tuple(x.shape)} with kernel {(kh, kw)} does not match the "
             f"layout's {layout.in_features} inputs per output channel"
         )
-    _check_values(values, layout)
+    _check_operands(values, bias, layout)
     geometry = (_pair(stride), _pair(padding), _pair(dilation), (kh, kw))
-    if kernels.runnable(x, values, bias):
+    if min(kernels.output_size(x.shape[-2:], geometry)) < 1:
+        raise ValueError(
+            f"x of spatial size {tuple(x.shape[-2:])} is smaller than the kernel {(kh, kw)} "
+            f"with padding {geometry[1]} and dilation {geometry[2]}: no output position"
+        )
+    if x.numel() > 0 and kernels.runnable(x, values, bias):
         return kernels.conv2d(x, values, layout, bias, geometry)
     weight = _dense_weight(values, layout).view(layout.out_features, x.shape[1], kh, kw)
     return F.conv2d(x, weight, bias, geometry[0], geometry[1], geometry[2])
@@ -122,5 +129,6 @@ def sparse_conv2d(
 def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
-    a, b = v
-    return (int(a), int(b))
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair of ints, got {v!r}")
+    return (int(v[0]), int(v[1]))

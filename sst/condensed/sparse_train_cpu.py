@@ -194,6 +194,17 @@ def linear(x: Tensor, values: Tensor, layout: TrainLayout, bias: Tensor | None) 
 Geometry = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
+def output_size(size: tuple[int, int], geometry: Geometry) -> tuple[int, int]:
+    """(oh, ow) of a conv on an input of spatial ``size``: per axis
+    (size + 2 padding - dilation (kernel - 1) - 1) // stride + 1."""
+    stride, padding, dilation, kernel = geometry
+    oh, ow = (
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, s, p, d, k in zip(size, stride, padding, dilation, kernel, strict=True)
+    )
+    return oh, ow
+
+
 def _workspace(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """A reusable buffer of this thread: a conv's columns are tens of MB, and a fresh block of
     that size comes from the OS as untouched pages, whose first writes cost as much as the
@@ -229,15 +240,10 @@ def _im2col(
 class _Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, values, bias, layout: TrainLayout, geometry: Geometry):
-        stride, padding, dilation, kernel = geometry
         values = values.detach().contiguous()
         bias = None if bias is None else bias.detach().contiguous()
         x = x.detach().contiguous()
-        h, w = x.shape[-2:]
-        oh, ow = (
-            (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, p, d, k, s in zip((h, w), padding, dilation, kernel, stride, strict=True)
-        )
+        oh, ow = output_size(x.shape[-2:], geometry)
         cols = _workspace("cols", (x.shape[0], layout.in_features, oh * ow), x.dtype)
         _im2col(x, cols, geometry, (oh, ow), back=False)
         y = torch.empty(x.shape[0], layout.out_features, oh * ow, dtype=x.dtype)
