@@ -270,6 +270,35 @@ def test_depthwise_refuses_other_convs():
         DepthwiseConv2d.from_conv(nn.Conv2d(4, 4, 3, stride=3, padding=1, groups=4))
 
 
+def test_inputs_of_the_wrong_width_are_named_not_read_past():
+    torch.manual_seed(0)
+    linear = SparseLinear.from_linear(nn.Linear(16, 10), random_mask(10, 16, 0.3, 0))
+    with pytest.raises(ValueError, match=r"input of shape \(4, 5\): the layer takes 16"):
+        linear(torch.randn(4, 5))
+    conv = SparseConv2d.from_conv(nn.Conv2d(8, 4, 3, padding=1))
+    with pytest.raises(ValueError, match=r"\(1, 4, 5, 5\): the layer takes \(N, 8, H, W\)"):
+        conv(torch.randn(1, 4, 5, 5))
+    depthwise = DepthwiseConv2d.from_conv(nn.Conv2d(4, 4, 3, padding=1, groups=4))
+    with pytest.raises(ValueError, match=r"\(1, 8, 5, 5\): the layer takes \(N, 4, H, W\)"):
+        depthwise(torch.randn(1, 8, 5, 5))
+
+
+def test_modules_moved_to_another_dtype_never_run_the_fp32_kernels():
+    """After ``module.double()`` the sparse Linear runs the dense fallback (it failed with a
+    KeyError); a depthwise module with float64 buffers given an fp32 input is torch's dtype
+    error, where the kernel read the float64 buffers as fp32 numbers."""
+    torch.manual_seed(1)
+    dense = nn.Linear(16, 10)
+    dense.weight.data *= random_mask(10, 16, 0.3, 1)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    conv = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    module = DepthwiseConv2d.from_conv(conv).double()
+    with torch.inference_mode():
+        close(SparseLinear.from_linear(dense).double()(x), dense.double()(x), 1e-6)
+        with pytest.raises(RuntimeError, match="should be the same"):
+            module(torch.randn(1, 4, 6, 6))
+
+
 @needs_kernels
 def test_export_times_depthwise_and_round_trips(tmp_path):
     torch.manual_seed(0)

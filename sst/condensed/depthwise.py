@@ -68,11 +68,16 @@ class DepthwiseConv2d(nn.Module):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)}: the layer takes (N, {self.channels}, H, W)"
+            )
         runnable = (
             cpu.compiled_available()
             and x.is_cpu
             and x.dtype == torch.float32
-            and x.dim() == 4
+            and self.weight.dtype == torch.float32
+            and (self.bias is None or self.bias.dtype == torch.float32)
             and not (x.requires_grad and torch.is_grad_enabled())
         )
         if not runnable:

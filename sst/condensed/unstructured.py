@@ -152,6 +152,15 @@ class _SparseBase(KernelCache):
     def value_dtype(self) -> torch.dtype:
         return self.values.dtype
 
+    def _kernel_runs(self, x: Tensor) -> bool:
+        """The compiled kernels take x and this module's buffers: fp32 or int8 values,
+        fp32 scale and bias (not after ``module.double()`` or ``.half()``)."""
+        return (
+            _runnable(x)
+            and self.values.dtype in SPARSE_DTYPES
+            and all(t is None or t.dtype == torch.float32 for t in (self.scale, self.bias))
+        )
+
     @property
     def nnz(self) -> int:
         return self.values.numel()
@@ -237,21 +246,27 @@ class SparseLinear(_SparseBase):
         return module
 
     def _gemv_layout(self) -> tuple:
-        """(kernel arguments after x, ldx, batch and before y; groups, work), built once."""
+        """(kernel arguments after x, ldx, batch and before y; groups, work; the tensors
+        the arguments point into), built once."""
         if self._layout is None:
             op_start, op_win, ops, groups = windowed_ops(
                 self.rowptr, self.cols, self.values, self.out_features, self.in_features
             )
-            self._tensors = (op_start, op_win, ops)  # keeps the addresses valid
             args = (
                 op_start.data_ptr(), op_win.data_ptr(), ops.data_ptr(),
                 SPARSE_DTYPES[self.value_dtype], cpu._ptr(self.scale), cpu._ptr(self.bias),
             )  # fmt: skip
-            self._layout = (args, groups, ops.numel(), ops.shape[0])
+            # one assignment, the tensors with the addresses they keep valid: a concurrent
+            # first call never sees arguments whose tensors another call replaced
+            self._layout = (args, groups, ops.numel(), (op_start, op_win, ops))
         return self._layout
 
     def forward(self, x: Tensor) -> Tensor:
-        if not _runnable(x):
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)}: the layer takes {self.in_features} features"
+            )
+        if not self._kernel_runs(x):
             return F.linear(
                 x, self.dense_weight().to(x), None if self.bias is None else self.bias.to(x)
             )
@@ -354,7 +369,11 @@ class SparseConv2d(_SparseBase):
 
     def forward(self, x: Tensor) -> Tensor:
         g = self.geometry
-        if not _runnable(x):
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)}: the layer takes (N, {self.in_channels}, H, W)"
+            )
+        if not self._kernel_runs(x):
             weight = self.dense_weight().view(self.weight_shape).to(x)
             bias = None if self.bias is None else self.bias.to(x)
             return F.conv2d(x, weight, bias, g.stride, g.padding, g.dilation)
