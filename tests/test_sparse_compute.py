@@ -209,6 +209,29 @@ def test_auto_times_every_layer_on_its_real_input_and_keeps_the_faster_form():
     assert set(compute.condensed) == set(faster)
 
 
+def test_auto_decides_on_the_layers_a_forward_pass_called_and_keeps_the_rest_dense(caplog):
+    """A masked layer outside the forward path (an unused head) used to hold ``auto``
+    masked-dense for the whole run: the choice waited for every layer's input shape."""
+    torch.manual_seed(0)
+    model = TinyConvNet()
+    model.unused_head = torch.nn.Linear(16, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = SRigL(model, opt, density=0.1, total_steps=100, delta_t=50)
+    compute = SparseCompute(model, opt, method.mask_set, mode="auto", repeats=1)
+    assert "unused_head" in compute.eligible
+    model(batches(1)[0][0])
+    with caplog.at_level("INFO", logger="sst"):
+        compute.condense()
+    assert "unused_head" not in compute.timings
+    assert set(compute.timings) == set(compute.eligible) - {"unused_head"}
+    assert "not called, kept masked-dense: unused_head" in caplog.text
+    state = compute.state()
+    assert state["mode"] == "auto" and state["condensed_layers"] == compute.chosen
+    assert set(state["timings_ms"]) == set(compute.timings)
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        SparseCompute(model, opt, method.mask_set, mode="auto", repeats=0)
+
+
 # ----------------------------------------------------------------------------- the loop
 DEFAULT_300 = ["logger=none", "trainer.max_steps=300", "trainer.log_every=1"]
 DEFAULT_300 += ["trainer.progress_bar=false", "sparsity.delta_t=25"]

@@ -121,6 +121,8 @@ class SparseCompute:
         repeats: int = 5,
     ) -> None:
         self.mode = check_mode(mode)
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1 (timed passes per form), got {repeats}")
         self.model, self.optimizer, self.mask_set = model, optimizer, mask_set
         self.repeats = repeats
         self.condensed: dict[str, _Condensed] = {}
@@ -166,7 +168,7 @@ class SparseCompute:
         if self.condensed or not self.eligible:
             return
         if self.chosen is None:
-            if len(self._shapes) < len(self.eligible):
+            if not self._shapes:
                 return  # auto: no forward pass seen yet to measure on
             self.chosen = self._choose()
         for name in self.chosen:
@@ -243,12 +245,18 @@ class SparseCompute:
 
     # ----------------------------------------------------------------- auto
     def _choose(self) -> list[str]:
-        """The layers measured faster condensed, on their recorded input shapes."""
+        """The layers measured faster condensed, on the input shapes the first forward pass
+        recorded; a layer that pass did not call (an unused head) stays masked-dense."""
         for handle in self._recorders:
             handle.remove()
         self._recorders.clear()
+        unseen = [n for n in self.eligible if n not in self._shapes]
+        if unseen:
+            log.info("sparse_compute=auto: not called, kept masked-dense: %s", ", ".join(unseen))
         chosen = []
         for name in self.eligible:
+            if name in unseen:
+                continue
             dense_ms, sparse_ms = self._time_layer(name)
             self.timings[name] = (dense_ms, sparse_ms)
             if sparse_ms < dense_ms:
@@ -266,7 +274,7 @@ class SparseCompute:
         """Median ms of forward + backward, (masked-dense, condensed), interleaved."""
         module = self.mask_set.owners[name][0]
         weight = self.mask_set.weights[name].detach()
-        layout = build_layout(self.mask_set.masks[name])
+        layout = self._layout(name)
         x = torch.randn(self._shapes[name], device=weight.device, dtype=weight.dtype)
         x.requires_grad_(True)
         dense_w = weight.clone().requires_grad_(True)
@@ -289,8 +297,13 @@ class SparseCompute:
         return statistics.median(times["dense"]), statistics.median(times["condensed"])
 
     def state(self) -> dict[str, Any]:
-        """What ``auto`` chose, for the run's records."""
-        return {"condensed_layers": list(self.chosen or []), "timings_ms": dict(self.timings)}
+        """The layers that train condensed and, under ``auto``, each timed layer's
+        (masked-dense ms, condensed ms): the run summary's ``sparse_compute``."""
+        return {
+            "mode": self.mode,
+            "condensed_layers": list(self.chosen or []),
+            "timings_ms": {n: list(t) for n, t in self.timings.items()},
+        }
 
 
 def _dense_call(module: nn.Module, x, weight, bias) -> torch.Tensor:

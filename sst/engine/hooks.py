@@ -127,6 +127,8 @@ class LayerForm(Protocol):
 
     def expand(self) -> None: ...
 
+    def state(self) -> dict[str, Any]: ...
+
 
 class SparseComputeHook(Hook):
     """Trains the masked layers in condensed form between the steps that need them dense
@@ -154,3 +156,6 @@ class SparseComputeHook(Hook):
 
     def before_save(self) -> None:
         self.form.expand()
+
+    def summary(self) -> dict[str, Any]:
+        return {"sparse_compute": self.form.state()}
