@@ -19,6 +19,7 @@ from runs import compose_with_hydra, hydra_conf_single_thread, job_config
 
 import sst.models
 import sst.sparsity
+from sst.launch.build import check_settings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = sorted(d.name for d in CONF.iterdir() if d.is_dir() and d.name != "experiment")
@@ -90,6 +91,9 @@ def test_option_composes_and_resolves(group: str, option: str) -> None:
     assert option in config["name"] or group not in ("model", "dataset", "sparsity")
     for key in ("run.dir", "sweep.dir", "sweep.subdir"):
         assert OmegaConf.select(cfg.hydra, key, throw_on_missing=True)
+    # the check every run makes before it builds anything: a key the option adds that the
+    # schemas lack (slurm.nodes once) stops every job of that option with exit code 2
+    check_settings(OmegaConf.create(config))
 
 
 def test_mandatory_value_is_reported_when_unset() -> None:

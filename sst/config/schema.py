@@ -60,7 +60,9 @@ class SlurmSettings:
     jobs (read by the launcher, not by the run)."""
 
     partition: str | None
+    nodes: int
     gpus: int
+    tasks_per_node: int
     cpus: int
     mem_gb: int
     time_min: int
