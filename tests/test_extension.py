@@ -36,3 +36,20 @@ def test_user_experiment_declares_its_sweep() -> None:
         "sparsity": "srigl,rigl",
         "sparsity.density": "0.1,0.05",
     }
+
+
+def test_the_command_line_check_finds_options_on_the_search_path() -> None:
+    """``sst-train`` checks every group choice before Hydra runs (close matches for typos);
+    the check looks in the search path's folders too: it used to reject ``model=tiny_cnn``
+    there, so the documented command exited with code 2."""
+    from sst.config import CONFIG_DIR, ConfigError
+    from sst.config.keys import check_command_line
+
+    check_command_line([SEARCH, "model=tiny_cnn", "dataset=stripes"], CONFIG_DIR)
+    check_command_line(["-m", SEARCH, "experiment=stripes_study"], CONFIG_DIR)
+    with pytest.raises(ConfigError, match="Did you mean model=tiny_cnn"):
+        check_command_line([SEARCH, "model=tiny_cnnn"], CONFIG_DIR)
+    with pytest.raises(ConfigError, match="model=tiny_cnn is not an option"):
+        check_command_line(["model=tiny_cnn"], CONFIG_DIR)  # no search path: not found
+    with pytest.raises(ConfigError, match=r"Did you mean trainer\.epochs"):
+        check_command_line([SEARCH, "model=tiny_cnn", "trainer.epochz=3"], CONFIG_DIR)

@@ -109,14 +109,41 @@ def check_keys(cfg: DictConfig, schemas: dict[str, Any], top_level: Iterable[str
         check_group_keys(group, cfg[group], fields)
 
 
-def check_group_choice(group: str, option: str, config_dir: str) -> None:
-    """Raises ``ConfigError`` when ``conf/<group>/<option>.yaml`` does not exist, naming the
-    close matches: Hydra quietly composes the default for an unknown option of an
-    ``optional`` group (``experiment``)."""
-    folder = Path(config_dir) / group
-    if not folder.is_dir() or option in ("null", "None"):
+def search_path_folders(entries: Iterable[str]) -> list[Path] | None:
+    """The config folders of ``hydra.searchpath`` entries (``file://DIR``, ``pkg://PACKAGE``);
+    None when one cannot be found here (then Hydra alone judges the options)."""
+    import importlib.util
+
+    folders = []
+    for entry in entries:
+        scheme, _, where = str(entry).partition("://")
+        if scheme == "file":
+            folders.append(Path(where))
+        elif scheme == "pkg":
+            try:
+                spec = importlib.util.find_spec(where)
+            except (ImportError, ValueError):
+                return None
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            folders.extend(Path(p) for p in spec.submodule_search_locations)
+        else:
+            return None
+    return folders
+
+
+def check_group_choice(
+    group: str, option: str, config_dir: str, search_path: Iterable[Path] = ()
+) -> None:
+    """Raises ``ConfigError`` when no ``<group>/<option>.yaml`` exists in ``conf/`` or the
+    ``search_path`` folders, naming the close matches: Hydra quietly composes the default
+    for an unknown option of an ``optional`` group (``experiment``)."""
+    folders = [f / group for f in (Path(config_dir), *search_path) if (f / group).is_dir()]
+    if not folders or option in ("null", "None"):
         return
-    options = sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+    options = sorted(
+        {str(p.relative_to(f).with_suffix("")) for f in folders for p in f.rglob("*.yaml")}
+    )
     if option in options:
         return
     close = difflib.get_close_matches(option, options, n=3, cutoff=0.6)
@@ -163,8 +190,17 @@ def check_command_line(args: list[str], config_dir: str) -> None:
             f"the command line does not parse ({first}); quote values with special characters, "
             "e.g. 'distill.teacher_run=[\"sparsity=dense\"]'"
         ) from error
-    groups = {p.name for p in Path(config_dir).iterdir() if p.is_dir()}
+    search_path: list[Path] = []
     group_args, keys = [], []
+    for override in overrides:
+        if override.key_or_group == "hydra.searchpath" and not override.is_sweep_override():
+            folders = search_path_folders(override.value() or [])
+            if folders is None:
+                return
+            search_path = folders
+            group_args.append(override.input_line)  # the composition below needs them too
+    roots = [f for f in (Path(config_dir), *search_path) if f.is_dir()]
+    groups = {p.name for f in roots for p in f.iterdir() if p.is_dir()}
     for override in overrides:
         key = override.key_or_group
         if override.type is not OverrideType.CHANGE or key.startswith("hydra"):
@@ -177,7 +213,7 @@ def check_command_line(args: list[str], config_dir: str) -> None:
                     else [override.value()]
                 )
                 for option in values:
-                    check_group_choice(key, str(option), config_dir)
+                    check_group_choice(key, str(option), config_dir, search_path)
             if override.is_sweep_override():
                 return
             group_args.append(override.input_line)
