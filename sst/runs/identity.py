@@ -71,7 +71,9 @@ NEUTRAL: dict[str, Any] = {
 # Stable name of a target -> where the code lives now. The stable name is the path the target
 # had when runs were first made with it, and it is what the identity hashes. When code moves,
 # change the right-hand side only (and the ``_target_`` in conf/): finished runs keep their
-# folders. Targets outside sst (``torch.optim.SGD``) count as written.
+# folders. A target without an entry (a method added later, targets outside sst such as
+# ``torch.optim.SGD``) counts by its path as written; when its code moves, add
+# ``old path: new path``.
 TARGETS: dict[str, str] = {
     "sst.data.cifar10": "sst.data.cifar10",
     "sst.data.cifar100": "sst.data.cifar100",
