@@ -402,6 +402,16 @@ def test_nm_groups_run_along_input_channels_of_a_conv(tiny_net):
         Static(tiny_net, density=0.5, structure="nm")
 
 
+def test_dense_keeps_the_initial_weights_under_a_presets_sparse_init(tiny_net):
+    """The SRigL presets' Dense rows keep ``sparse_init: true, sparse_init_rule: grad_flow``:
+    no weight is masked, so none is re-drawn, as in the authors' dense runs (no RigL
+    scheduler, PyTorch's initialisation)."""
+    before = {n: p.detach().clone() for n, p in tiny_net.named_parameters()}
+    Dense(tiny_net, sparse_init=True, sparse_init_rule="grad_flow")
+    for name, param in tiny_net.named_parameters():
+        assert torch.equal(param, before[name]), name
+
+
 def test_dense_accepts_a_shared_distribution_setting(tiny_net):
     assert Dense(tiny_net, distribution="erk").masks == {}
 
