@@ -22,6 +22,7 @@ from sst.condensed.latency import (
     meets_target,
     random_mask,
     save_table,
+    sparse_form,
 )
 from sst.launch.run import run
 from sst.models import mlp, mobilenet_v1
@@ -82,6 +83,34 @@ def test_densities_override_composes_and_selects_the_layers() -> None:
     names = ["a", "b.0", "bx0", "c"]
     densities = {k: v for k, v in cfg.sparsity.densities.items()}
     assert fixed_densities(names, densities) == {"a": 0.2, "b.0": 0.5, "c": 1.0}
+
+
+def test_a_layer_kept_dense_is_timed_in_its_fastest_sparse_mode(monkeypatch) -> None:
+    """When the export keeps a structured conv dense, the table times the fastest non-dense
+    candidate: for ``condensed:unfold`` that is a condensed conv in unfold mode, not in the
+    mode ``auto`` would pick. Timings are fixed (dense fastest, unfold before direct)."""
+    from sst.condensed import export
+
+    fixed = {"dense": 1e-6, "condensed:unfold": 2e-6, "condensed:direct": 3e-6, "sparse": 4e-6}
+    monkeypatch.setattr(export, "time_modules", lambda modules, x: {k: fixed[k] for k in modules})
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1)
+    mask = random_mask(conv.weight, 0.9, "constant_fanin", torch.Generator().manual_seed(0))
+    module, label, chosen = sparse_form(conv, mask, torch.randn(1, 16, 6, 6))
+    assert (label, chosen) == ("condensed:unfold", "dense")
+    assert module.mode == "unfold"
+
+
+def test_bad_arguments_name_the_setting() -> None:
+    model = mlp(num_classes=4, input_shape=(1, 4, 4), hidden=(8,))
+    for kwargs, message in [
+        ({"sparsities": []}, r"sparsities=\[\]: give one or more numbers in \[0, 1\)"),
+        ({"sparsities": [0.5, 1.0]}, r"sparsities=\[0.5, 1.0\]"),
+        ({"batch": 0}, "batch=0 must be at least 1"),
+        ({"threads": 0}, "threads=0 must be at least 1"),
+        ({"names": ["nope"]}, r"none of names \['nope'\] is an eligible layer .*; eligible: 1, 3"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            latency_table(model, (1, 4, 4), **kwargs)
 
 
 def test_random_masks_have_the_density() -> None:

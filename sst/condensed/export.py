@@ -142,8 +142,8 @@ def time_modules(
     modules: Mapping[str, nn.Module], x: Tensor, rounds: int = 5, budget_s: float = 0.5
 ) -> dict[str, float]:
     """Seconds per call of each module on ``x``: the fastest of ``rounds`` interleaved calls
-    (after a warm-up call each). The minimum, not the median, because other load on the
-    machine only ever adds time."""
+    (after a warm-up call each; 3 rounds only once ``budget_s`` has passed). The minimum,
+    not the median, because other load on the machine only ever adds time."""
     best = {label: float("inf") for label in modules}
     sync = torch.cuda.synchronize if x.is_cuda else lambda: None  # GPU calls are asynchronous
     with torch.inference_mode():

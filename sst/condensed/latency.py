@@ -163,8 +163,12 @@ def sparse_form(
         return model.get_submodule("0"), chosen, chosen
     sparse = {k: v for k, v in row.timings_us.items() if k != "dense"}
     label = min(sparse, key=sparse.__getitem__) if sparse else "csr"
-    forced, _, _, _ = condense_with_report(wrapper, masks, formats=label.split(":")[0], **options)
-    return forced.get_submodule("0"), label, chosen
+    kind, _, mode = label.partition(":")  # "condensed:unfold": the conv's mode too
+    forced, _, _, _ = condense_with_report(wrapper, masks, formats=kind, **options)
+    module = forced.get_submodule("0")
+    if mode:
+        module.mode = mode
+    return module, label, chosen
 
 
 def latency_table(
@@ -188,10 +192,22 @@ def latency_table(
     type of the sparse forms."""
     if structure not in STRUCTURES:
         raise ValueError(f"structure={structure!r} is unknown: allowed values are {STRUCTURES}")
+    if not sparsities or not all(0.0 <= s < 1.0 for s in sparsities):
+        raise ValueError(f"sparsities={list(sparsities)}: give one or more numbers in [0, 1)")
+    for setting, value in (("batch", batch), ("threads", threads), ("repeats", repeats)):
+        if value < 1:
+            raise ValueError(f"{setting}={value} must be at least 1")
     model = copy.deepcopy(model).eval()
     layers = eligible_layers(model, layer_types)
-    if names is not None:
-        layers = {name: layers[name] for name in names if name in layers}
+    if names is not None:  # a run's masked layers: its depthwise convs are not eligible
+        eligible = layers
+        layers = {name: eligible[name] for name in names if name in eligible}
+        if not layers and eligible:
+            raise ValueError(
+                f"none of names {list(names)[:8]} is an eligible layer (Linear / groups=1 "
+                f"Conv2d among layer_types {list(layer_types)}); eligible: "
+                f"{', '.join(list(eligible)[:12])}"
+            )
     if not layers:
         raise ValueError(
             f"the model has no Linear / groups=1 Conv2d among layer_types {list(layer_types)}"
