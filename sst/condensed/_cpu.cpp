@@ -409,7 +409,7 @@ struct CsrGemvArgs {
   const int32_t* op_start;  // (n_groups + 1) first op of each group
   const int32_t* op_win;    // (n_ops) x offset of the op's window
   const void* ops;          // (n_ops, 8) packed values
-  const float* scale;       // (n_groups * 8) per-lane scale (int8), or null
+  const float* scale;       // (out) per-row scale (int8), or null
   const float* bias;        // (out) or null
   float* y;                 // (B, ldy)
   int64_t ldy, out;
@@ -500,8 +500,9 @@ SST_AVX2 void csr_gemv_avx2(const CsrGemvArgs& a, int64_t g0, int64_t g1) {
 #endif
 
 // csr_spmm: Y[n, l] = b[n] + s[n] * sum_{j in row n} V[j] * X[C[j], l] (s = 1 for fp32
-// values, the row's scale for int8), vectorised along l in tiles of 48, 32, 16, 8, 4 and 1
-// columns so that the accumulators stay in registers (AVX-512: 3 x 16 floats, AVX2: 6 x 8).
+// values, the row's scale for int8), vectorised along l in tiles of 48 columns so that the
+// accumulators stay in registers (AVX-512: 3 x 16 floats, AVX2: 6 x 8), then one pass for
+// the rest (AVX2: 1-7 vectors, the last masked; otherwise tiles of 32, 16, 8, 4 and 1).
 // X rows are the input channels of a 1x1 conv (or unfolded columns, or a transposed batch).
 struct CsrSpmmArgs {
   const float* x;

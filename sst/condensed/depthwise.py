@@ -2,8 +2,8 @@
 
 A sparse MobileNet keeps its depthwise convs dense (Howard et al., "MobileNets: Efficient
 Convolutional Neural Networks for Mobile Vision Applications", 2017). Once the 1x1 convs
-run sparse, torch's fp32 depthwise conv (oneDNN on NCHW input at batch 1) takes about half
-of the model's time. ``DepthwiseConv2d`` computes, per channel c,
+run sparse, torch's fp32 depthwise conv (oneDNN on NCHW input at batch 1) takes about a
+third of the model's time (docs/benchmarks.md). ``DepthwiseConv2d`` computes, per channel c,
 
     y[c, oy, ox] = b[c] + sum_{ky, kx < 3} W[c, ky, kx] * x_pad[c, s oy + ky, s ox + kx]
 

@@ -52,7 +52,6 @@ from .packing import is_constant_fan_in, nm_pattern, value_dtype
 from .unstructured import SPARSE_TYPES, SparseConv2d, SparseLinear
 
 FORMATS = ("auto", "condensed", "sparse", "csr", "dense")
-CSR_MAX_DENSITY = 0.02
 # Unstructured layers up to this density run the compiled CSR kernels without measurement.
 SPARSE_MAX_DENSITY = 0.3
 # Output tolerance of an fp32 export: max |y - y_ref| <= TOLERANCE * max(1, max |y_ref|).
@@ -70,8 +69,8 @@ class LayerExport:
 
     name: str
     kind: str  # dense | constant_fan_in | nm | unstructured
-    format: str  # dense | condensed | condensed:direct | condensed:unfold | sparse | csr |
-    # depthwise (an unmasked depthwise conv on sst's kernel)
+    format: str  # dense | condensed | condensed:auto | condensed:direct | condensed:unfold |
+    # sparse | csr | depthwise (an unmasked depthwise conv on sst's kernel)
     density: float
     nm: tuple[int, int] | None = None
     timings_us: dict[str, float] = field(default_factory=dict)
@@ -232,8 +231,6 @@ def _rule(options: dict[str, Callable[[], nn.Module]], density: float) -> str:
         return "condensed"
     if "sparse" in options and density <= SPARSE_MAX_DENSITY:
         return "sparse"
-    if "csr" in options and density <= CSR_MAX_DENSITY:
-        return "csr"
     return next(iter(options)) if len(options) == 1 else "dense"
 
 
@@ -410,7 +407,8 @@ def condense(
         model: the trained model, weights zero where masked.
         masks: layer name -> 0/1 mask; None uses ``weight != 0`` of every Linear/Conv2d.
         example_input: a typical batch; when given, each layer's format is measured on it.
-        formats: "auto", or force "condensed" / "csr" / "dense" for every sparse layer.
+        formats: "auto", or force "condensed" / "sparse" / "csr" / "dense" for every sparse
+            layer.
         fold_bn: fold BatchNorm2d into the preceding conv.
         remove_ablated: remove ablated neurons and the next layer's inputs where safe.
         dtype: value type of the condensed layers, torch.float32 or torch.bfloat16 (or
@@ -435,12 +433,7 @@ def condense(
 
 def masked_reference(model: nn.Module, masks: Mapping[str, Tensor] | None) -> nn.Module:
     """An eval copy of ``model`` with the masks applied: the outputs an export must match."""
-    reference = copy.deepcopy(unwrap(model)).eval()
-    layers = weight_layers(reference)
-    with torch.no_grad():
-        for name, mask in layer_masks(reference, masks).items():
-            layers[name].weight.mul_(mask)
-    return reference
+    return _masked_copy(model, masks)[0]
 
 
 def bf16_layers(model: nn.Module) -> int:

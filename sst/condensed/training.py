@@ -137,7 +137,8 @@ class SparseCompute:
             self.eligible = []
         self.chosen: list[str] | None = list(self.eligible) if mode == "on" else None
         self.timings: dict[str, tuple[float, float]] = {}  # auto: (dense ms, condensed ms)
-        self._shapes: dict[str, tuple[int, ...]] = {}
+        # auto: each layer's input in the first forward pass: (shape, memory format)
+        self._shapes: dict[str, tuple[tuple[int, ...], torch.memory_format]] = {}
         self._recorders = []
         if mode == "auto" and self.eligible:
             for name in self.eligible:
@@ -153,8 +154,15 @@ class SparseCompute:
 
     def _recorder(self, name: str):
         def record(_module, args) -> None:
-            if torch.is_tensor(args[0]) and torch.is_grad_enabled():
-                self._shapes[name] = tuple(args[0].shape)
+            x = args[0]
+            if torch.is_tensor(x) and torch.is_grad_enabled():
+                last = (
+                    x.dim() == 4
+                    and not x.is_contiguous()
+                    and x.is_contiguous(memory_format=torch.channels_last)
+                )  # trainer.channels_last: the kernels' .contiguous() copy counts too
+                fmt = torch.channels_last if last else torch.contiguous_format
+                self._shapes[name] = (tuple(x.shape), fmt)
 
         return record
 
@@ -275,8 +283,9 @@ class SparseCompute:
         module = self.mask_set.owners[name][0]
         weight = self.mask_set.weights[name].detach()
         layout = self._layout(name)
-        x = torch.randn(self._shapes[name], device=weight.device, dtype=weight.dtype)
-        x.requires_grad_(True)
+        shape, memory_format = self._shapes[name]
+        x = torch.randn(shape, device=weight.device, dtype=weight.dtype)
+        x = x.contiguous(memory_format=memory_format).requires_grad_(True)
         dense_w = weight.clone().requires_grad_(True)
         values = gather_values(weight, layout).clone().requires_grad_(True)
         bias = (

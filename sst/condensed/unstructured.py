@@ -17,8 +17,10 @@ Kernels (``_cpu.cpp``):
   is one in-register permute of 8 inputs and one FMA for up to 8 weights; the position of
   each weight's input in its window is packed into the value (fp32: its 3 low mantissa bits,
   int8: an int16 word (q << 3) | p);
-- ``csr_spmm`` (Linear at larger batches, Conv2d): Y[n, l] over tiles of 48, 32, 16, 8, 4
-  and 1 columns of X (in, L), parallel over (image, column chunk, row). A 1x1 conv with
+- ``csr_spmm`` (Linear at larger batches, Conv2d): Y[n, l] over tiles of 48 columns of
+  X (in, L) and one pass for the rest (AVX2: 1-7 vectors, the last masked; AVX-512 and the
+  portable build: tiles of 32, 16, 8, 4 and 1 columns), parallel over (image, column chunk,
+  row); a chunk spans about 128 KiB of X (``CHUNK_BYTES``), at least 48 columns. A 1x1 conv with
   stride 1 and no padding runs on the input itself (X = the (C, H*W) image); other convs on
   F.unfold's columns.
 
