@@ -119,3 +119,13 @@ def run_with(monkeypatch, cfg: DictConfig, run_dir: Path, choices: dict, hooks=(
 
     monkeypatch.setattr(run_module, "build", build_with_hooks)
     return run_module.run(cfg, run_dir, choices)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not; Linux)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")

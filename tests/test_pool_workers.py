@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from runs import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,15 +44,6 @@ if __name__ == "__main__":
     print(*(w.pid for w in workers), flush=True)
     time.sleep(60)
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
 def wait_until(condition, seconds: float) -> bool:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runs import QUICK
+from runs import QUICK, alive
 
 from sst.study.results import collect
 
@@ -180,15 +180,6 @@ def lock_holders(output_dir: Path) -> dict[Path, int]:
         if len(text) >= 2 and text[0] == "pid":
             holders[lock.parent] = int(text[1])
     return holders
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
