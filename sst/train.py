@@ -28,7 +28,7 @@ from sst.config.keys import check_command_line
 from sst.engine.records import last_step
 from sst.engine.signals import Preempted, pool_job
 from sst.launch.run import format_summary, optimized_metric, optimized_value, run
-from sst.runs.checkpoint import CorruptCheckpoint
+from sst.runs.checkpoint import CorruptCheckpoint, previous_path
 from sst.runs.folder import RunFolder, remove_if_unused
 
 log = logging.getLogger("sst")
@@ -78,15 +78,18 @@ def run_job(cfg: DictConfig) -> float | None:
 
 
 def saved_step(run_dir: str | Path) -> int | None:
-    """The step of the run folder's last checkpoint (None: there is none, or it cannot be
-    read); memory-mapped, so a large checkpoint is not read whole."""
+    """The step of the checkpoint a rerun resumes from: ``last.pt``, else ``prev.pt`` (None:
+    neither can be read); memory-mapped, so a large checkpoint is not read whole."""
     path = RunFolder(run_dir).checkpoint_path
-    if not path.exists():
-        return None
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
-    except Exception:  # a checkpoint cut short: the resume says what it finds
-        return None
+    for candidate in (path, previous_path(path)):
+        if not candidate.exists():
+            continue
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)
+            return int(state["step"])
+        except Exception:  # a checkpoint cut short: the resume says what it finds
+            continue
+    return None
 
 
 def interrupted_message(step: int | None, saved: int | None) -> str:

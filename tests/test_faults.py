@@ -15,11 +15,19 @@ import wandb
 from runs import QUICK, InterruptAt, compose_run, read_metrics, run_with
 
 import sst.launch.run as run_module
+from sst import files
 from sst.config.keys import ConfigError
 from sst.engine.signals import Preempted
 from sst.engine.step import NonFiniteLoss
 from sst.launch.build import build
-from sst.runs.checkpoint import CorruptCheckpoint, load_latest, state_digest, verify
+from sst.runs.checkpoint import (
+    CorruptCheckpoint,
+    load,
+    load_latest,
+    save_atomic,
+    state_digest,
+    verify,
+)
 from sst.runs.lock import RunLock
 from sst.runs.runlog import wandb_is_complete
 from sst.runs.wandb_file import read_history
@@ -109,6 +117,45 @@ def test_no_readable_checkpoint_names_the_files(tmp_path, monkeypatch):
     with pytest.raises(CorruptCheckpoint, match=r"last\.pt \(EOFError.*prev\.pt .*Delete the run"):
         run_with(monkeypatch, cfg, run_dir, choices)
     assert load_latest(tmp_path / "nowhere" / "last.pt") is None
+
+
+def test_a_reader_leaves_a_live_writers_temporary_file_alone(tmp_path):
+    """``load_run`` and ``sst-plot mask`` read a running run's checkpoint: they used to
+    delete every temporary file beside it, the trainer's half-written next checkpoint too,
+    whose rename then failed. Only the run's owner removes leftovers, of dead writers."""
+    path = tmp_path / "last.pt"
+    save_atomic({"step": 1}, path)
+    live = tmp_path / f".last.pt.tmp-{os.getpid()}"
+    dead = tmp_path / ".last.pt.tmp-99999999"  # above any pid_max: no such process
+    for leftover in (live, dead):
+        leftover.write_bytes(b"part of a checkpoint")
+    assert load_latest(path)[0]["step"] == 1
+    assert live.exists() and dead.exists()
+    assert load_latest(path, owner=True)[0]["step"] == 1
+    assert live.exists() and not dead.exists()
+
+
+def test_an_interrupted_rotation_keeps_last_pt(tmp_path, monkeypatch):
+    """The new checkpoint's rename fails (a kill, a full disk): ``last.pt`` still holds the
+    previous checkpoint. It used to be renamed to ``prev.pt`` first, leaving no ``last.pt``
+    between the two renames."""
+    path = tmp_path / "last.pt"
+    save_atomic({"step": 1}, path)
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        if str(dst) == str(path):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"step": 2}, path)
+    monkeypatch.undo()
+    assert load(path)["step"] == 1 and load(tmp_path / "prev.pt")["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "prev.pt"]
+    save_atomic({"step": 3}, path)
+    assert load(path)["step"] == 3 and load(tmp_path / "prev.pt")["step"] == 1
 
 
 def test_a_second_launch_into_a_busy_run_folder_is_refused(tmp_path):
@@ -304,3 +351,19 @@ def test_a_kill_after_the_summary_is_repaired_in_wandb_by_the_relaunch(tmp_path,
     wandb.teardown()
     assert wandb_is_complete(run_dir)  # ... and W&B has every record and the exit
     assert (run_dir / "summary.json").read_text() == summary_before
+
+
+def test_the_ctrl_c_message_names_the_checkpoint_a_rerun_resumes_from(tmp_path):
+    """A corrupt ``last.pt`` with a good ``prev.pt``: the rerun resumes from ``prev.pt``, so
+    the interrupted run's line names its step instead of "no checkpoint saved yet"."""
+    from sst.train import interrupted_message, saved_step
+
+    checkpoints = tmp_path / "checkpoints"
+    save_atomic({"step": 5}, checkpoints / "last.pt")
+    save_atomic({"step": 9}, checkpoints / "last.pt")
+    assert saved_step(tmp_path) == 9
+    (checkpoints / "last.pt").write_bytes(b"cut short")
+    assert saved_step(tmp_path) == 5
+    assert "no checkpoint" not in interrupted_message(12, saved_step(tmp_path))
+    (checkpoints / "prev.pt").unlink()
+    assert saved_step(tmp_path) is None

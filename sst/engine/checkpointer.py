@@ -28,4 +28,4 @@ class Checkpointer:
         """The newest readable checkpoint and its file, None if the run has none."""
         if self.path is None:
             return None
-        return load_latest(self.path, set_aside_corrupt=True)
+        return load_latest(self.path, owner=True)

@@ -84,18 +84,22 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 def load_latest(
-    path: str | Path, *, set_aside_corrupt: bool = False
+    path: str | Path, *, owner: bool = False
 ) -> tuple[dict[str, Any], Path] | None:
     """The newest readable checkpoint whose digest matches, ``path`` or else its
-    ``prev.pt``, with the file it came from; None when neither exists. Stale temporary files
-    of a write that a kill cut short are removed. With ``set_aside_corrupt`` (a run that
-    resumes), a ``last.pt`` that fails is renamed to ``last.pt.corrupt``, so that the next
-    save keeps the good ``prev.pt`` instead of rotating the bad file into its place. Raises
-    ``CorruptCheckpoint`` naming the files when none can be read."""
+    ``prev.pt``, with the file it came from; None when neither exists. Raises
+    ``CorruptCheckpoint`` naming the files when none can be read.
+
+    ``owner``: the caller holds the run's lock (a run that resumes). It removes the stale
+    temporary files of a write that a kill cut short, and renames a ``last.pt`` that fails
+    to ``last.pt.corrupt``, so that the next save keeps the good ``prev.pt`` instead of
+    rotating the bad file into its place. A reader (``load_run``, ``sst-plot mask``) changes
+    nothing in the folder: a temporary file may be a live writer's checkpoint."""
     path = Path(path)
-    for stale in stale_temporaries(path):
-        log.warning("removing %s, left by a checkpoint write that was cut short", stale)
-        stale.unlink(missing_ok=True)
+    if owner:
+        for stale in stale_temporaries(path) + stale_temporaries(previous_path(path)):
+            log.warning("removing %s, left by a checkpoint write that was cut short", stale)
+            stale.unlink(missing_ok=True)
     failures = []
     for candidate in (path, previous_path(path)):
         if not candidate.exists():
@@ -109,7 +113,7 @@ def load_latest(
             continue
         if failures:
             log.warning("resuming from the previous checkpoint %s instead", candidate)
-            if set_aside_corrupt and path.exists():
+            if owner and path.exists():
                 path.replace(path.with_name(path.name + ".corrupt"))
         return state, candidate
     if failures:
