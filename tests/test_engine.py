@@ -183,3 +183,26 @@ def test_an_unfinished_run_is_not_loaded_as_finished(tmp_path):
     with pytest.raises(ValueError, match="not a finished sst run"):
         load_run(run_dir)
     assert load_run(run_dir, require_finished=False).step == 0
+
+
+def test_the_best_accuracy_counts_evaluations_at_the_final_sparsity_only():
+    """GMP, LR rewinding, one-shot and targeted dropout evaluate denser networks before
+    their last prune; the best test accuracy is the final sparse network's, and a
+    checkpoint keeps what it needs (also when written before this rule)."""
+    from sst.engine.records import Records
+
+    records = Records(None, progress_bar=False)
+    for sparsity, acc in [(0.0, 97.0), (0.5, 95.0), (0.9, 90.0), (0.9, 91.5), (0.9, 91.0)]:
+        records.evaluation({"test/acc": acc}, {"sparsity/masked_layers": sparsity}, step=1, epoch=0)
+    assert records.results(multi_stage=False)["best_test_acc"] == 91.5
+    resumed = Records(None, progress_bar=False)
+    resumed.load_state_dict(records.state_dict())
+    resumed.evaluation({"test/acc": 92.0}, {"sparsity/masked_layers": 0.9}, step=2, epoch=1)
+    assert resumed.best_acc == 92.0
+    old = {"best_acc": 97.0, "last_eval": {"test/acc": 91.0}, "stage_results": []}
+    resumed.load_state_dict(old)
+    assert resumed.best_acc == 97.0  # an old checkpoint's best, as it was recorded
+    plain = Records(None, progress_bar=False)  # no sparsity metric: every evaluation counts
+    for acc in (80.0, 85.0, 84.0):
+        plain.evaluation({"test/acc": acc}, {}, step=1, epoch=0)
+    assert plain.best_acc == 85.0

@@ -47,6 +47,11 @@ def test_a_short_run_on_digits(tmp_path, method, extra, stages, density):
     if stages > 1:
         assert [row["stage"] for row in summary["stages"]] == list(range(stages))
         assert summary["stages"][-1]["test_acc"] == summary["final_test_acc"]
+    # the best accuracy is the sparse network's: evaluations at the final sparsity only
+    evaluations = [r for r in read_metrics(run_dir) if "test/acc" in r]
+    final = evaluations[-1]["sparsity/masked_layers"]
+    at_final = [r["test/acc"] for r in evaluations if r["sparsity/masked_layers"] >= final - 5e-4]
+    assert summary["best_test_acc"] == max(at_final)
     loaded = load_run(run_dir)
     for name, mask in loaded.masks.items():
         weight = dict(loaded.model.named_modules())[name].weight
@@ -66,6 +71,7 @@ def test_targeted_dropout_reports_accuracy_before_and_after_the_prune(tmp_path):
     assert after["sparsity_masked_layers"] == pytest.approx(0.9, abs=0.01)
     assert summary["test_acc_before_prune"] == before["test_acc"]
     assert summary["final_test_acc"] == after["test_acc"]
+    assert summary["best_test_acc"] == after["test_acc"]  # not the dense network's
     evaluations = [r for r in read_metrics(run_dir) if "test/acc" in r and r["step"] == STEPS]
     assert [r["stage"] for r in evaluations] == [0, 1]
     assert [r["test/acc"] for r in evaluations] == [before["test_acc"], after["test_acc"]]

@@ -2,6 +2,11 @@
 run log), the best and last test metrics, one row per finished stage of a multi-stage run,
 and the progress bar. Rank 0 alone writes; every rank keeps the same numbers.
 
+The best test accuracy counts only evaluations of the network at its final sparsity (the
+masked-layer sparsity of the last evaluation, within ``SPARSITY_TOLERANCE``): GMP before its
+last prune, LR rewinding's dense stage, targeted dropout before its prune and one-shot
+before its prune evaluate a denser network, whose accuracy is not the sparse network's.
+
 The progress bar is drawn only on a terminal: with stderr redirected (a log file, a
 launcher's job) each evaluation prints one line instead. ``last_step`` is the step the
 process last reached, for the one-line message of an interrupted run (``sst.train``)."""
@@ -20,6 +25,9 @@ from sst import dist
 from sst.runs.runlog import RunLog, SilentRunLog
 
 log = logging.getLogger("sst.engine")
+
+SPARSITY_KEY = "sparsity/masked_layers"  # the sparsity hook's metric at each evaluation
+SPARSITY_TOLERANCE = 5e-4
 
 _last_step: int | None = None  # the step this process's run last reached
 
@@ -40,7 +48,9 @@ class Records:
     def __init__(self, run_log: RunLog | SilentRunLog | None, progress_bar: bool) -> None:
         self.run_log = run_log
         self.progress_bar = progress_bar
-        self.best_acc = -math.inf
+        # best test accuracy per masked-layer sparsity ("%.4f"; "" when no sparsity metric)
+        self.best_at: dict[str, float] = {}
+        self.last_sparsity: float | None = None
         self.last_eval: dict[str, float] = {}
         self.stage_results: list[dict[str, Any]] = []
         self._progress: tqdm | None = None
@@ -68,7 +78,10 @@ class Records:
     ) -> None:
         """Test ``metrics`` now, logged with ``extra`` (stage, the hooks' metrics)."""
         self.last_eval = dict(metrics)
-        self.best_acc = max(self.best_acc, metrics["test/acc"])
+        sparsity = extra.get(SPARSITY_KEY)
+        self.last_sparsity = None if sparsity is None else float(sparsity)
+        key = "" if sparsity is None else f"{sparsity:.4f}"
+        self.best_at[key] = max(self.best_at.get(key, -math.inf), metrics["test/acc"])
         self.log({**metrics, "test/best_acc": self.best_acc, **extra}, step=step, epoch=epoch)
         self._postfix["test_acc"] = f"{metrics['test/acc']:.2f}"
         if self._progress is not None:
@@ -141,6 +154,20 @@ class Records:
             self._progress = None
 
     # ----------------------------------------------------------------- results
+    @property
+    def best_acc(self) -> float:
+        """The best test accuracy at the last evaluation's sparsity or sparser (-inf: no
+        evaluation yet)."""
+        final = self.last_sparsity
+        return max(
+            (
+                acc
+                for key, acc in self.best_at.items()
+                if not key or final is None or float(key) >= final - SPARSITY_TOLERANCE
+            ),
+            default=-math.inf,
+        )
+
     def results(self, multi_stage: bool) -> dict[str, Any]:
         """The summary's accuracy fields (and per-stage rows of a multi-stage run)."""
         out: dict[str, Any] = {
@@ -159,12 +186,18 @@ class Records:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "best_acc": self.best_acc,
+            "best_at": dict(self.best_at),
+            "last_sparsity": self.last_sparsity,
             "last_eval": dict(self.last_eval),
             "stage_results": list(self.stage_results),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_acc = state["best_acc"]
+        if "best_at" in state:
+            self.best_at = dict(state["best_at"])
+            self.last_sparsity = state["last_sparsity"]
+        else:  # a checkpoint from before the best was kept per sparsity
+            best = state["best_acc"]
+            self.best_at = {"": best} if math.isfinite(best) else {}
         self.last_eval = dict(state["last_eval"])
         self.stage_results = list(state["stage_results"])
