@@ -33,7 +33,15 @@ from sst.study import plots, sweep_cli
 from sst.study.results import DEFAULT_KEYS, aggregate, gather
 from sst.study.table_cli import main as sst_table
 
-WANDB_VARIABLES = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_TAGS", "WANDB_JOB_TYPE", "WANDB_DISABLED")
+WANDB_VARIABLES = (
+    "WANDB_MODE",
+    "WANDB_PROJECT",
+    "WANDB_TAGS",
+    "WANDB_JOB_TYPE",
+    "WANDB_DISABLED",
+    "WANDB_RUN_ID",
+    "WANDB_SWEEP_ID",
+)
 
 
 @pytest.fixture
@@ -110,6 +118,46 @@ def test_explicit_logger_settings_win_over_the_environment(clean_wandb_env, tmp_
     log.finish()
     run = run_record(tmp_path)
     assert (run.project, list(run.tags)) == ("mine", ["t"])
+
+
+def test_an_unknown_wandb_mode_is_named_before_anything_is_written(clean_wandb_env, tmp_path):
+    clean_wandb_env.setenv("WANDB_MODE", "foo")
+    with pytest.raises(ValueError, match=r"WANDB_MODE='foo' is unknown: allowed values are"):
+        RunLog(tmp_path / "run", config={"a": 1}, kind="wandb")
+    assert not (tmp_path / "run" / "config.json").exists()
+    clean_wandb_env.setenv("WANDB_MODE", "dryrun")  # W&B's legacy spelling of offline
+    assert wandb_init_args(None, None, None, None, [])["mode"] == "offline"
+
+
+def test_an_empty_stored_wandb_id_gives_a_new_one(clean_wandb_env, tmp_path):
+    """A ``wandb_id.txt`` emptied by a write cut short (before it was written atomically)
+    used to give the run the id ''."""
+    clean_wandb_env.setenv("WANDB_MODE", "offline")
+    (tmp_path / "wandb_id.txt").write_text("")
+    log = RunLog(tmp_path, config={}, kind="wandb")
+    log.finish()
+    assert log.run_id and (tmp_path / "wandb_id.txt").read_text().strip() == log.run_id
+
+
+def test_a_sweep_refuses_one_wandb_run_id_for_all_its_jobs(clean_wandb_env, tmp_path):
+    """``WANDB_RUN_ID=x sst-train -m seed=0,1,2`` would write three runs into one W&B run;
+    a single run (or a W&B sweep agent's job) keeps honouring it."""
+    from omegaconf import OmegaConf
+
+    from sst.config import runtime
+    from sst.config.keys import ConfigError
+    from sst.launch.build import make_run_log
+
+    clean_wandb_env.setenv("WANDB_RUN_ID", "abc123")
+    clean_wandb_env.setenv("WANDB_MODE", "offline")
+    cfg = OmegaConf.create({"logger": {"kind": "wandb"}, "name": "r"})
+    clean_wandb_env.setattr(runtime, "is_multirun", lambda: True)
+    with pytest.raises(ConfigError, match="WANDB_RUN_ID=abc123 names one W&B run"):
+        make_run_log(cfg, tmp_path / "a", {})
+    clean_wandb_env.setattr(runtime, "is_multirun", lambda: False)
+    log = make_run_log(cfg, tmp_path / "b", {})
+    log.finish()
+    assert log.run_id == "abc123"
 
 
 def test_default_tags_name_the_method_and_the_experiment(clean_wandb_env, tmp_path):

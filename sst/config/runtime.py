@@ -26,6 +26,15 @@ def running() -> bool:
     return HydraConfig.initialized()
 
 
+def is_multirun() -> bool:
+    """Whether the current job is one of a sweep (``sst-train -m``)."""
+    if not HydraConfig.initialized():
+        return False
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def job_overrides() -> list[str] | None:
     """The current job's command-line overrides (``overrides.task``); None outside a job."""
     if not HydraConfig.initialized():

@@ -3,6 +3,7 @@ schedule, sparsity method, hooks, run log, and the ``Loop`` that trains them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from sst.engine.rng import seed_everything
 from sst.engine.settings import TrainerSettings, step_plan
 from sst.runs.identity import config_hash
 from sst.runs.load import load_run
-from sst.runs.runlog import RunLog, SilentRunLog, git_commit
+from sst.runs.runlog import RunLog, SilentRunLog, git_commit, in_wandb_sweep
 
 from .device import check_launch, pick_device, place_model, prepare_model
 from .teacher import plan_teacher
@@ -281,6 +282,12 @@ def make_run_log(cfg: DictConfig, run_dir: str | Path, config: dict[str, Any] | 
     environment variables in charge; the default tags name the method and the experiment
     preset."""
     logger = cfg.logger
+    shared_id = os.environ.get("WANDB_RUN_ID")
+    if shared_id and runtime.is_multirun() and not in_wandb_sweep() and logger.kind == "wandb":
+        raise ConfigError(
+            f"WANDB_RUN_ID={shared_id} names one W&B run, and every job of this sweep (-m) "
+            "would log into it: unset it (each run folder keeps its own W&B id)"
+        )
     try:
         return RunLog(
             run_dir,

@@ -65,7 +65,13 @@ def effective_mode(mode: str | None) -> str:
     if os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1", "yes"):
         return "disabled"
     env = os.environ.get("WANDB_MODE", "").strip().lower()
-    return _MODE_ALIASES.get(env, env) or "offline"
+    env = _MODE_ALIASES.get(env, env) or "offline"
+    if env not in WANDB_MODES:
+        raise ValueError(
+            f"WANDB_MODE={os.environ['WANDB_MODE']!r} is unknown: allowed values are "
+            f"{WANDB_MODES} (or unset it; logger.mode overrides it)"
+        )
+    return env
 
 
 def wandb_init_args(
@@ -161,6 +167,7 @@ class RunLog:
             raise ValueError(f"logger.kind={kind!r} is unknown: allowed values are {LOGGER_KINDS}")
         if mode is not None and mode not in WANDB_MODES:
             raise ValueError(f"logger.mode={mode!r} is unknown: allowed values are {WANDB_MODES}")
+        self.wandb_mode = effective_mode(mode) if kind == "wandb" else "disabled"
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS_FILE
@@ -169,7 +176,6 @@ class RunLog:
             write_json_atomic(self.run_dir / CONFIG_FILE, config)
         self.wandb_run = None
         settings = wandb_init_args(mode, project, tags, job_type, default_tags or [])
-        self.wandb_mode = effective_mode(mode) if kind == "wandb" else "disabled"
         self.run_id = run_id
         if self.wandb_mode != "disabled":
             self.run_id = self._stored_run_id()
@@ -184,12 +190,12 @@ class RunLog:
         if run_id is None and in_wandb_sweep() and os.environ.get("WANDB_RUN_ID"):
             run_id = os.environ["WANDB_RUN_ID"]  # the agent's run: W&B uses no other id
         if run_id is None and id_file.exists():
-            run_id = id_file.read_text().strip()
+            run_id = id_file.read_text().strip() or None  # empty: a write cut short (old)
         if run_id is None:  # a W&B sweep agent names the run it started for us
             run_id = os.environ.get("WANDB_RUN_ID") or None
         if run_id is None:
             run_id = new_run_id()
-        id_file.write_text(run_id + "\n")
+        write_text_atomic(id_file, run_id + "\n")
         return run_id
 
     def _init_wandb(
