@@ -17,6 +17,7 @@ from fabricated import make_run
 from matplotlib.collections import PolyCollection
 from tabletext import unpadded
 
+from sst.runs.identity import IDENTITY_KEYS
 from sst.study import plots
 from sst.study.compare import (
     CompareSpec,
@@ -31,7 +32,7 @@ from sst.study.compare import (
     welch_interval,
 )
 from sst.study.plot_cli import main as sst_plot
-from sst.study.results import Stat, aggregate, collect
+from sst.study.results import Run, Stat, aggregate, collect, mixed_settings
 from sst.study.table_cli import main as sst_table
 
 # Student's t quantiles from a printed table, to 10 digits: two-sided 95% and one-sided 80%
@@ -262,6 +263,35 @@ def test_pairs_agree_in_every_identity_setting_but_key(tmp_path: Path, capsys) -
     (row,) = compare_json(shifted, "--compare", "method=rigl,srigl", capsys=capsys)["rows"]
     assert (row["n_pairs"], row["paired"], row["ci95"]) == (0, False, None)
     assert row["mean_diff"] == 1.0  # Welch needs two runs a side for an interval
+
+
+def test_pairs_follow_the_folder_identity_rules(tmp_path: Path, capsys) -> None:
+    """Runs that the folder hash calls the same are paired as the same: runs that wrote
+    their data root the same way (the ``identity`` sst-train records) although it resolved
+    to other paths on other machines; and an older run without a later-added setting is
+    not "mixed" with a newer one at the setting's neutral value."""
+    root = tmp_path / "runs"
+    for seed in range(3):
+        make_run(root, method="rigl", seed=seed, acc=90.0 + seed, settings={"dataset.root": "/a"})
+        make_run(root, method="srigl", seed=seed, acc=92.0 + seed, settings={"dataset.root": "/b"})
+    unrecorded = compare_json(root, "--compare", "method=rigl,srigl", capsys=capsys)["rows"][0]
+    assert unrecorded["n_pairs"] == 0  # resolved roots differ: no pair without the record
+    for folder in root.iterdir():  # what sst-train records: the canonical identity
+        config = json.loads((folder / "config.json").read_text())
+        identity = [config.get(key) for key in IDENTITY_KEYS]
+        identity[IDENTITY_KEYS.index("dataset")] = {**config["dataset"], "root": "${oc.env:D}"}
+        (folder / "config.json").write_text(json.dumps({**config, "identity": identity}))
+    (row,) = compare_json(root, "--compare", "method=rigl,srigl", capsys=capsys)["rows"]
+    assert (row["n_pairs"], row["mean_diff"]) == (3, 2.0)
+
+    def srigl_run(seed: int, **settings) -> Run:
+        folder = make_run(tmp_path / "old", method="srigl", seed=seed, settings=settings)
+        return Run(str(folder), "finished", json.loads((folder / "config.json").read_text()))
+
+    runs = [srigl_run(0), srigl_run(1, **{"sparsity.grow_ties": "index"})]
+    assert mixed_settings(runs) == []
+    runs.append(srigl_run(2, **{"sparsity.grow_ties": "random"}))
+    assert mixed_settings(runs) == ["sparsity.grow_ties"]
 
 
 def test_settings_the_method_option_sets_are_left_out_of_pairing() -> None:

@@ -27,7 +27,7 @@ from sst.engine.loop import Loop
 from sst.engine.precision import Precision
 from sst.engine.rng import seed_everything
 from sst.engine.settings import TrainerSettings, step_plan
-from sst.runs.identity import config_hash
+from sst.runs.identity import config_hash, identity
 from sst.runs.load import load_run
 from sst.runs.runlog import RunLog, SilentRunLog, git_commit, in_wandb_sweep
 
@@ -253,6 +253,7 @@ def build(
     overrides = runtime.job_overrides() if overrides is None else overrides
     record = {**info, **OmegaConf.to_container(cfg, resolve=True)}
     record.update(choices=choices, overrides=overrides, identity_hash=config_hash(cfg))
+    record["identity"] = identity(cfg)  # what the hash is of: tables pair runs by it
     return Loop(
         model=trained,
         optimizer=optimizer,

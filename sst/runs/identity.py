@@ -172,6 +172,24 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: tree}
 
 
+def identity_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """Dotted path -> value of a run's identity settings, the seed left out, from its
+    ``config.json``: the ``identity`` it recorded (the canonical form the folder's hash
+    was taken of), or, for a run recorded before that, the same rules applied to its
+    resolved settings (a setting taken as written then counts as resolved)."""
+    parts = record.get("identity")
+    if not isinstance(parts, list) or len(parts) != len(IDENTITY_KEYS):
+        parts = [
+            _canonical(record[key], record[key], key if isinstance(record[key], dict) else "")
+            if key in record
+            else None
+            for key in IDENTITY_KEYS
+        ]
+    return _flat(
+        {k: p for k, p in zip(IDENTITY_KEYS, parts, strict=True) if k != "seed" and p is not None}
+    )
+
+
 def identity_differences(stored: DictConfig | dict, cfg: DictConfig | dict) -> list[str]:
     """The identity settings in which two configs differ, as ``key: stored -> new``."""
     old = _flat(dict(zip(IDENTITY_KEYS, identity(stored), strict=True)))

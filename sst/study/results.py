@@ -21,14 +21,14 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sst.command_line import parse_assignments
 from sst.runs.folder import CHECKPOINT, CONFIG_FILE, FINISHED, LOG_FILE, SUMMARY_FILE, RunFolder
-from sst.runs.identity import IDENTITY_KEYS, NOT_IDENTITY
+from sst.runs.identity import identity_settings as run_identity
 
 DEFAULT_RUNS = "outputs/runs"
 DEFAULT_KEYS = ("dataset", "model", "method", "sparsity", "distill")
@@ -247,25 +247,12 @@ class Group:
     mixed: list[str] = field(default_factory=list)
 
 
-def _flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, tree
-
-
 def identity_settings(run: Run) -> dict[str, str]:
     """Dotted path -> value (as text) of the settings that make up a run's identity, the
-    seed and the settings that do not change results left out."""
-    settings = {}
-    for group in IDENTITY_KEYS:
-        if group == "seed" or group not in run.config:
-            continue
-        for path, value in _flatten(run.config[group], group):
-            if path not in NOT_IDENTITY and not any(path.startswith(n + ".") for n in NOT_IDENTITY):
-                settings[path] = repr(value)
-    return settings
+    seed left out, by the rules of its folder's hash (``sst.runs.identity``): settings that
+    do not change results, later-added settings at their neutral value and moved code's
+    targets count as they do there."""
+    return {path: repr(value) for path, value in run_identity(run.config).items()}
 
 
 def mixed_settings(runs: Sequence[Run]) -> list[str]:
