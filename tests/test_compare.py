@@ -294,6 +294,16 @@ def test_pairs_follow_the_folder_identity_rules(tmp_path: Path, capsys) -> None:
     assert mixed_settings(runs) == ["sparsity.grow_ties"]
 
 
+def test_a_list_valued_by_key_groups_rows(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "runs"
+    for seed in range(2):
+        for method in ("rigl", "srigl"):
+            make_run(root, method=method, seed=seed, settings={"sparsity.layer_types": ["Linear"]})
+    args = ("--compare", "method=rigl,srigl", "--by", "sparsity.layer_types")
+    (row,) = compare_json(root, *args, capsys=capsys)["rows"]
+    assert row["n_pairs"] == 2 and row["sparsity.layer_types"] == ["Linear"]
+
+
 def test_settings_the_method_option_sets_are_left_out_of_pairing() -> None:
     owned = owned_settings(CompareSpec("method", "rigl", "srigl"), [])
     for path in ("sparsity._target_", "sparsity.structure", "sparsity.n", "sparsity.gamma_sal"):

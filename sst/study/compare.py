@@ -550,6 +550,20 @@ def compare_row(
     return row
 
 
+def _hashable(value: Any) -> Any:
+    """A list-valued setting (``sparsity.layer_types``) as a tuple, so that it can key a row."""
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _listed(value: Any) -> Any:
+    """``_hashable``'s tuples as lists again, for the table."""
+    return [_listed(v) for v in value] if isinstance(value, tuple) else value
+
+
 def _rows(
     runs: Iterable[Run], spec: CompareSpec, shared: Sequence[str], variants: Sequence[str]
 ) -> dict[tuple, dict[str, dict[tuple, list[Run]]]]:
@@ -559,8 +573,8 @@ def _rows(
         side = _side(run, spec)
         if side is None:
             continue
-        where = tuple(run.value(k) for k in shared)
-        variant = tuple(run.value(k) for k in variants)
+        where = tuple(_hashable(run.value(k)) for k in shared)
+        variant = tuple(_hashable(run.value(k)) for k in variants)
         sides = rows.setdefault(where, {"a": {}, "b": {}})
         sides[side].setdefault(variant, []).append(run)
     return rows
@@ -588,8 +602,8 @@ def compare(
     for where, sides in _rows(everything, spec, shared, variants).items():
         for va, runs_a in (sides["a"] or {(None,) * len(variants): []}).items():
             for vb, runs_b in (sides["b"] or {(None,) * len(variants): []}).items():
-                key = dict(zip(shared, where, strict=True))
-                for k, x, y in zip(variants, va, vb, strict=True):
+                key = {k: _listed(v) for k, v in zip(shared, where, strict=True)}
+                for k, x, y in zip(variants, map(_listed, va), map(_listed, vb), strict=True):
                     key[k] = x if same_value(x, y) else {"a": x, "b": y}
                 key = {k: key[k] for k in keys}
                 found.append(compare_row(key, runs_a, runs_b, spec, metric, owned))
