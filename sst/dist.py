@@ -348,9 +348,11 @@ def main_first() -> Iterator[None]:
     """Rank 0 runs the block first (a download, a cache), then the other ranks."""
     if not is_main():
         barrier()
-    yield
-    if is_main():
-        barrier()
+    try:
+        yield
+    finally:  # rank 0's block failed: the others run theirs and fail too, never wait forever
+        if is_main():
+            barrier()
 
 
 def barrier() -> None:

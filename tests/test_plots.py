@@ -103,3 +103,19 @@ def test_cli_commands_and_errors(srigl_run: Path, tmp_path: Path, capsys) -> Non
     only_png = tmp_path / "png_only"
     assert sst_plot(["curves", str(srigl_run), "-o", str(only_png), "--formats", "png"]) == 0
     assert only_png.with_suffix(".png").exists() and not only_png.with_suffix(".pdf").exists()
+
+
+def test_an_output_with_a_suffix_and_a_corrupt_checkpoint(srigl_run: Path, tmp_path, capsys):
+    """``-o fig.png`` writes fig.png (not fig.png.png); svg is a format; a checkpoint that
+    cannot be read is one line and exit code 2, not a traceback."""
+    out = tmp_path / "fig.png"
+    assert sst_plot(["curves", str(srigl_run), "-o", str(out), "--formats", "png", "svg"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "fig.svg"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "summary.json", "metrics.jsonl"):
+        (broken / name).write_bytes((srigl_run / name).read_bytes())
+    (broken / "checkpoints").mkdir()
+    (broken / "checkpoints" / "last.pt").write_bytes(b"cut short")
+    assert sst_plot(["mask", str(broken), "--layer", "1", "-o", str(tmp_path / "m")]) == 2
+    assert "no checkpoint of this run can be read" in capsys.readouterr().err

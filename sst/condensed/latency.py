@@ -171,6 +171,17 @@ def sparse_form(
     return module, label, chosen
 
 
+def _check_arguments(structure: str, sparsities: Sequence[float], **counts: int) -> None:
+    """``latency_table``'s settings, each error naming the setting and what it allows."""
+    if structure not in STRUCTURES:
+        raise ValueError(f"structure={structure!r} is unknown: allowed values are {STRUCTURES}")
+    if not sparsities or not all(0.0 <= s < 1.0 for s in sparsities):
+        raise ValueError(f"sparsities={list(sparsities)}: give one or more numbers in [0, 1)")
+    for setting, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{setting}={value} must be at least 1")
+
+
 def latency_table(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -190,13 +201,7 @@ def latency_table(
     ``threads`` intra-op threads; rows ordered by layer, then sparsity. ``names`` narrows
     the layers to those named (e.g. a run's masked layers); ``dtype`` is the export's value
     type of the sparse forms."""
-    if structure not in STRUCTURES:
-        raise ValueError(f"structure={structure!r} is unknown: allowed values are {STRUCTURES}")
-    if not sparsities or not all(0.0 <= s < 1.0 for s in sparsities):
-        raise ValueError(f"sparsities={list(sparsities)}: give one or more numbers in [0, 1)")
-    for setting, value in (("batch", batch), ("threads", threads), ("repeats", repeats)):
-        if value < 1:
-            raise ValueError(f"{setting}={value} must be at least 1")
+    _check_arguments(structure, sparsities, batch=batch, threads=threads, repeats=repeats)
     model = copy.deepcopy(model).eval()
     layers = eligible_layers(model, layer_types)
     if names is not None:  # a run's masked layers: its depthwise convs are not eligible

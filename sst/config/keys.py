@@ -132,6 +132,15 @@ def search_path_folders(entries: Iterable[str]) -> list[Path] | None:
     return folders
 
 
+def _command_line_search_path(overrides: list) -> list[Path] | None:
+    """The folders of the command line's ``hydra.searchpath`` ([] when it sets none; None
+    when one cannot be found here)."""
+    for override in overrides:
+        if override.key_or_group == "hydra.searchpath" and not override.is_sweep_override():
+            return search_path_folders(override.value() or [])
+    return []
+
+
 def check_group_choice(
     group: str, option: str, config_dir: str, search_path: Iterable[Path] = ()
 ) -> None:
@@ -177,7 +186,6 @@ def check_command_line(args: list[str], config_dir: str) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
-    from omegaconf import OmegaConf
 
     lines = command_line_overrides(args)
     if not lines:
@@ -190,15 +198,11 @@ def check_command_line(args: list[str], config_dir: str) -> None:
             f"the command line does not parse ({first}); quote values with special characters, "
             "e.g. 'distill.teacher_run=[\"sparsity=dense\"]'"
         ) from error
-    search_path: list[Path] = []
-    group_args, keys = [], []
-    for override in overrides:
-        if override.key_or_group == "hydra.searchpath" and not override.is_sweep_override():
-            folders = search_path_folders(override.value() or [])
-            if folders is None:
-                return
-            search_path = folders
-            group_args.append(override.input_line)  # the composition below needs them too
+    search_path = _command_line_search_path(overrides)
+    if search_path is None:
+        return
+    group_args = [o.input_line for o in overrides if o.key_or_group == "hydra.searchpath"]
+    keys = []
     roots = [f for f in (Path(config_dir), *search_path) if f.is_dir()]
     groups = {p.name for f in roots for p in f.iterdir() if p.is_dir()}
     for override in overrides:
@@ -227,9 +231,17 @@ def check_command_line(args: list[str], config_dir: str) -> None:
     except Exception:
         return
     for key in keys:
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
-        if not isinstance(node, DictConfig):
-            raise unknown_key_error(parent, [str(k) for k in cfg])
-        if leaf not in {str(k) for k in node}:  # a mandatory ??? key is a setting
-            raise unknown_key_error(key, [str(k) for k in node])
+        check_key_exists(cfg, key)
+
+
+def check_key_exists(cfg: DictConfig, key: str) -> None:
+    """Raises ``ConfigError`` when the dotted ``key`` is no setting of ``cfg`` (a mandatory
+    ``???`` key is one), naming the close matches."""
+    from omegaconf import OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    if not isinstance(node, DictConfig):
+        raise unknown_key_error(parent, [str(k) for k in cfg])
+    if leaf not in {str(k) for k in node}:
+        raise unknown_key_error(key, [str(k) for k in node])

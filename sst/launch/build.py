@@ -250,10 +250,7 @@ def build(
     teacher = Path(teacher_folder) if cfg.distill.enabled else None
     hooks = build_hooks(cfg, method, where.device, teacher, optimizer, (data.num_classes, shape))
     info = run_info(cfg, choices)
-    overrides = runtime.job_overrides() if overrides is None else overrides
-    record = {**info, **OmegaConf.to_container(cfg, resolve=True)}
-    record.update(choices=choices, overrides=overrides, identity_hash=config_hash(cfg))
-    record["identity"] = identity(cfg)  # what the hash is of: tables pair runs by it
+    record = run_record(cfg, info, choices, overrides)
     return Loop(
         model=trained,
         optimizer=optimizer,
@@ -276,6 +273,19 @@ def build(
             "input_shape": list(shape),
         },
     )
+
+
+def run_record(
+    cfg: DictConfig, info: dict[str, Any], choices: dict[str, str], overrides: list[str] | None
+) -> dict[str, Any]:
+    """``config.json``: the run's info, its resolved config, group choices, command-line
+    overrides (default: the current Hydra job's), and its identity with its hash (tables
+    pair runs by it)."""
+    overrides = runtime.job_overrides() if overrides is None else overrides
+    record = {**info, **OmegaConf.to_container(cfg, resolve=True)}
+    record.update(choices=choices, overrides=overrides, identity_hash=config_hash(cfg))
+    record["identity"] = identity(cfg)
+    return record
 
 
 def make_run_log(cfg: DictConfig, run_dir: str | Path, config: dict[str, Any] | None) -> RunLog:

@@ -83,9 +83,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def load_latest(
-    path: str | Path, *, owner: bool = False
-) -> tuple[dict[str, Any], Path] | None:
+def load_latest(path: str | Path, *, owner: bool = False) -> tuple[dict[str, Any], Path] | None:
     """The newest readable checkpoint whose digest matches, ``path`` or else its
     ``prev.pt``, with the file it came from; None when neither exists. Raises
     ``CorruptCheckpoint`` naming the files when none can be read.

@@ -20,6 +20,7 @@ from pathlib import Path
 import matplotlib
 
 from sst import __version__
+from sst.runs.checkpoint import CorruptCheckpoint
 
 from . import plots
 from .results import DEFAULT_KEYS, METRICS, aggregate, gather, read_run
@@ -39,7 +40,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         sub.add_argument("runs", nargs="+", type=Path, help=runs)
         sub.add_argument("-o", "--output", type=Path, required=True, help="file stem to write")
         sub.add_argument(
-            "--formats", nargs="+", default=list(plots.FIGURE_FORMATS), choices=plots.FIGURE_FORMATS
+            "--formats",
+            nargs="+",
+            default=list(plots.DEFAULT_FORMATS),
+            choices=plots.FIGURE_FORMATS,
         )
         return sub
 
@@ -72,7 +76,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "-o", "--output", type=Path, default=None, help="file stem (default: next to the table)"
     )
     latency.add_argument(
-        "--formats", nargs="+", default=list(plots.FIGURE_FORMATS), choices=plots.FIGURE_FORMATS
+        "--formats", nargs="+", default=list(plots.DEFAULT_FORMATS), choices=plots.FIGURE_FORMATS
     )
     latency.add_argument("--target", type=float, default=None, help="default: the table's")
     args = parser.parse_args(argv)
@@ -122,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")  # files only, no window: set here, not when plots is imported
     try:
         fig = make_figure(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, CorruptCheckpoint) as error:
         print(f"sst-plot: {error}", file=sys.stderr)
         return 2
     for path in plots.save(fig, args.output, args.formats):

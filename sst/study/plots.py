@@ -41,7 +41,8 @@ from .results import Group, Run, Stat, read_run
 
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
 MAX_MARKED_POINTS = 30  # a curve with more points is drawn without markers
-FIGURE_FORMATS = ("png", "pdf")
+FIGURE_FORMATS = ("png", "pdf", "svg")  # what --formats accepts
+DEFAULT_FORMATS = ("png", "pdf")  # what it writes unless told
 STYLE = {
     "font.size": 8,
     "axes.titlesize": 8,
@@ -64,12 +65,15 @@ def figure(height: float = 2.4, width: float = COLUMN_WIDTH, **subplots: Any) ->
         return plt.subplots(figsize=(width, height), **subplots)
 
 
-def save(fig: Figure, stem: str | Path, formats: Sequence[str] = FIGURE_FORMATS) -> list[Path]:
-    """Writes ``<stem>.<format>`` for each format and closes the figure."""
+def save(fig: Figure, stem: str | Path, formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+    """Writes ``<stem>.<format>`` for each format and closes the figure; a stem that ends
+    in a format's suffix (``-o fig.png``) loses it, rather than giving ``fig.png.png``."""
     unknown = set(formats) - set(FIGURE_FORMATS)
     if unknown:
         raise ValueError(f"figure formats {sorted(unknown)} unknown: allowed are {FIGURE_FORMATS}")
     stem = Path(stem)
+    if stem.suffix.lower().lstrip(".") in FIGURE_FORMATS:
+        stem = stem.with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
     with plt.rc_context(STYLE):
