@@ -32,6 +32,10 @@ def test_round_count_follows_the_density(density, rounds):
 def test_given_rounds_end_at_the_density():
     assert round_densities(0.5, 0.2, 1) == [0.5]
     assert round_densities(0.3, 0.2, 3) == pytest.approx([0.8, 0.64, 0.3])
+    assert round_densities(0.5, 0.2, 4) == pytest.approx([0.8, 0.64, 0.512, 0.5])
+    # 0.8, 0.64, 0.512, 0.5 and then six rounds that would prune nothing
+    with pytest.raises(ValueError, match=r"rounds=10 .* after 4 round\(s\): the other 6"):
+        round_densities(0.5, 0.2, 10)
 
 
 def run_rounds(method, model, opt, steps):

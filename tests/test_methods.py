@@ -466,3 +466,15 @@ def test_replacing_a_masked_weight_after_construction_fails_loudly(tiny_net):
     tiny_net.load_state_dict(fresh, assign=True)
     with pytest.raises(RuntimeError, match="was replaced after the sparsity method was built"):
         method.metrics()
+
+
+def test_a_schedule_with_no_update_says_so(tiny_net, caplog):
+    """delta_t at or past t_end * total_steps: no mask update would ever run, silently
+    a static run; the method warns."""
+    with caplog.at_level("WARNING", logger="sst"):
+        RigL(tiny_net, density=0.5, total_steps=30, delta_t=100)
+    assert "never updates its masks" in caplog.text and "t_end * total_steps = 22" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sst"):
+        RigL(tiny_net, density=0.5, total_steps=300, delta_t=100)
+    assert "never updates" not in caplog.text

@@ -41,6 +41,16 @@ class RunLock:
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")
+        try:
+            self._take(handle)
+        except BaseException:  # busy, Ctrl-C while waiting, a full disk: never leak it
+            handle.close()
+            raise
+        self._handle = handle
+        return self
+
+    def _take(self, handle) -> None:
+        """Locks ``handle`` (or raises ``RunFolderBusy``) and writes who holds it."""
         if fcntl is not None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -51,7 +61,6 @@ class RunLock:
                     print(f"sst: waiting for {owner}, which trains {self.path.parent}")
                     fcntl.flock(handle, fcntl.LOCK_EX)
                 else:
-                    handle.close()
                     raise RunFolderBusy(
                         f"the run folder {self.path.parent} is in use by {owner}: the same run is "
                         "already training there. Wait for it to finish (a finished run is then "
@@ -62,8 +71,6 @@ class RunLock:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         handle.write(f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n")
         handle.flush()
-        self._handle = handle
-        return self
 
     def __exit__(
         self,

@@ -8,6 +8,7 @@ one layer is updated (``update_layer``), by calling its module's pure rule
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ from .checks import check_at_least, check_choice, check_fraction, check_total_st
 from .drop_grow import GROW_TIES
 from .method import SparsityMethod
 from .schedules import DROP_FRACTION_SCHEDULES, is_update_step
+
+log = logging.getLogger(__name__)
 
 
 class DynamicSparsity(SparsityMethod):
@@ -75,6 +78,14 @@ class DynamicSparsity(SparsityMethod):
         self.delta_t = delta_t
         self.alpha = alpha
         self.t_end = int(t_end * total_steps)
+        if delta_t >= self.t_end:
+            log.warning(
+                "%s never updates its masks: the first update would come after step "
+                "delta_t=%d, at or past t_end * total_steps = %d; the run trains static masks",
+                type(self).__name__,
+                delta_t,
+                self.t_end,
+            )
         self.drop_schedule = DROP_FRACTION_SCHEDULES[drop_schedule]
         self.grad_accumulation = grad_accumulation
         self.skip_optimizer_step = skip_optimizer_step
@@ -196,7 +207,8 @@ class DynamicSparsity(SparsityMethod):
         self.dense_grads.clear()
         self.nonfinite_grad_steps = 0
         grown_total = self.mask_set.set(new_masks)
-        active_total = sum(self.kept_counts[name] for name in new_masks)
+        kept = self.kept_counts  # one count per layer, not one pass over all per layer
+        active_total = sum(kept[name] for name in new_masks)
         if any(w.is_cuda for w in self.weights.values()):
             torch.cuda.synchronize()
         self.last_update = {

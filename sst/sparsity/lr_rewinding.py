@@ -20,12 +20,22 @@ def round_densities(density: float, prune_fraction: float, rounds: int | None) -
     """The density after each pruning round: round r keeps (1 - prune_fraction) ** r of the
     weights, the last round exactly ``density``. Without ``rounds``, their number is the
     smallest r with (1 - f) ** r <= 1.01 * density (the paper's densities are 0.8 ** r
-    rounded to three digits: 0.107 is 0.8 ** 10 = 0.1074)."""
+    rounded to three digits: 0.107 is 0.8 ** 10 = 0.1074). Raises ``ValueError`` for
+    ``rounds`` that reach ``density`` before the last: the rounds after would prune nothing
+    and retrain the same network again."""
     if rounds is None:
         if density >= 1.0:
             return []
         rounds = max(1, math.ceil(math.log(1.01 * density) / math.log(1.0 - prune_fraction)))
-    return [max((1.0 - prune_fraction) ** r, density) for r in range(1, rounds)] + [density]
+    densities = [max((1.0 - prune_fraction) ** r, density) for r in range(1, rounds)] + [density]
+    if rounds > 1 and densities[-2] <= density:
+        reached = densities.index(density) + 1
+        raise ValueError(
+            f"rounds={rounds} with prune_fraction={prune_fraction} reaches density={density} "
+            f"after {reached} round(s): the other {rounds - reached} would prune nothing; "
+            f"use rounds<={reached}, or leave rounds unset (derived from the two)"
+        )
+    return densities
 
 
 class LRRewinding(PruningMethod):
