@@ -38,6 +38,8 @@ fi
 mkdir -p docs/figures
 datasets=(digits)
 [[ "${CIFAR:-0}" == 1 ]] && datasets+=(cifar10_jpeg)
+page=$(mktemp docs/.study.md.XXXXXX)  # docs/study.md is replaced only once the page is whole
+trap 'rm -f "$page"' EXIT
 {
   echo "<!-- written by scripts/run_cpu_study.sh from the runs in $RUNS; text: docs/study_notes.md -->"
   cat docs/study_notes.md
@@ -78,5 +80,6 @@ PY
   echo
   echo "![active neurons](figures/study_neurons_srigl99.png)"
   echo "![mask of layer 3](figures/study_mask_srigl99.png)"
-} > docs/study.md
+} > "$page"
+mv "$page" docs/study.md
 echo "wrote docs/study.md and docs/figures/"
