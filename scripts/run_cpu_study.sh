@@ -81,5 +81,6 @@ PY
   echo "![active neurons](figures/study_neurons_srigl99.png)"
   echo "![mask of layer 3](figures/study_mask_srigl99.png)"
 } > "$page"
+chmod 644 "$page"  # mktemp makes it private
 mv "$page" docs/study.md
 echo "wrote docs/study.md and docs/figures/"
