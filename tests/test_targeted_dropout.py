@@ -154,6 +154,43 @@ def test_observed_drop_rate_and_stored_weights_untouched():
     assert torch.equal(capture.seen[0], stored)  # evaluation drops nothing
 
 
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.att(x, x, x, need_weights=False)[0]
+
+
+def test_an_attention_out_projection_is_dropped_too():
+    """A MultiheadAttention reads ``out_proj.weight`` without calling ``out_proj``: the
+    drop must hook the attention, or out_proj trains undropped and is pruned at the end."""
+    torch.manual_seed(0)
+    model = Attention()
+    method = TargetedDropout(
+        model,
+        None,
+        density=0.5,
+        total_steps=100,
+        drop_rate=1.0,
+        layer_types=["Linear", "MultiheadAttention"],
+    )
+    assert set(method.masks) == {"att.in_proj_weight", "att.out_proj"}
+    seen = {}
+
+    def record(_module, _args):
+        seen["out_proj"] = model.att.out_proj.weight.detach().clone()
+
+    model.att.register_forward_pre_hook(record)  # after the method's hook: sees the swap
+    stored = model.att.out_proj.weight.detach().clone()
+    candidates = method.targeted("att.out_proj", model.att.out_proj.weight)
+    model(torch.randn(2, 3, 16))
+    assert candidates.any() and torch.all(seen["out_proj"][candidates] == 0)
+    assert torch.equal(seen["out_proj"][~candidates], stored[~candidates])
+    assert torch.equal(model.att.out_proj.weight, stored)  # restored after the pass
+
+
 def test_dropped_weights_get_no_gradient_and_the_optimizer_sees_the_weight():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))

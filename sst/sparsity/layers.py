@@ -77,6 +77,18 @@ def weight_owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return unwrap(model).get_submodule(name), "weight"
 
 
+def forward_caller(model: nn.Module, name: str) -> nn.Module:
+    """The module whose forward pass reads the weight that ``weight_layers`` calls ``name``:
+    its owner, except a MultiheadAttention's ``out_proj``, whose weight the attention reads
+    without calling ``out_proj``."""
+    parent_name, _, last = name.rpartition(".")
+    if last == "out_proj":
+        parent = unwrap(model).get_submodule(parent_name)
+        if isinstance(parent, nn.MultiheadAttention):
+            return parent
+    return weight_owner(model, name)[0]
+
+
 def matching(names: Iterable[str], patterns: Iterable[str], setting: str) -> list[str]:
     """Names matched (``re.fullmatch``) by any pattern; a pattern that matches no name is an
     error naming ``setting``, so a typo cannot silently leave a layer out."""

@@ -36,7 +36,7 @@ from torch import nn
 
 from sst import dist
 
-from .layers import weight_owner
+from .layers import forward_caller, weight_owner
 from .mask_ops import as_float
 
 # Optimizers whose state is elementwise per parameter, so masking it is exact.
@@ -100,28 +100,36 @@ def mask_checksum(
     return torch.stack(rows) if rows else torch.zeros(0, 3, dtype=torch.int64)
 
 
-def _swap_hooks(module: nn.Module, name: str, attr: str, source: ForwardMask, swapped: dict):
-    """The forward pre-hook and hook that make ``module`` compute with
-    ``weight * source(name, weight)`` in a training forward pass (``swapped`` keeps the
-    stored weight meanwhile); returns their handles."""
+def _swap_hooks(
+    caller: nn.Module,
+    module: nn.Module,
+    name: str,
+    attr: str,
+    source: ForwardMask,
+    swapped: dict,
+):
+    """The forward pre-hook and hook on ``caller`` (the module whose forward reads the
+    weight) that make ``module.<attr>`` be ``weight * source(name, weight)`` during a
+    training forward pass (``swapped`` keeps the stored weight meanwhile); returns their
+    handles."""
 
     def swap_in(mod, _args):
         if not mod.training or name in swapped:
             return
-        weight = mod._parameters[attr]
+        weight = module._parameters[attr]
         factor = source(name, weight)
         if factor is not None:
             swapped[name] = weight
-            mod._parameters[attr] = weight * factor
+            module._parameters[attr] = weight * factor
 
-    def swap_out(mod, _args, _output):
+    def swap_out(_mod, _args, _output):
         weight = swapped.pop(name, None)
         if weight is not None:
-            mod._parameters[attr] = weight
+            module._parameters[attr] = weight
 
     return [
-        module.register_forward_pre_hook(swap_in),
-        module.register_forward_hook(swap_out, always_call=True),
+        caller.register_forward_pre_hook(swap_in),
+        caller.register_forward_hook(swap_out, always_call=True),
     ]
 
 
@@ -175,6 +183,7 @@ class MaskSet:
         self.optimizer = optimizer
         self.weights = dict(weights)
         self._owners = {n: weight_owner(model, n) for n in self.weights}
+        self._callers = {n: forward_caller(model, n) for n in self.weights}
         self.held: frozenset[str] = frozenset()  # layers trained condensed (``hold``)
         self.masks: dict[str, torch.Tensor] = {}
         self.check_ranks = True  # after every topology change: same masks on all ranks (DDP)
@@ -370,7 +379,9 @@ class MaskSet:
         gradient reaches the weight through the product. Evaluation passes use the weight."""
         self.detach_forward_mask()
         for name, (module, attr) in self._owners.items():
-            self._forward_hooks.extend(_swap_hooks(module, name, attr, source, self._swapped))
+            caller = self._callers[name]
+            hooks = _swap_hooks(caller, module, name, attr, source, self._swapped)
+            self._forward_hooks.extend(hooks)
 
     def detach_forward_mask(self) -> None:
         for handle in self._forward_hooks:
