@@ -279,6 +279,10 @@ def test_errors_name_the_setting(tiny_net):
         Static(tiny_net, opt, density=0.01, distribution="uniform", structure="constant_fanin")
     with pytest.raises(ValueError, match="include: 'layer9' matches no layer"):
         RigL(tiny_net, opt, density=0.1, total_steps=10, include=["layer9"])
+    with pytest.raises(ValueError, match=r"exclude must be a list .* write \['fc'\]"):
+        RigL(tiny_net, opt, density=0.1, total_steps=10, exclude="fc")  # not 'f' and 'c'
+    with pytest.raises(ValueError, match=r"protected must be a list"):
+        SRigL(tiny_net, opt, density=0.1, total_steps=10, protected="fc")
     with pytest.raises(ValueError, match="distribution='erx' is unknown"):
         RigL(tiny_net, opt, density=0.1, total_steps=10, distribution="erx")
     with pytest.raises(ValueError, match="structure='blocks' is unknown"):

@@ -92,6 +92,11 @@ def forward_caller(model: nn.Module, name: str) -> nn.Module:
 def matching(names: Iterable[str], patterns: Iterable[str], setting: str) -> list[str]:
     """Names matched (``re.fullmatch``) by any pattern; a pattern that matches no name is an
     error naming ``setting``, so a typo cannot silently leave a layer out."""
+    if isinstance(patterns, str):  # would be read as one pattern per character
+        raise ValueError(
+            f"{setting} must be a list of regular expressions, got the string {patterns!r}: "
+            f"write [{patterns!r}]"
+        )
     names = list(names)
     chosen: list[str] = []
     for pattern in patterns:
