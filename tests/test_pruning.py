@@ -250,6 +250,28 @@ def test_oneshot_prunes_once_at_the_configured_step(tiny_net):
     assert method.last_update["prune/step"] == 8
 
 
+def test_global_pruning_masks_a_layer_whose_start_weights_all_pass_the_threshold():
+    """One global |w| threshold decides at the prune, with the weights then: a layer whose
+    initial weights would all be kept at the target density is masked too, so that the
+    prune can reach it (it stayed dense, and the model's density above the target)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Linear(4, 64))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)  # every weight above any threshold at the start
+    method = OneShot(
+        model, None, density=0.1, total_steps=10, prune_at=0.5, distribution="global_magnitude"
+    )
+    assert set(method.masks) == {"0", "1"}
+    with torch.no_grad():
+        model[0].weight.fill_(1e-6)  # training made it the smallest layer
+    for _ in range(10):
+        method.before_step()
+        method.after_step()
+    # the budget, 26 weights, goes to layer 1; layer 0 keeps the one weight every layer keeps
+    assert int(method.masks["1"].sum()) == int(0.1 * (4 + 4 * 64))
+    assert int(method.masks["0"].sum()) == 1
+
+
 def test_oneshot_at_zero_prunes_before_the_first_step(tiny_net):
     method = OneShot(
         tiny_net,

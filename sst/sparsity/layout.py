@@ -68,10 +68,14 @@ def plan_layout(
     dense_last: bool = False,
     densities: Mapping[str, float] | None = None,
     asp_layers: bool = False,
+    mask_free_layers: bool = False,
 ) -> Layout:
     """The layout of ``model`` under a method's settings (see ``SparsityMethod``); every
     masked layer is checked against the structure. ``asp_layers`` leaves out the candidates
-    that NVIDIA ASP skips (``asp_prunes``), as ``exclude`` would."""
+    that NVIDIA ASP skips (``asp_prunes``), as ``exclude`` would. ``mask_free_layers``
+    masks every candidate that is neither kept dense nor given a density by hand, also one
+    whose density comes out 1 now (a method that prunes later by one global threshold: the
+    weights then decide, not those at the start)."""
     distributions.check_distribution(distribution)
     candidates = select_layers(model, layer_types=layer_types, include=include, exclude=exclude)
     if asp_layers:
@@ -82,7 +86,8 @@ def plan_layout(
     density_of = split_density(
         candidates, structure, distribution, density, dense=dense, fixed=fixed, power=erk_power
     )
-    weights = {n: p for n, p in candidates.items() if density_of[n] < 1.0}
+    free = [n for n in names if n not in dense and n not in fixed] if mask_free_layers else []
+    weights = {n: p for n, p in candidates.items() if density_of[n] < 1.0 or n in free}
     for name, weight in weights.items():
         structure.check_layer(name, weight.shape, density_of[name])
     capacity = {n: structure.capacity(w.shape, density_of[n]) for n, w in weights.items()}

@@ -74,6 +74,7 @@ class SparsityMethod:
     """
 
     needs_dense_grad = False
+    prunes_later = False  # masks reach their density during training (PruningMethod)
 
     RUN_WEIGHTS: tuple[str, ...] = ()
     """Constructor arguments that take trained weights (a state dict). In a config their
@@ -130,6 +131,7 @@ class SparsityMethod:
             dense_last=dense_last,
             densities=densities,
             asp_layers=asp_layers,
+            mask_free_layers=self.prunes_later and distribution == "global_magnitude",
         )
         self._adopt_layout(layout)
         self._start_masks(sparse_init_rule if sparse_init else None)

@@ -39,6 +39,7 @@ class PruningMethod(SparsityMethod):
     """
 
     start_progress = 0.0
+    prunes_later = True
 
     def __init__(
         self,
