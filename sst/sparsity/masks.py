@@ -101,17 +101,18 @@ def mask_checksum(
 
 
 def _swap_hooks(
-    caller: nn.Module,
+    model: nn.Module,
     module: nn.Module,
     name: str,
     attr: str,
     source: ForwardMask,
     swapped: dict,
 ):
-    """The forward pre-hook and hook on ``caller`` (the module whose forward reads the
-    weight) that make ``module.<attr>`` be ``weight * source(name, weight)`` during a
-    training forward pass (``swapped`` keeps the stored weight meanwhile); returns their
-    handles."""
+    """The forward pre-hook and hook on the module whose forward reads the weight
+    (``forward_caller``) that make ``module.<attr>`` be ``weight * source(name, weight)``
+    during a training forward pass (``swapped`` keeps the stored weight meanwhile); returns
+    their handles."""
+    caller = forward_caller(model, name)
 
     def swap_in(mod, _args):
         if not mod.training or name in swapped:
@@ -183,7 +184,6 @@ class MaskSet:
         self.optimizer = optimizer
         self.weights = dict(weights)
         self._owners = {n: weight_owner(model, n) for n in self.weights}
-        self._callers = {n: forward_caller(model, n) for n in self.weights}
         self.held: frozenset[str] = frozenset()  # layers trained condensed (``hold``)
         self.masks: dict[str, torch.Tensor] = {}
         self.check_ranks = True  # after every topology change: same masks on all ranks (DDP)
@@ -378,10 +378,8 @@ class MaskSet:
         weight; the stored weight, its mask and the optimizer step are untouched, and the
         gradient reaches the weight through the product. Evaluation passes use the weight."""
         self.detach_forward_mask()
-        for name, (module, attr) in self._owners.items():
-            caller = self._callers[name]
-            hooks = _swap_hooks(caller, module, name, attr, source, self._swapped)
-            self._forward_hooks.extend(hooks)
+        for name, (mod, attr) in self._owners.items():
+            self._forward_hooks += _swap_hooks(self.model, mod, name, attr, source, self._swapped)
 
     def detach_forward_mask(self) -> None:
         for handle in self._forward_hooks:
