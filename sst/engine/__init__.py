@@ -8,7 +8,8 @@ hooks methods plug in through, and distillation.
 - ``precision``: autocast and the fp16 grad scaler; ``evaluation``: test metrics;
 - ``records``: train records, evaluations, best/last, stage rows, the progress bar;
 - ``checkpointer``, ``signals``, ``cadence``, ``rng``: saving, stopping, when, seeding;
-- ``hooks``: ``Hook`` and ``SparsityHook``; ``distill``: ``DistillHook`` and ``kd_loss``.
+- ``hooks``: ``Hook``, ``SparsityHook`` and ``SparseComputeHook``; ``distill``:
+  ``DistillHook`` and ``kd_loss``.
 """
 
 from .hooks import Hook, SparsityHook

@@ -31,7 +31,7 @@ class DynamicSparsity(SparsityMethod):
         total_steps: optimizer steps of the whole run (required).
         delta_t: steps between topology updates (RigL paper: 100).
         alpha: initial drop fraction (0.3).
-        t_end: last update at this fraction of ``total_steps`` (0.75).
+        t_end: updates happen at steps before this fraction of ``total_steps`` (0.75).
         drop_schedule: ``cosine`` (RigL), ``constant`` (SET) or ``linear``.
         grad_accumulation: steps over which the dense gradient is summed before an update
             (RigL's ImageNet setting uses 8); 1 uses the update step's gradient alone.

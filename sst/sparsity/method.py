@@ -230,9 +230,6 @@ class SparsityMethod:
     def apply_masks(self) -> None:
         self.mask_set.apply()
 
-    def mask_gradients(self) -> None:
-        self.mask_set.mask_gradients()
-
     def check_weights_current(self) -> None:
         self.mask_set.check_weights_current()
 

@@ -1,10 +1,11 @@
 """Training stages: a run as a sequence of step ranges, each with its own LR replay.
 
-Most runs are one stage. LR rewinding (Renda et al. 2020) and one-shot pruning with
-fine-tuning train in rounds from one run's weights: each round is a stage that starts the
-learning-rate schedule again (or holds its final value), is evaluated at its end, and can be
-resumed in the middle. Like every schedule in sst, the stage of a step is a pure function of
-the step, so a checkpoint needs nothing but the step to resume inside any stage.
+Most runs are one stage. LR rewinding (Renda et al. 2020) and its fine-tuning baseline
+(``LRRewinding(retrain="fine_tuning")``) train in rounds from one run's weights: each round
+is a stage that starts the learning-rate schedule again (or holds its final value), is
+evaluated at its end, and can be resumed in the middle. Like every schedule in sst, the
+stage of a step is a pure function of the step, so a checkpoint needs nothing but the step
+to resume inside any stage.
 """
 
 from __future__ import annotations
