@@ -283,6 +283,9 @@ def test_errors_name_the_setting(tiny_net):
         RigL(tiny_net, opt, density=0.1, total_steps=10, exclude="fc")  # not 'f' and 'c'
     with pytest.raises(ValueError, match=r"protected must be a list"):
         SRigL(tiny_net, opt, density=0.1, total_steps=10, protected="fc")
+    adagrad = torch.optim.Adagrad(tiny_net.parameters(), initial_accumulator_value=0.1)
+    with pytest.raises(ValueError, match="initial_accumulator_value=0.1 is not supported"):
+        RigL(tiny_net, adagrad, density=0.1, total_steps=10)
     with pytest.raises(ValueError, match="distribution='erx' is unknown"):
         RigL(tiny_net, opt, density=0.1, total_steps=10, distribution="erx")
     with pytest.raises(ValueError, match="structure='blocks' is unknown"):

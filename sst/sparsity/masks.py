@@ -158,6 +158,13 @@ def check_optimizer(optimizer: torch.optim.Optimizer | None) -> None:
             f"optimizer {type(optimizer).__name__} is not supported: its state cannot be "
             f"masked safely; supported optimizers are {SUPPORTED_OPTIMIZERS}"
         )
+    groups = getattr(optimizer, "param_groups", [])
+    initial = [g.get("initial_accumulator_value", 0) for g in groups]
+    if any(initial):  # a pruned weight's state is zeroed, not reset to this value
+        raise ValueError(
+            f"Adagrad with initial_accumulator_value={initial[0]} is not supported: a weight "
+            "that regrows starts from a zero accumulator; use initial_accumulator_value=0"
+        )
 
 
 class MaskSet:
