@@ -347,6 +347,10 @@ def test_a_kill_after_the_summary_is_repaired_in_wandb_by_the_relaunch(tmp_path,
     log.write_bytes(data[: len(data) // 2])  # a hard kill before W&B's last flush
     assert not wandb_is_complete(run_dir)
     summary_before = (run_dir / "summary.json").read_text()
+    with RunLock(run_dir):  # another relaunch is repairing it: this one leaves it alone
+        assert run_module.run(cfg, run_dir, choices)["finished"]
+    wandb.teardown()
+    assert not wandb_is_complete(run_dir)
     assert run_module.run(cfg, run_dir, choices)["finished"]  # skipped ...
     wandb.teardown()
     assert wandb_is_complete(run_dir)  # ... and W&B has every record and the exit

@@ -110,7 +110,8 @@ def run(
             raise ConfigError(str(busy)) from None
     if dist.is_main():
         print(f"sst: run already finished, skipping: {run_dir}")
-        repair_wandb(cfg, run_dir, done)
+        with contextlib.suppress(RunFolderBusy), RunLock(run_dir):  # one repair at a time
+            repair_wandb(cfg, run_dir, done)
     return done
 
 
