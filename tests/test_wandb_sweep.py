@@ -74,6 +74,9 @@ def test_nothing_to_sweep_and_slurm_script(capsys) -> None:
     script = capsys.readouterr().out
     assert "#SBATCH --array=0-3" in script and "#SBATCH --partition=gpu" in script
     assert script.strip().endswith("exec wandb agent team/sst/abc123")
+    with pytest.raises(SystemExit):  # argparse: "0 agents: give at least 1" (was --array=0--1)
+        main(["--sweep-id", "team/sst/abc123", "--slurm-array", "0"])
+    assert "0 agents: give at least 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="allowed values"):
         sweep_config(["seed=0,1"], method="hyperband")
 

@@ -17,6 +17,7 @@ W&B run (sst takes the agent's ``WANDB_RUN_ID``). Runs log online (``logger.mode
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -161,6 +162,14 @@ def _render(value: Any) -> str:
     return str(value)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} agents: give at least 1")
+    return value
+
+
 def slurm_array_script(
     sweep_id: str, count: int, *, partition: str | None, gpus: int, cpus: int, time_min: int
 ) -> str:
@@ -198,7 +207,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sweep-id", help="an existing sweep (ENTITY/PROJECT/ID) for --slurm-array"
     )
-    parser.add_argument("--slurm-array", type=int, metavar="N", help="print an sbatch script")
+    parser.add_argument(
+        "--slurm-array", type=positive_int, metavar="N", help="print an sbatch script (N >= 1)"
+    )
     parser.add_argument("--partition")
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--cpus", type=int, default=8)
@@ -232,7 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             import wandb
 
             created = wandb.sweep(config, project=args.project, entity=args.entity)
-            sweep_id = "/".join(filter(None, [args.entity, args.project, created]))
+            project = args.project or os.environ.get("WANDB_PROJECT")
+            # ENTITY/PROJECT/ID, or PROJECT/ID; an entity without its project is no path
+            where = [args.entity, project] if project else []
+            sweep_id = "/".join(filter(None, [*where, created]))
             print(f"sst-sweep: created sweep {sweep_id}; start agents: wandb agent {sweep_id}")
     if args.slurm_array:
         if not sweep_id:
