@@ -284,7 +284,7 @@ def test_errors_name_the_setting(tiny_net):
     with pytest.raises(ValueError, match=r"protected must be a list"):
         SRigL(tiny_net, opt, density=0.1, total_steps=10, protected="fc")
     adagrad = torch.optim.Adagrad(tiny_net.parameters(), initial_accumulator_value=0.1)
-    with pytest.raises(ValueError, match="initial_accumulator_value=0.1 is not supported"):
+    with pytest.raises(ValueError, match=r"initial_accumulator_value=0\.1 is not supported"):
         RigL(tiny_net, adagrad, density=0.1, total_steps=10)
     with pytest.raises(ValueError, match="distribution='erx' is unknown"):
         RigL(tiny_net, opt, density=0.1, total_steps=10, distribution="erx")
