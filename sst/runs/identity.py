@@ -163,11 +163,12 @@ def config_hash(cfg: DictConfig | dict) -> str:
 _UNSET = object()
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; under ``prefix`` -> ``{"prefix.a.b": 1}``."""
     if isinstance(tree, dict):
         out: dict[str, Any] = {}
         for key, value in tree.items():
-            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: tree}
 
@@ -185,15 +186,15 @@ def identity_settings(record: dict[str, Any]) -> dict[str, Any]:
             else None
             for key in IDENTITY_KEYS
         ]
-    return _flat(
+    return flatten(
         {k: p for k, p in zip(IDENTITY_KEYS, parts, strict=True) if k != "seed" and p is not None}
     )
 
 
 def identity_differences(stored: DictConfig | dict, cfg: DictConfig | dict) -> list[str]:
     """The identity settings in which two configs differ, as ``key: stored -> new``."""
-    old = _flat(dict(zip(IDENTITY_KEYS, identity(stored), strict=True)))
-    new = _flat(dict(zip(IDENTITY_KEYS, identity(cfg), strict=True)))
+    old = flatten(dict(zip(IDENTITY_KEYS, identity(stored), strict=True)))
+    new = flatten(dict(zip(IDENTITY_KEYS, identity(cfg), strict=True)))
     return [
         f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
         for key in sorted(set(old) | set(new))

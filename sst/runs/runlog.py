@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sst.files import write_json_atomic, write_text_atomic
+from sst.runs.identity import flatten
 
 from .folder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 from .jsonl import read_jsonl
@@ -103,18 +104,6 @@ def in_wandb_sweep() -> bool:
     return bool(os.environ.get("WANDB_SWEEP_ID"))
 
 
-def flat_settings(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """``{"density": 0.1, "a": {"b": 1}}`` under ``sparsity`` -> ``{"sparsity.density":
-    0.1, "sparsity.a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat_settings(value, f"{prefix}.{key}"))
-        else:
-            out[f"{prefix}.{key}"] = value
-    return out
-
-
 def restore_group_settings(run: Any, config: dict[str, Any]) -> dict[str, Any]:
     """A sweep parameter that chooses a config group (``sparsity=rigl``) makes the W&B
     run's config ``sparsity: rigl`` (sweep values replace the run's own at the top level):
@@ -123,7 +112,7 @@ def restore_group_settings(run: Any, config: dict[str, Any]) -> dict[str, Any]:
     added: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, dict) and not isinstance(run.config.get(key), dict):
-            added.update(flat_settings(value, key))
+            added.update(flatten(value, key))
     if added:
         run.config.update(added, allow_val_change=True)
     return added

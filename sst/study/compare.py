@@ -73,14 +73,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .results import METRICS, Run, Stat, identity_settings, mixed_settings, same_value, sort_key
+from .results import (
+    CHOICE_GROUPS,
+    METRICS,
+    Run,
+    Stat,
+    identity_settings,
+    mixed_settings,
+    same_value,
+    sort_key,
+)
 
 LEVEL = 0.95
 POWER = 0.80
 MAX_SEEDS = 10_000
 COMPARE_FORM = "--compare must be KEY=A,B with two different values, e.g. method=rigl,srigl"
 # keys whose values are config-group options, and their group
-CHOICE_GROUPS = {"method": "sparsity", "dataset": "dataset", "model": "model", "distill": "distill"}
 # keys computed from one setting: the settings they set, and the keys they move with
 _SETTING_KEYS = {
     "sparsity": ("sparsity.density", ("sparsity", "density")),

@@ -35,7 +35,8 @@ DEFAULT_KEYS = ("dataset", "model", "method", "sparsity", "distill")
 METRICS = {"final": "final_test_acc", "best": "best_test_acc"}
 FLOPS = ("train_flops_rel", "inference_flops_rel")
 # keys with a meaning of their own; anything else is a dotted path into config.json
-_CHOICE_KEYS = {"dataset": "dataset", "model": "model", "method": "sparsity", "distill": "distill"}
+# table keys that name a config group's option: key -> the group
+CHOICE_GROUPS = {"dataset": "dataset", "model": "model", "method": "sparsity", "distill": "distill"}
 
 
 @dataclass
@@ -57,8 +58,8 @@ class Run:
         run's config does not have it."""
         summary = self.summary or {}
         choices = self.config.get("choices") or {}
-        if key in _CHOICE_KEYS:
-            value = choices.get(_CHOICE_KEYS[key])
+        if key in CHOICE_GROUPS:
+            value = choices.get(CHOICE_GROUPS[key])
             if value is None and key != "distill":
                 value = summary.get(key)
             if key == "distill" and value is None:
@@ -245,6 +246,11 @@ class Group:
     inference_flops: Stat
     seeds: list[Any] = field(default_factory=list)
     mixed: list[str] = field(default_factory=list)
+
+
+def not_finished_records(problems: Iterable[Run]) -> list[dict[str, Any]]:
+    """The JSON rows that list the runs a table left out: folder, status, last step."""
+    return [{"run": r.source, "status": r.status, "last_step": r.last_step} for r in problems]
 
 
 def identity_settings(run: Run) -> dict[str, str]:

@@ -43,6 +43,7 @@ from .results import (
     Stat,
     aggregate,
     gather,
+    not_finished_records,
 )
 from .tables import FORMATS, comparison_table, mean_std, number, percent, problem_notes, render
 
@@ -88,10 +89,7 @@ def results_table(
                     }
                     for g in groups
                 ],
-                "not_finished": [
-                    {"run": r.source, "status": r.status, "last_step": r.last_step}
-                    for r in problems
-                ],
+                "not_finished": not_finished_records(problems),
             },
             indent=2,
         )
@@ -196,9 +194,7 @@ def _paper_json(
                 }
                 for c in cells
             ],
-            "not_finished": [
-                {"run": r.source, "status": r.status, "last_step": r.last_step} for r in problems
-            ],
+            "not_finished": not_finished_records(problems),
         },
         indent=2,
     )

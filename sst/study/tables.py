@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .compare import MAX_SEEDS, Comparison
-from .results import Run, Stat
+from .results import Run, Stat, not_finished_records
 
 TEXT_FORMATS = ("markdown", "latex", "csv")
 FORMATS = (*TEXT_FORMATS, "json")
@@ -284,9 +284,7 @@ def comparison_json(rows: Sequence[Comparison], metric: str, problems: Sequence[
             "metric": metric,
             "compare": {"key": spec.key, "a": spec.a, "b": spec.b},
             "rows": [comparison_record(r) for r in rows],
-            "not_finished": [
-                {"run": r.source, "status": r.status, "last_step": r.last_step} for r in problems
-            ],
+            "not_finished": not_finished_records(problems),
         },
         indent=2,
     )
