@@ -133,7 +133,8 @@ COMPARE_NOTE = (
     "the difference in {metric} test accuracy (points); 95% CI from Student's t with n - 1 "
     "degrees of freedom (paired), or Welch's interval where runs cannot be paired; resolved: "
     "the CI excludes 0. Seeds needed: an ESTIMATE of the seeds at which a difference of the "
-    "observed size would be resolved with 80% power, from the observed spread."
+    "observed size would be resolved with 80% power, from the observed spread. The columns "
+    "of {a} and {b} summarise every finished run of each side, paired or not."
 )
 
 
