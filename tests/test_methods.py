@@ -283,6 +283,11 @@ def test_errors_name_the_setting(tiny_net):
         RigL(tiny_net, opt, density=0.1, total_steps=10, exclude="fc")  # not 'f' and 'c'
     with pytest.raises(ValueError, match=r"protected must be a list"):
         SRigL(tiny_net, opt, density=0.1, total_steps=10, protected="fc")
+    with pytest.raises(ValueError, match=r"densities: 'stem': 'abc' is not a number"):
+        Static(tiny_net, opt, density=0.1, distribution="explicit", densities={"stem": "abc"})
+    two = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    with pytest.raises(ValueError, match="structure=nm keeps every candidate layer dense"):
+        Static(two, None, density=0.5, structure="nm", dense_first=True, dense_last=True)
     adagrad = torch.optim.Adagrad(tiny_net.parameters(), initial_accumulator_value=0.1)
     with pytest.raises(ValueError, match=r"initial_accumulator_value=0\.1 is not supported"):
         RigL(tiny_net, adagrad, density=0.1, total_steps=10)

@@ -101,13 +101,20 @@ def fixed_densities(
     layer is an error; a later regex overrides an earlier one)."""
     fixed = {}
     for pattern, value in (densities or {}).items():
-        if not 0.0 < float(value) <= 1.0:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"densities: {pattern!r}: {value!r} is not a number: a layer's density is a "
+                "number in (0, 1]"
+            ) from None
+        if not 0.0 < value <= 1.0:
             raise ValueError(
                 f"densities: {pattern!r}: {value} is out of range: a layer's density must be "
                 "in (0, 1]"
             )
         for name in matching(names, [str(pattern)], "densities"):
-            fixed[name] = float(value)
+            fixed[name] = value
     return fixed
 
 
@@ -132,5 +139,10 @@ def split_density(
         raise ValueError(
             f"density={density} does not match N:M {structure.n}:{structure.m}"
             f" (every masked layer has density {target:g}); set density={target:g}"
+        )
+    if all(name in dense for name in candidates):
+        raise ValueError(
+            f"structure=nm keeps every candidate layer dense (dense_first / dense_last: "
+            f"{list(dense)}): no layer is left to mask; select more layers"
         )
     return {name: 1.0 if name in dense else target for name in candidates}
