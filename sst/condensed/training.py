@@ -262,9 +262,7 @@ class SparseCompute:
         if unseen:
             log.info("sparse_compute=auto: not called, kept masked-dense: %s", ", ".join(unseen))
         chosen = []
-        for name in self.eligible:
-            if name in unseen:
-                continue
+        for name in (n for n in self.eligible if n in self._shapes):
             dense_ms, sparse_ms = self._time_layer(name)
             self.timings[name] = (dense_ms, sparse_ms)
             if sparse_ms < dense_ms:

@@ -19,7 +19,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -109,6 +108,7 @@ class _IdleWorkerExit:
 
     def __init__(self) -> None:
         self.jobs = 0
+        self.orphaned = False
         self.lock = threading.Lock()
         self.watch: ParentWatch | None = None
 
@@ -116,19 +116,22 @@ class _IdleWorkerExit:
         with self.lock:
             self.jobs += 1
             if self.watch is None:
-                self.watch = ParentWatch(self._exit_when_idle)
+                self.watch = ParentWatch(self._on_orphaned)
                 self.watch.start()
 
     def leave(self) -> None:
         with self.lock:
             self.jobs -= 1
+            self._exit_if_idle()
 
-    def _exit_when_idle(self) -> None:
-        while True:
-            with self.lock:
-                if self.jobs == 0:
-                    exit_orphan(None, None)
-            time.sleep(0.1)
+    def _on_orphaned(self) -> None:
+        with self.lock:
+            self.orphaned = True
+            self._exit_if_idle()
+
+    def _exit_if_idle(self) -> None:
+        if self.orphaned and self.jobs == 0:
+            exit_orphan(None, None)
 
 
 _idle_worker_exit = _IdleWorkerExit()

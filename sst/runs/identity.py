@@ -142,16 +142,18 @@ def _canonical(node: Any, written: Any, path: str) -> Any:
 
 def identity(cfg: DictConfig | dict) -> list[Any]:
     """The canonical, hashable form of a run's result-changing settings."""
-    parts = []
-    for key in IDENTITY_KEYS:
-        node = cfg[key]
-        if isinstance(node, (DictConfig, ListConfig)):
-            written = OmegaConf.to_container(node, resolve=False)
-            node = OmegaConf.to_container(node, resolve=True)
-        else:
-            written = node
-        parts.append(_canonical(node, written, key if isinstance(node, dict) else ""))
-    return parts
+    return [_canonical_part(key, cfg[key]) for key in IDENTITY_KEYS]
+
+
+def _canonical_part(key: str, node: Any) -> Any:
+    """The canonical form of the identity key ``key``'s config node (as written where
+    ``AS_WRITTEN`` says so: a plain dict counts as written)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        written = OmegaConf.to_container(node, resolve=False)
+        node = OmegaConf.to_container(node, resolve=True)
+    else:
+        written = node
+    return _canonical(node, written, key if isinstance(node, dict) else "")
 
 
 def config_hash(cfg: DictConfig | dict) -> str:
@@ -180,12 +182,7 @@ def identity_settings(record: dict[str, Any]) -> dict[str, Any]:
     resolved settings (a setting taken as written then counts as resolved)."""
     parts = record.get("identity")
     if not isinstance(parts, list) or len(parts) != len(IDENTITY_KEYS):
-        parts = [
-            _canonical(record[key], record[key], key if isinstance(record[key], dict) else "")
-            if key in record
-            else None
-            for key in IDENTITY_KEYS
-        ]
+        parts = [_canonical_part(k, record[k]) if k in record else None for k in IDENTITY_KEYS]
     return flatten(
         {k: p for k, p in zip(IDENTITY_KEYS, parts, strict=True) if k != "seed" and p is not None}
     )

@@ -86,7 +86,7 @@ def plan_layout(
     density_of = split_density(
         candidates, structure, distribution, density, dense=dense, fixed=fixed, power=erk_power
     )
-    free = [n for n in names if n not in dense and n not in fixed] if mask_free_layers else []
+    free = {n for n in names if n not in dense and n not in fixed} if mask_free_layers else set()
     weights = {n: p for n, p in candidates.items() if density_of[n] < 1.0 or n in free}
     for name, weight in weights.items():
         structure.check_layer(name, weight.shape, density_of[name])

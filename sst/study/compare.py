@@ -88,7 +88,6 @@ LEVEL = 0.95
 POWER = 0.80
 MAX_SEEDS = 10_000
 COMPARE_FORM = "--compare must be KEY=A,B with two different values, e.g. method=rigl,srigl"
-# keys whose values are config-group options, and their group
 # keys computed from one setting: the settings they set, and the keys they move with
 _SETTING_KEYS = {
     "sparsity": ("sparsity.density", ("sparsity", "density")),

@@ -34,8 +34,8 @@ DEFAULT_RUNS = "outputs/runs"
 DEFAULT_KEYS = ("dataset", "model", "method", "sparsity", "distill")
 METRICS = {"final": "final_test_acc", "best": "best_test_acc"}
 FLOPS = ("train_flops_rel", "inference_flops_rel")
-# keys with a meaning of their own; anything else is a dotted path into config.json
-# table keys that name a config group's option: key -> the group
+# keys with a meaning of their own (anything else is a dotted path into config.json); these
+# name a config group's option: key -> the group
 CHOICE_GROUPS = {"dataset": "dataset", "model": "model", "method": "sparsity", "distill": "distill"}
 
 
